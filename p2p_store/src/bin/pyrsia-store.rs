@@ -1,0 +1,34 @@
+//! Stand-alone store sidecar binary (same code as `pyrsia store …`).
+
+use clap::Parser;
+use p2p_store::cli::{FetchArgs, StoreCommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pyrsia-store", about = "Pyrsia store sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    #[command(flatten)]
+    Store(StoreCommand),
+    /// Fetch an artifact through the local store.
+    Fetch(FetchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Store(c) => c.run().await,
+        Cmd::Fetch(f) => f.run().await,
+    }
+}

@@ -1,0 +1,875 @@
+//! Multi-peer download of one artifact.
+//!
+//! States: `Discovering` (providers from Kademlia and connected peers) →
+//! `Manifest` (first manifest that verifies against the stripe root and the
+//! count binding wins; a peer offering a bad one is penalised) → `Stripes`
+//! (a few requests in flight per peer, faster peers first, duplicates at the
+//! tail, every stripe verified before it is written) → `Verifying` (whole-file
+//! SHA-256) → `Done`. Each state fails with its own [`FetchError`] variant.
+//! Memory is bounded by peers × in-flight requests × stripe size.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::manifest::{Digest, Manifest};
+use crate::node::{lock, Node, NodeError, RequestError};
+use crate::protocol::{ErrorCode, Request, Response};
+use crate::store::{Begin, StoreError};
+
+/// At most this many peers serve one download at a time.
+pub const MAX_ACTIVE_PEERS: usize = 16;
+/// Manifest requests in flight at once.
+const MAX_MANIFEST_REQUESTS: usize = 8;
+/// Requests to one stripe at once in the endgame.
+const MAX_DUPLICATES: usize = 2;
+/// Failures after which a peer leaves the pool.
+const MAX_PEER_FAILURES: u32 = 3;
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    pub sha256: Digest,
+    pub stripe_root: Digest,
+    /// Checked against the manifest when known (e.g. from the ledger).
+    pub size: Option<u64>,
+    /// Checked against the manifest when known.
+    pub stripe_size: Option<u32>,
+    /// Keep the artifact (never evict).
+    pub pin: bool,
+}
+
+/// Why a download failed, by the state it failed in.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    /// Discovering: nobody offered the artifact.
+    #[error("no provider of {sha256} found within {waited_secs}s")]
+    NoProviders { sha256: String, waited_secs: u64 },
+    /// Manifest: providers answered but none with a manifest matching the stripe root.
+    #[error("no valid manifest from {tried} provider(s): {last}")]
+    NoValidManifest { tried: usize, last: String },
+    /// Manifest: the store already holds this sha256 with another stripe root.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// Stripes: no progress for the stall timeout.
+    #[error("stalled: {missing} stripe(s) missing, no peer delivered for {secs}s")]
+    Stalled { missing: u64, secs: u64 },
+    /// Verifying: every stripe matched but the whole file did not.
+    #[error("whole-file check failed: {0}")]
+    WholeFile(String),
+    /// Local disk or quota.
+    #[error("store: {0}")]
+    Store(String),
+    /// The node stopped.
+    #[error("node stopped")]
+    Stopped,
+}
+
+impl From<StoreError> for FetchError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WholeFileMismatch { .. } => FetchError::WholeFile(e.to_string()),
+            StoreError::RootConflict { .. } => FetchError::Conflict(e.to_string()),
+            e => FetchError::Store(e.to_string()),
+        }
+    }
+}
+
+/// Download state, as shown to users.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Discovering,
+    Manifest,
+    Stripes,
+    Verifying,
+    Done,
+    Failed,
+}
+
+/// Progress snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub sha256: String,
+    pub stripe_root: String,
+    pub phase: Phase,
+    pub error: Option<String>,
+    pub size: u64,
+    pub stripe_size: u32,
+    pub stripes_total: u64,
+    pub stripes_done: u64,
+    /// Stripes that were already verified on disk when the download (re)started.
+    pub stripes_resumed: u64,
+    /// Stripes received from the network and written.
+    pub stripes_fetched: u64,
+    pub bytes_fetched: u64,
+    /// Peers currently serving stripes.
+    pub peers: usize,
+    /// Stripes written per peer.
+    pub per_peer: BTreeMap<String, u64>,
+    /// Peers dropped for bad data.
+    pub bad_peers: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    progress: Progress,
+    outcome: Option<Result<(), FetchError>>,
+}
+
+/// A running or finished download; clones watch the same download.
+#[derive(Debug, Clone)]
+pub struct DownloadHandle {
+    rx: watch::Receiver<Snapshot>,
+}
+
+impl DownloadHandle {
+    pub fn progress(&self) -> Progress {
+        self.rx.borrow().progress.clone()
+    }
+
+    fn outcome(&self) -> Option<Result<(), FetchError>> {
+        self.rx.borrow().outcome.clone()
+    }
+
+    /// Waits for the end of the download.
+    pub async fn wait(&self) -> Result<Progress, FetchError> {
+        let mut rx = self.rx.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if let Some(o) = &s.outcome {
+                    return o.clone().map(|()| s.progress.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                let s = rx.borrow();
+                return match &s.outcome {
+                    Some(o) => o.clone().map(|()| s.progress.clone()),
+                    None => Err(FetchError::Stopped),
+                };
+            }
+        }
+    }
+
+    /// Waits until `pred` holds on the progress (or the download ends).
+    pub async fn wait_for(&self, mut pred: impl FnMut(&Progress) -> bool) -> Progress {
+        let mut rx = self.rx.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if pred(&s.progress) || s.outcome.is_some() {
+                    return s.progress.clone();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().progress.clone();
+            }
+        }
+    }
+}
+
+/// Starts a download or joins the one already running for the same digest.
+pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
+    let mut map = lock(&node.shared.downloads);
+    if let Some(h) = map.get(&req.sha256) {
+        match h.outcome() {
+            None => return h.clone(),
+            Some(Ok(())) if node.store().is_complete(&req.sha256, &req.stripe_root) => {
+                return h.clone()
+            }
+            _ => {}
+        }
+    }
+    let progress = Progress {
+        sha256: hex::encode(req.sha256),
+        stripe_root: hex::encode(req.stripe_root),
+        phase: Phase::Discovering,
+        error: None,
+        size: req.size.unwrap_or(0),
+        stripe_size: req.stripe_size.unwrap_or(0),
+        stripes_total: 0,
+        stripes_done: 0,
+        stripes_resumed: 0,
+        stripes_fetched: 0,
+        bytes_fetched: 0,
+        peers: 0,
+        per_peer: BTreeMap::new(),
+        bad_peers: Vec::new(),
+        elapsed_ms: 0,
+    };
+    let (tx, rx) = watch::channel(Snapshot {
+        progress,
+        outcome: None,
+    });
+    let h = DownloadHandle { rx };
+    map.insert(req.sha256, h.clone());
+    drop(map);
+    let sha = req.sha256;
+    tokio::spawn(async move {
+        let mut d = Downloader::new(node.clone(), req, tx);
+        let r = d.run().await;
+        if let Err(e) = &r {
+            tracing::warn!(sha256 = %hex::encode(sha), error = %e, "download failed");
+            if !matches!(e, FetchError::Conflict(_))
+                && !node.store().is_complete(&sha, &d.req.stripe_root)
+            {
+                // keep verified stripes of a partial for a later resume; nothing else to do
+            }
+        }
+        d.publish(Some(r));
+    });
+    h
+}
+
+#[derive(Debug)]
+struct PeerState {
+    inflight: usize,
+    /// EWMA of bytes/s per request; `None` until the first stripe.
+    rate: Option<f64>,
+    fails: u32,
+    busy_until: Option<Instant>,
+    have: Vec<bool>,
+    nothave: HashSet<u64>,
+}
+
+impl PeerState {
+    fn can_serve(&self, i: u64) -> bool {
+        self.have.get(i as usize).copied().unwrap_or(false) && !self.nothave.contains(&i)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct StripeState {
+    done: bool,
+    verifying: bool,
+    requesters: Vec<PeerId>,
+}
+
+enum Event {
+    Providers(Result<HashSet<PeerId>, NodeError>),
+    Manifest {
+        peer: PeerId,
+        res: Result<Response, RequestError>,
+    },
+    Stripe {
+        peer: PeerId,
+        index: u64,
+        sent: Instant,
+        res: Result<Response, RequestError>,
+    },
+    Stored {
+        peer: PeerId,
+        index: u64,
+        bytes: u64,
+        res: Result<bool, StoreError>,
+    },
+}
+
+struct Downloader {
+    node: Node,
+    req: FetchRequest,
+    tx: watch::Sender<Snapshot>,
+    started: Instant,
+    manifest: Option<Arc<Manifest>>,
+    stripes: Vec<StripeState>,
+    missing: BTreeSet<u64>,
+    done: u64,
+    resumed: u64,
+    fetched: u64,
+    bytes: u64,
+    per_peer: BTreeMap<String, u64>,
+    bad_peers: Vec<String>,
+    peers: HashMap<PeerId, PeerState>,
+    asked: HashMap<PeerId, Instant>,
+    manifest_inflight: usize,
+    manifest_tried: usize,
+    last_manifest_error: String,
+    providers_inflight: bool,
+    last_discovery: Option<Instant>,
+    last_progress: Instant,
+    phase: Phase,
+    events: FuturesUnordered<BoxFuture<'static, Event>>,
+}
+
+impl Downloader {
+    fn new(node: Node, req: FetchRequest, tx: watch::Sender<Snapshot>) -> Self {
+        Self {
+            node,
+            req,
+            tx,
+            started: Instant::now(),
+            manifest: None,
+            stripes: Vec::new(),
+            missing: BTreeSet::new(),
+            done: 0,
+            resumed: 0,
+            fetched: 0,
+            bytes: 0,
+            per_peer: BTreeMap::new(),
+            bad_peers: Vec::new(),
+            peers: HashMap::new(),
+            asked: HashMap::new(),
+            manifest_inflight: 0,
+            manifest_tried: 0,
+            last_manifest_error: String::from("no answer"),
+            providers_inflight: false,
+            last_discovery: None,
+            last_progress: Instant::now(),
+            phase: Phase::Discovering,
+            events: FuturesUnordered::new(),
+        }
+    }
+
+    fn publish(&self, outcome: Option<Result<(), FetchError>>) {
+        let m = self.manifest.as_deref();
+        let phase = match &outcome {
+            Some(Ok(())) => Phase::Done,
+            Some(Err(_)) => Phase::Failed,
+            None => self.phase,
+        };
+        let progress = Progress {
+            sha256: hex::encode(self.req.sha256),
+            stripe_root: hex::encode(self.req.stripe_root),
+            phase,
+            error: outcome
+                .as_ref()
+                .and_then(|o| o.as_ref().err())
+                .map(|e| e.to_string()),
+            size: m.map_or(self.req.size.unwrap_or(0), |m| m.size),
+            stripe_size: m.map_or(self.req.stripe_size.unwrap_or(0), |m| m.stripe_size),
+            stripes_total: m.map_or(0, |m| m.count()),
+            stripes_done: self.done,
+            stripes_resumed: self.resumed,
+            stripes_fetched: self.fetched,
+            bytes_fetched: self.bytes,
+            peers: self.peers.len(),
+            per_peer: self.per_peer.clone(),
+            bad_peers: self.bad_peers.clone(),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        };
+        self.tx.send_replace(Snapshot { progress, outcome });
+    }
+
+    async fn run(&mut self) -> Result<(), FetchError> {
+        let store = self.node.store().clone();
+        if store.is_complete(&self.req.sha256, &self.req.stripe_root) {
+            if let Some((m, _)) = store.manifest(&self.req.sha256) {
+                self.done = m.count();
+                self.resumed = m.count();
+                self.manifest = Some(m);
+            }
+            if self.req.pin {
+                store.set_pinned(&self.req.sha256, true)?;
+            }
+            return Ok(());
+        }
+        // A partial left from before (e.g. a restart) gives us the manifest at once.
+        if let Some((m, root)) = store.manifest(&self.req.sha256) {
+            if root == self.req.stripe_root
+                && m.verify(&root, self.req.size, self.req.stripe_size).is_ok()
+            {
+                self.adopt_manifest((*m).clone()).await?;
+            }
+        }
+        self.discover();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(m) = &self.manifest {
+                if self.done == m.count() {
+                    break;
+                }
+            }
+            self.schedule();
+            tokio::select! {
+                ev = self.events.next(), if !self.events.is_empty() => {
+                    if let Some(ev) = ev {
+                        self.handle(ev).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.on_tick()?;
+                }
+            }
+        }
+        self.phase = Phase::Verifying;
+        self.publish(None);
+        let sha = self.req.sha256;
+        let st = store.clone();
+        let r = tokio::task::spawn_blocking(move || st.finish_partial(&sha))
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))?;
+        if let Err(e) = r {
+            self.node.unprovide(sha).await;
+            return Err(e.into());
+        }
+        self.node.provide(sha).await;
+        tracing::info!(
+            sha256 = %hex::encode(sha),
+            fetched = self.fetched,
+            resumed = self.resumed,
+            ms = self.started.elapsed().as_millis() as u64,
+            "download complete"
+        );
+        Ok(())
+    }
+
+    fn on_tick(&mut self) -> Result<(), FetchError> {
+        let stall = self.node.config().stall_timeout;
+        if self.last_progress.elapsed() >= stall {
+            if self.manifest.is_none() {
+                if self.manifest_tried == 0 {
+                    return Err(FetchError::NoProviders {
+                        sha256: hex::encode(self.req.sha256),
+                        waited_secs: stall.as_secs(),
+                    });
+                }
+                return Err(FetchError::NoValidManifest {
+                    tried: self.manifest_tried,
+                    last: self.last_manifest_error.clone(),
+                });
+            }
+            return Err(FetchError::Stalled {
+                missing: self.manifest.as_ref().map_or(0, |m| m.count()) - self.done,
+                secs: stall.as_secs(),
+            });
+        }
+        let usable = self.peers.len();
+        let due = self
+            .last_discovery
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(if usable == 0 { 1 } else { 3 }));
+        if due && usable < MAX_ACTIVE_PEERS {
+            self.discover();
+        }
+        Ok(())
+    }
+
+    /// Asks Kademlia for providers and offers the manifest request to
+    /// connected peers not asked recently.
+    fn discover(&mut self) {
+        self.last_discovery = Some(Instant::now());
+        if !self.providers_inflight {
+            self.providers_inflight = true;
+            let node = self.node.clone();
+            let key = self.req.sha256;
+            self.events
+                .push(async move { Event::Providers(node.find_providers(key).await) }.boxed());
+        }
+        let connected = self.node.connected_peers();
+        self.offer_candidates(connected);
+    }
+
+    fn offer_candidates(&mut self, peers: impl IntoIterator<Item = PeerId>) {
+        for p in peers {
+            if p == self.node.peer_id()
+                || self.peers.contains_key(&p)
+                || self.node.is_banned(&p)
+                || self.manifest_inflight >= MAX_MANIFEST_REQUESTS
+                || self.peers.len() >= MAX_ACTIVE_PEERS
+            {
+                continue;
+            }
+            if self
+                .asked
+                .get(&p)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+            {
+                continue;
+            }
+            self.asked.insert(p, Instant::now());
+            self.manifest_inflight += 1;
+            if self.phase == Phase::Discovering {
+                self.phase = Phase::Manifest;
+            }
+            let node = self.node.clone();
+            let sha256 = self.req.sha256;
+            self.events.push(
+                async move {
+                    let res = node.request(p, Request::Manifest { sha256 }).await;
+                    Event::Manifest { peer: p, res }
+                }
+                .boxed(),
+            );
+        }
+    }
+
+    fn penalise(&mut self, peer: PeerId, reason: &str) {
+        self.node.penalise(peer, reason);
+        self.bad_peers.push(peer.to_string());
+        self.drop_peer(peer);
+    }
+
+    fn drop_peer(&mut self, peer: PeerId) {
+        if self.peers.remove(&peer).is_some() {
+            for i in 0..self.stripes.len() {
+                let s = &mut self.stripes[i];
+                if let Some(pos) = s.requesters.iter().position(|p| *p == peer) {
+                    s.requesters.swap_remove(pos);
+                    self.refresh(i as u64);
+                }
+            }
+        }
+    }
+
+    fn refresh(&mut self, i: u64) {
+        if let Some(s) = self.stripes.get(i as usize) {
+            if !s.done && !s.verifying && s.requesters.is_empty() {
+                self.missing.insert(i);
+            } else {
+                self.missing.remove(&i);
+            }
+        }
+    }
+
+    async fn adopt_manifest(&mut self, m: Manifest) -> Result<(), FetchError> {
+        let store = self.node.store().clone();
+        let (begin, evicted) = {
+            let (sha, root, m2, pin) = (
+                self.req.sha256,
+                self.req.stripe_root,
+                m.clone(),
+                self.req.pin,
+            );
+            tokio::task::spawn_blocking(move || store.begin_partial(sha, root, m2, pin))
+                .await
+                .map_err(|e| FetchError::Store(e.to_string()))??
+        };
+        for e in evicted {
+            self.node.unprovide(e).await;
+        }
+        let n = m.count();
+        let have = match begin {
+            Begin::Complete => vec![true; n as usize],
+            Begin::Partial { .. } => self
+                .node
+                .store()
+                .have(&self.req.sha256)
+                .unwrap_or_else(|| vec![false; n as usize]),
+        };
+        self.stripes = have
+            .iter()
+            .map(|h| StripeState {
+                done: *h,
+                ..Default::default()
+            })
+            .collect();
+        self.done = have.iter().filter(|h| **h).count() as u64;
+        self.resumed = self.done;
+        self.missing = (0..n).filter(|i| !have[*i as usize]).collect();
+        self.manifest = Some(Arc::new(m));
+        self.phase = Phase::Stripes;
+        self.last_progress = Instant::now();
+        // Serve what we have (and will have) while downloading.
+        self.node.provide(self.req.sha256).await;
+        self.publish(None);
+        Ok(())
+    }
+
+    fn schedule(&mut self) {
+        let Some(m) = self.manifest.clone() else {
+            return;
+        };
+        let max = self.node.config().inflight_per_peer.max(1);
+        let now = Instant::now();
+        // Faster peers choose first; peers not yet measured are tried early.
+        let mut order: Vec<(PeerId, f64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.busy_until.is_none_or(|t| t <= now))
+            .map(|(id, p)| (*id, p.rate.unwrap_or(f64::MAX)))
+            .collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        loop {
+            let mut sent_any = false;
+            for (peer, _) in &order {
+                let Some(ps) = self.peers.get(peer) else {
+                    continue;
+                };
+                if ps.inflight >= max {
+                    continue;
+                }
+                let pick = self
+                    .missing
+                    .iter()
+                    .copied()
+                    .find(|i| ps.can_serve(*i))
+                    .or_else(|| {
+                        if !self.missing.is_empty() {
+                            return None;
+                        }
+                        // Endgame: everything left is requested; duplicate the
+                        // oldest outstanding stripes on free peers.
+                        self.stripes
+                            .iter()
+                            .enumerate()
+                            .find(|(i, s)| {
+                                !s.done
+                                    && !s.verifying
+                                    && !s.requesters.is_empty()
+                                    && s.requesters.len() < MAX_DUPLICATES
+                                    && !s.requesters.contains(peer)
+                                    && ps.can_serve(*i as u64)
+                            })
+                            .map(|(i, _)| i as u64)
+                    });
+                let Some(i) = pick else {
+                    continue;
+                };
+                self.send_stripe(*peer, i, &m);
+                sent_any = true;
+            }
+            if !sent_any {
+                break;
+            }
+        }
+    }
+
+    fn send_stripe(&mut self, peer: PeerId, index: u64, _m: &Manifest) {
+        if let Some(ps) = self.peers.get_mut(&peer) {
+            ps.inflight += 1;
+        }
+        if let Some(s) = self.stripes.get_mut(index as usize) {
+            s.requesters.push(peer);
+        }
+        self.missing.remove(&index);
+        let node = self.node.clone();
+        let sha256 = self.req.sha256;
+        self.events.push(
+            async move {
+                let sent = Instant::now();
+                let res = node.request(peer, Request::Stripe { sha256, index }).await;
+                Event::Stripe {
+                    peer,
+                    index,
+                    sent,
+                    res,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// Removes `peer` as a requester of `index` after its answer.
+    fn answered(&mut self, peer: PeerId, index: u64) {
+        if let Some(ps) = self.peers.get_mut(&peer) {
+            ps.inflight = ps.inflight.saturating_sub(1);
+        }
+        if let Some(s) = self.stripes.get_mut(index as usize) {
+            if let Some(pos) = s.requesters.iter().position(|p| *p == peer) {
+                s.requesters.swap_remove(pos);
+            }
+        }
+    }
+
+    fn peer_failed(&mut self, peer: PeerId, fatal: bool) {
+        let drop = match self.peers.get_mut(&peer) {
+            Some(ps) => {
+                ps.fails += 1;
+                fatal || ps.fails >= MAX_PEER_FAILURES
+            }
+            None => false,
+        };
+        if drop {
+            tracing::debug!(%peer, "peer leaves the download pool");
+            self.drop_peer(peer);
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) -> Result<(), FetchError> {
+        match ev {
+            Event::Providers(res) => {
+                self.providers_inflight = false;
+                match res {
+                    Ok(set) => self.offer_candidates(set),
+                    Err(NodeError::Stopped) => return Err(FetchError::Stopped),
+                    Err(e) => tracing::debug!(%e, "provider lookup failed"),
+                }
+            }
+            Event::Manifest { peer, res } => {
+                self.manifest_inflight = self.manifest_inflight.saturating_sub(1);
+                self.manifest_tried += 1;
+                match res {
+                    Ok(Response::Manifest { manifest, have }) => {
+                        let ok = match &self.manifest {
+                            Some(known) => {
+                                if **known == manifest {
+                                    Ok(())
+                                } else {
+                                    Err("manifest differs from the verified one".to_string())
+                                }
+                            }
+                            None => manifest
+                                .verify(&self.req.stripe_root, self.req.size, self.req.stripe_size)
+                                .map_err(|e| e.to_string()),
+                        };
+                        match ok {
+                            Ok(()) => {
+                                if self.manifest.is_none() {
+                                    self.adopt_manifest(manifest).await?;
+                                }
+                                if have.len() as u64
+                                    == self.manifest.as_ref().map_or(0, |m| m.count())
+                                    && self.peers.len() < MAX_ACTIVE_PEERS
+                                    && !self.node.is_banned(&peer)
+                                {
+                                    self.peers.insert(
+                                        peer,
+                                        PeerState {
+                                            inflight: 0,
+                                            rate: None,
+                                            fails: 0,
+                                            busy_until: None,
+                                            have,
+                                            nothave: HashSet::new(),
+                                        },
+                                    );
+                                    self.publish(None);
+                                }
+                            }
+                            Err(reason) => {
+                                self.last_manifest_error = format!("{peer}: {reason}");
+                                self.penalise(peer, "bad manifest");
+                            }
+                        }
+                    }
+                    Ok(Response::Error { code, reason }) => {
+                        self.last_manifest_error = format!("{peer}: {code:?} {reason}");
+                    }
+                    Ok(Response::Stripe { .. }) => {
+                        self.penalise(peer, "stripe sent for a manifest request");
+                    }
+                    Err(e) => {
+                        self.last_manifest_error = format!("{peer}: {e}");
+                    }
+                }
+            }
+            Event::Stripe {
+                peer,
+                index,
+                sent,
+                res,
+            } => {
+                self.answered(peer, index);
+                let known = self.peers.contains_key(&peer);
+                match res {
+                    Ok(Response::Stripe { index: got, data }) => {
+                        if !known {
+                            // From a dropped peer: discard unseen.
+                        } else if got != index {
+                            self.penalise(peer, "stripe index differs from the request");
+                        } else {
+                            let el = sent.elapsed().as_secs_f64().max(1e-6);
+                            let r = data.len() as f64 / el;
+                            if let Some(ps) = self.peers.get_mut(&peer) {
+                                ps.fails = 0;
+                                ps.rate = Some(ps.rate.map_or(r, |old| 0.7 * old + 0.3 * r));
+                            }
+                            let s = &mut self.stripes[index as usize];
+                            if !s.done && !s.verifying {
+                                s.verifying = true;
+                                let store = self.node.store().clone();
+                                let sha = self.req.sha256;
+                                let bytes = data.len() as u64;
+                                self.events.push(
+                                    async move {
+                                        let res = tokio::task::spawn_blocking(move || {
+                                            store.write_stripe(&sha, index, &data)
+                                        })
+                                        .await
+                                        .unwrap_or_else(|e| {
+                                            Err(StoreError::Io {
+                                                path: Default::default(),
+                                                source: std::io::Error::other(e.to_string()),
+                                            })
+                                        });
+                                        Event::Stored {
+                                            peer,
+                                            index,
+                                            bytes,
+                                            res,
+                                        }
+                                    }
+                                    .boxed(),
+                                );
+                            }
+                        }
+                    }
+                    Ok(Response::Error { code, reason }) => {
+                        tracing::debug!(%peer, index, ?code, reason, "stripe refused");
+                        match code {
+                            ErrorCode::NotHave => {
+                                if let Some(ps) = self.peers.get_mut(&peer) {
+                                    ps.nothave.insert(index);
+                                }
+                            }
+                            ErrorCode::Busy => {
+                                if let Some(ps) = self.peers.get_mut(&peer) {
+                                    ps.busy_until =
+                                        Some(Instant::now() + Duration::from_millis(200));
+                                }
+                            }
+                            ErrorCode::NotFound => self.drop_peer(peer),
+                            ErrorCode::BadRequest | ErrorCode::Internal => {
+                                self.peer_failed(peer, false)
+                            }
+                        }
+                    }
+                    Ok(Response::Manifest { .. }) => {
+                        self.penalise(peer, "manifest sent for a stripe request");
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, index, %e, "stripe request failed");
+                        let fatal = matches!(
+                            e,
+                            RequestError::ConnectionClosed
+                                | RequestError::Dial
+                                | RequestError::Unsupported
+                        );
+                        self.peer_failed(peer, fatal);
+                    }
+                }
+                self.refresh(index);
+            }
+            Event::Stored {
+                peer,
+                index,
+                bytes,
+                res,
+            } => {
+                if let Some(s) = self.stripes.get_mut(index as usize) {
+                    s.verifying = false;
+                }
+                match res {
+                    Ok(_) => {
+                        if let Some(s) = self.stripes.get_mut(index as usize) {
+                            if !s.done {
+                                s.done = true;
+                                self.done += 1;
+                                self.fetched += 1;
+                                self.bytes += bytes;
+                                *self.per_peer.entry(peer.to_string()).or_default() += 1;
+                                self.last_progress = Instant::now();
+                            }
+                        }
+                        self.publish(None);
+                    }
+                    Err(StoreError::BadStripe { .. }) => {
+                        self.penalise(peer, "stripe failed verification");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.refresh(index);
+            }
+        }
+        Ok(())
+    }
+}

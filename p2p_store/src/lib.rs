@@ -1,0 +1,17 @@
+//! Pyrsia store sidecar: a content-addressed stripe store, a libp2p node
+//! that serves manifests and stripes, a multi-peer verified downloader and a
+//! local control API. See README.md for the wire protocol and disk layout.
+
+pub mod api;
+pub mod cli;
+pub mod download;
+pub mod limiter;
+pub mod manifest;
+pub mod node;
+pub mod protocol;
+pub mod store;
+
+pub use download::{DownloadHandle, FetchError, FetchRequest, Phase, Progress};
+pub use manifest::{Digest, Manifest, DEFAULT_STRIPE_SIZE};
+pub use node::{Config, Node, NodeError, Status};
+pub use store::{PutResult, Store, StoreError};

@@ -1,0 +1,854 @@
+//! The libp2p node: one task owns the swarm; everything else talks to it
+//! through a bounded command channel.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{
+    self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, QueryResult,
+};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::download::{self, DownloadHandle, FetchRequest};
+use crate::limiter::RateLimiter;
+use crate::manifest::{Digest, DEFAULT_STRIPE_SIZE};
+use crate::protocol::{ErrorCode, Request, Response, StoreCodec, PROTOCOL};
+use crate::store::{Store, StoreError};
+
+/// Node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Store directory (objects, node key).
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (`/ip4/…/tcp/…/p2p/<id>` or without `/p2p`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Disk quota in bytes.
+    pub quota: u64,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Concurrent stripe uploads this node serves.
+    pub max_uploads: usize,
+    /// Upload cap in bytes per second (`None`: unlimited).
+    pub upload_rate: Option<u64>,
+    /// Stripe size for artifacts put on this node.
+    pub stripe_size: u32,
+    /// Stripe requests in flight per peer while downloading.
+    pub inflight_per_peer: usize,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// A download with no progress for this long fails.
+    pub stall_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a node storing under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: vec!["/ip4/0.0.0.0/tcp/44000"
+                .parse()
+                .unwrap_or_else(|_| Multiaddr::empty())],
+            bootstrap: Vec::new(),
+            quota: 10 * 1024 * 1024 * 1024,
+            mdns: true,
+            max_uploads: 16,
+            upload_rate: None,
+            stripe_size: DEFAULT_STRIPE_SIZE,
+            inflight_per_peer: 4,
+            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Node errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("node key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Failure of one outbound request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("dial failed")]
+    Dial,
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed")]
+    ConnectionClosed,
+    #[error("peer does not speak the store protocol")]
+    Unsupported,
+    #[error("stream error: {0}")]
+    Io(String),
+    #[error("node stopped")]
+    Stopped,
+}
+
+impl From<request_response::OutboundFailure> for RequestError {
+    fn from(e: request_response::OutboundFailure) -> Self {
+        use request_response::OutboundFailure as F;
+        match e {
+            F::DialFailure => Self::Dial,
+            F::Timeout => Self::Timeout,
+            F::ConnectionClosed => Self::ConnectionClosed,
+            F::UnsupportedProtocols => Self::Unsupported,
+            F::Io(e) => Self::Io(e.to_string()),
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rr: request_response::Behaviour<StoreCodec>,
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Respond {
+        request_id: request_response::InboundRequestId,
+        channel: ResponseChannel<Response>,
+        response: Response,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    Providers {
+        key: Digest,
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    Provide {
+        key: Digest,
+    },
+    Unprovide {
+        key: Digest,
+    },
+    Dial {
+        addr: Multiaddr,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+}
+
+#[derive(Debug, Default)]
+struct NetState {
+    listen: Vec<Multiaddr>,
+    connected: HashMap<PeerId, usize>,
+    penalties: HashMap<PeerId, (u32, Instant)>,
+}
+
+/// Counters exposed in the status.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub stripes_served: u64,
+    pub bytes_served: u64,
+    pub uploads_refused_busy: u64,
+    pub bad_requests: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: Config,
+    pub(crate) peer_id: PeerId,
+    cmd: mpsc::Sender<Command>,
+    net: Mutex<NetState>,
+    counters: Mutex<Counters>,
+    pub(crate) downloads: Mutex<HashMap<Digest, DownloadHandle>>,
+    upload_slots: Arc<Semaphore>,
+    limiter: Option<Arc<RateLimiter>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Handle to a running node. Clones share the node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.shared.peer_id)
+            .finish()
+    }
+}
+
+/// How long a peer that sent bad data stays excluded.
+pub const BAN_DURATION: Duration = Duration::from_secs(600);
+
+/// Node status (also the control API's `/status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: Vec<String>,
+    pub disk_used: u64,
+    pub disk_quota: u64,
+    pub artifacts: Vec<crate::store::ArtifactInfo>,
+    pub penalised_peers: Vec<String>,
+    pub counters: Counters,
+    pub downloads: Vec<download::Progress>,
+}
+
+fn load_or_create_key(path: &std::path::Path) -> Result<Keypair, NodeError> {
+    let kerr = |reason: String| NodeError::Key {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(b) => Keypair::from_protobuf_encoding(&b).map_err(|e| kerr(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = Keypair::generate_ed25519();
+            let b = k.to_protobuf_encoding().map_err(|e| kerr(e.to_string()))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, b).map_err(|e| kerr(e.to_string()))?;
+            std::fs::rename(&tmp, path).map_err(|e| kerr(e.to_string()))?;
+            Ok(k)
+        }
+        Err(e) => Err(kerr(e.to_string())),
+    }
+}
+
+impl Node {
+    /// Opens the store, starts the swarm, listens and dials bootstrap peers.
+    /// Returns once every listen address is bound.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Store(StoreError::Io {
+                path: config.data_dir.clone(),
+                source: e,
+            })
+        })?;
+        let key = load_or_create_key(&config.data_dir.join("node_key"))?;
+        let dir = config.data_dir.clone();
+        let quota = config.quota;
+        let store = tokio::task::spawn_blocking(move || Store::open(dir, quota))
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))??;
+        let store = Arc::new(store);
+        let peer_id = key.public().to_peer_id();
+        let timeout = config.request_timeout;
+        let use_mdns = config.mdns;
+        let max_streams = (config.max_uploads * 4).max(64);
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_behaviour(|key| {
+                let pid = key.public().to_peer_id();
+                let rr = request_response::Behaviour::new(
+                    [(PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(timeout)
+                        .with_max_concurrent_streams(max_streams),
+                );
+                let mut kcfg = kad::Config::new(StreamProtocol::new("/pyrsia/kad/1"));
+                kcfg.set_query_timeout(Duration::from_secs(20));
+                let store = MemoryStore::with_config(
+                    pid,
+                    MemoryStoreConfig {
+                        max_provided_keys: 1 << 20,
+                        max_providers_per_key: 64,
+                        ..Default::default()
+                    },
+                );
+                let mut kad = kad::Behaviour::with_config(pid, store, kcfg);
+                kad.set_mode(Some(kad::Mode::Server));
+                let identify = identify::Behaviour::new(identify::Config::new(
+                    "/pyrsia/id/1".into(),
+                    key.public(),
+                ));
+                let mdns = if use_mdns {
+                    match mdns::tokio::Behaviour::new(mdns::Config::default(), pid) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!(%e, "mDNS unavailable");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    rr,
+                    kad,
+                    identify,
+                    mdns: Toggle::from(mdns),
+                })
+            })
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        // Wait for the listeners to bind so callers can read the real ports.
+        let mut listen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while listen.len() < config.listen.len() {
+            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| NodeError::Transport("listeners did not bind".into()))?;
+            match ev {
+                SwarmEvent::NewListenAddr { address, .. } => listen.push(address),
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NodeError::Transport(error.to_string()))
+                }
+                SwarmEvent::ListenerClosed {
+                    reason, addresses, ..
+                } => {
+                    return Err(NodeError::Listen {
+                        addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        reason: format!("{reason:?}"),
+                    })
+                }
+                _ => {}
+            }
+        }
+        for addr in &config.bootstrap {
+            if let Some(Protocol::P2p(pid)) = addr.iter().last() {
+                let base: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect();
+                swarm.behaviour_mut().kad.add_address(&pid, base);
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, %e, "bootstrap dial failed");
+            }
+        }
+        // Re-announce everything stored (provider records do not survive a restart).
+        for key in store.provided() {
+            let _ = swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(kad::RecordKey::new(&key));
+        }
+
+        let (tx, rx) = mpsc::channel(256);
+        let limiter = config
+            .upload_rate
+            .map(|r| Arc::new(RateLimiter::new(r, u64::from(config.stripe_size))));
+        let shared = Arc::new(Shared {
+            store,
+            peer_id,
+            cmd: tx,
+            net: Mutex::new(NetState {
+                listen,
+                ..Default::default()
+            }),
+            counters: Mutex::new(Counters::default()),
+            downloads: Mutex::new(HashMap::new()),
+            upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
+            limiter,
+            config,
+            task: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&shared);
+        let task = tokio::spawn(run_swarm(swarm, rx, weak));
+        *lock(&shared.task) = Some(task);
+        tracing::info!(%peer_id, "store node started");
+        Ok(Node { shared })
+    }
+
+    /// Stops the swarm abruptly (connections drop). The store stays on disk.
+    pub fn shutdown(&self) {
+        if let Some(t) = lock(&self.shared.task).take() {
+            t.abort();
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Listen addresses, each with `/p2p/<peer id>` appended.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.shared.net)
+            .listen
+            .iter()
+            .map(|a| a.clone().with(Protocol::P2p(self.shared.peer_id)))
+            .collect()
+    }
+
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        lock(&self.shared.net).connected.keys().copied().collect()
+    }
+
+    /// Records bad behaviour; the peer is excluded from downloads for [`BAN_DURATION`]
+    /// and disconnected.
+    pub fn penalise(&self, peer: PeerId, reason: &str) {
+        tracing::warn!(%peer, reason, "peer penalised");
+        {
+            let mut net = lock(&self.shared.net);
+            let e = net.penalties.entry(peer).or_insert((0, Instant::now()));
+            e.0 += 1;
+            e.1 = Instant::now();
+        }
+        let _ = self.shared.cmd.try_send(Command::Disconnect { peer });
+    }
+
+    /// Penalty count of a peer (0 if none).
+    pub fn penalty(&self, peer: &PeerId) -> u32 {
+        lock(&self.shared.net)
+            .penalties
+            .get(peer)
+            .map_or(0, |p| p.0)
+    }
+
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        lock(&self.shared.net)
+            .penalties
+            .get(peer)
+            .is_some_and(|(_, at)| at.elapsed() < BAN_DURATION)
+    }
+
+    async fn send(&self, c: Command) -> Result<(), NodeError> {
+        self.shared
+            .cmd
+            .send(c)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Sends one request and waits for the answer.
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await
+        .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Kademlia provider lookup.
+    pub async fn find_providers(&self, key: Digest) -> Result<HashSet<PeerId>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Providers { key, reply }).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    pub(crate) async fn provide(&self, key: Digest) {
+        let _ = self.send(Command::Provide { key }).await;
+    }
+
+    pub(crate) async fn unprovide(&self, key: Digest) {
+        let _ = self.send(Command::Unprovide { key }).await;
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.send(Command::Dial { addr }).await
+    }
+
+    /// Puts a local file into the store and announces it.
+    pub async fn put_path(
+        &self,
+        path: PathBuf,
+        stripe_size: Option<u32>,
+        pinned: bool,
+    ) -> Result<crate::store::PutResult, StoreError> {
+        let store = self.shared.store.clone();
+        let ss = stripe_size.unwrap_or(self.shared.config.stripe_size);
+        let (r, evicted) = tokio::task::spawn_blocking(move || store.put_path(&path, ss, pinned))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        self.after_commit(&r, evicted).await;
+        Ok(r)
+    }
+
+    pub(crate) async fn after_commit(&self, r: &crate::store::PutResult, evicted: Vec<Digest>) {
+        for e in evicted {
+            self.unprovide(e).await;
+        }
+        if let Some(d) = crate::manifest::parse_digest(&r.sha256) {
+            self.provide(d).await;
+        }
+    }
+
+    /// Downloads an artifact (or joins a running download of it).
+    pub fn fetch(&self, req: FetchRequest) -> DownloadHandle {
+        download::start(self.clone(), req)
+    }
+
+    /// A running or finished download of `sha256`.
+    pub fn download(&self, sha256: &Digest) -> Option<DownloadHandle> {
+        lock(&self.shared.downloads).get(sha256).cloned()
+    }
+
+    pub fn counters(&self) -> Counters {
+        lock(&self.shared.counters).clone()
+    }
+
+    pub fn status(&self) -> Status {
+        let (listen, connected, penal) = {
+            let net = lock(&self.shared.net);
+            (
+                net.listen
+                    .iter()
+                    .map(|a| {
+                        a.clone()
+                            .with(Protocol::P2p(self.shared.peer_id))
+                            .to_string()
+                    })
+                    .collect(),
+                net.connected.keys().map(|p| p.to_string()).collect(),
+                net.penalties.keys().map(|p| p.to_string()).collect(),
+            )
+        };
+        let downloads = lock(&self.shared.downloads)
+            .values()
+            .map(|d| d.progress())
+            .collect();
+        Status {
+            peer_id: self.shared.peer_id.to_string(),
+            listen_addrs: listen,
+            connected_peers: connected,
+            disk_used: self.shared.store.used(),
+            disk_quota: self.shared.store.quota(),
+            artifacts: self.shared.store.list(),
+            penalised_peers: penal,
+            counters: self.counters(),
+            downloads,
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Answers an inbound request. Manifests and refusals are answered at once;
+/// a stripe takes an upload slot (or is refused `Busy`), is read off the
+/// runtime, waits for the bandwidth cap, then goes back to the swarm.
+fn handle_inbound(
+    shared: &Arc<Shared>,
+    request_id: request_response::InboundRequestId,
+    request: Request,
+    channel: ResponseChannel<Response>,
+) -> Option<Command> {
+    let store = &shared.store;
+    match request {
+        Request::Manifest { sha256 } => {
+            let resp = match (store.manifest(&sha256), store.have(&sha256)) {
+                (Some((m, _)), Some(have)) => Response::Manifest {
+                    manifest: (*m).clone(),
+                    have,
+                },
+                _ => Response::error(ErrorCode::NotFound, "artifact not stored here"),
+            };
+            Some(Command::Respond {
+                request_id,
+                channel,
+                response: resp,
+                permit: None,
+            })
+        }
+        Request::Stripe { sha256, index } => {
+            let Some(have) = store.have(&sha256) else {
+                return Some(Command::Respond {
+                    request_id,
+                    channel,
+                    response: Response::error(ErrorCode::NotFound, "artifact not stored here"),
+                    permit: None,
+                });
+            };
+            match have.get(index as usize) {
+                None => {
+                    lock(&shared.counters).bad_requests += 1;
+                    return Some(Command::Respond {
+                        request_id,
+                        channel,
+                        response: Response::error(
+                            ErrorCode::BadRequest,
+                            format!("stripe {index} out of range ({} stripes)", have.len()),
+                        ),
+                        permit: None,
+                    });
+                }
+                Some(false) => {
+                    return Some(Command::Respond {
+                        request_id,
+                        channel,
+                        response: Response::error(ErrorCode::NotHave, "stripe not yet here"),
+                        permit: None,
+                    })
+                }
+                Some(true) => {}
+            }
+            let Ok(permit) = shared.upload_slots.clone().try_acquire_owned() else {
+                lock(&shared.counters).uploads_refused_busy += 1;
+                return Some(Command::Respond {
+                    request_id,
+                    channel,
+                    response: Response::error(ErrorCode::Busy, "upload slots full"),
+                    permit: None,
+                });
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let st = shared.store.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || st.read_stripe(&sha256, index)).await;
+                let response = match read {
+                    Ok(Ok(data)) => {
+                        if let Some(l) = &shared.limiter {
+                            l.acquire(data.len() as u64).await;
+                        }
+                        let mut c = lock(&shared.counters);
+                        c.stripes_served += 1;
+                        c.bytes_served += data.len() as u64;
+                        drop(c);
+                        Response::Stripe { index, data }
+                    }
+                    Ok(Err(StoreError::NotFound(_))) => {
+                        Response::error(ErrorCode::NotFound, "artifact not stored here")
+                    }
+                    Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                };
+                let _ = shared
+                    .cmd
+                    .send(Command::Respond {
+                        request_id,
+                        channel,
+                        response,
+                        permit: Some(permit),
+                    })
+                    .await;
+            });
+            None
+        }
+    }
+}
+
+async fn run_swarm(
+    mut swarm: Swarm<Behaviour>,
+    mut rx: mpsc::Receiver<Command>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>> =
+        HashMap::new();
+    let mut provider_queries: HashMap<
+        kad::QueryId,
+        (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>),
+    > = HashMap::new();
+    let mut upload_permits: HashMap<request_response::InboundRequestId, OwnedSemaphorePermit> =
+        HashMap::new();
+    let mut announce = tokio::time::interval(Duration::from_secs(5));
+    announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Announce again once new peers appear (records put while alone reach nobody).
+    let mut peers_changed = false;
+    let mut last_announce = Instant::now();
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Command::Request { peer, request, reply } => {
+                        let id = swarm.behaviour_mut().rr.send_request(&peer, request);
+                        pending.insert(id, reply);
+                    }
+                    Command::Respond { request_id, channel, response, permit } => {
+                        // Keep the upload slot until the response is on the wire.
+                        if swarm.behaviour_mut().rr.send_response(channel, response).is_err() {
+                            tracing::debug!("response channel closed before the response");
+                        } else if let Some(p) = permit {
+                            upload_permits.insert(request_id, p);
+                        }
+                    }
+                    Command::Providers { key, reply } => {
+                        let id = swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                        provider_queries.insert(id, (HashSet::new(), reply));
+                    }
+                    Command::Provide { key } => {
+                        if let Err(e) = swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                            tracing::warn!(%e, "start_providing failed");
+                        }
+                    }
+                    Command::Unprovide { key } => {
+                        swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+                    }
+                    Command::Dial { addr } => {
+                        if let Err(e) = swarm.dial(addr.clone()) {
+                            tracing::warn!(%addr, %e, "dial failed");
+                        }
+                    }
+                    Command::Disconnect { peer } => {
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            _ = announce.tick() => {
+                if peers_changed && last_announce.elapsed() >= Duration::from_secs(5) {
+                    let Some(sh) = shared.upgrade() else { break };
+                    for key in sh.store.provided() {
+                        let _ = swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key));
+                    }
+                    peers_changed = false;
+                    last_announce = Instant::now();
+                }
+            }
+            ev = swarm.select_next_some() => {
+                let Some(sh) = shared.upgrade() else { break };
+                match ev {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        let mut net = lock(&sh.net);
+                        if !net.listen.contains(&address) {
+                            net.listen.push(address);
+                        }
+                    }
+                    SwarmEvent::ExpiredListenAddr { address, .. } => {
+                        lock(&sh.net).listen.retain(|a| a != &address);
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                        *lock(&sh.net).connected.entry(peer_id).or_default() += 1;
+                        if endpoint.is_dialer() {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                        let mut net = lock(&sh.net);
+                        if num_established == 0 {
+                            net.connected.remove(&peer_id);
+                        } else {
+                            net.connected.insert(peer_id, num_established as usize);
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                        for a in info.listen_addrs {
+                            if is_dialable(&a) {
+                                swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                            }
+                        }
+                        peers_changed = true;
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                        for (peer, addr) in list {
+                            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                            if !swarm.is_connected(&peer) {
+                                let _ = swarm.dial(addr);
+                            }
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                        id,
+                        result: QueryResult::GetProviders(res),
+                        step,
+                        ..
+                    })) => {
+                        if let Some((acc, _)) = provider_queries.get_mut(&id) {
+                            if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
+                                acc.extend(providers);
+                            }
+                        }
+                        if step.last {
+                            if let Some((acc, reply)) = provider_queries.remove(&id) {
+                                let _ = reply.send(acc);
+                            }
+                        } else if provider_queries.get(&id).is_some_and(|(a, _)| !a.is_empty()) {
+                            // Enough to start; the downloader asks again later.
+                            if let Some((acc, reply)) = provider_queries.remove(&id) {
+                                let _ = reply.send(acc);
+                            }
+                            if let Some(mut q) = swarm.behaviour_mut().kad.query_mut(&id) {
+                                q.finish();
+                            }
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => match ev {
+                        request_response::Event::Message { message, .. } => match message {
+                            request_response::Message::Request { request_id, request, channel } => {
+                                if let Some(Command::Respond { channel, response, .. }) =
+                                    handle_inbound(&sh, request_id, request, channel)
+                                {
+                                    let _ = swarm.behaviour_mut().rr.send_response(channel, response);
+                                }
+                            }
+                            request_response::Message::Response { request_id, response } => {
+                                if let Some(r) = pending.remove(&request_id) {
+                                    let _ = r.send(Ok(response));
+                                }
+                            }
+                        },
+                        request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                            tracing::debug!(%peer, %error, "request failed");
+                            if let Some(r) = pending.remove(&request_id) {
+                                let _ = r.send(Err(error.into()));
+                            }
+                        }
+                        request_response::Event::InboundFailure { request_id, error, peer, .. } => {
+                            tracing::debug!(%peer, %error, "inbound request failed");
+                            if matches!(error, request_response::InboundFailure::Io(_)) {
+                                lock(&sh.counters).bad_requests += 1;
+                            }
+                            upload_permits.remove(&request_id);
+                        }
+                        request_response::Event::ResponseSent { request_id, .. } => {
+                            upload_permits.remove(&request_id);
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+    tracing::info!("swarm task ended");
+}
+
+fn is_dialable(a: &Multiaddr) -> bool {
+    !a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}

@@ -268,9 +268,11 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         json_err(StatusCode::BAD_REQUEST, format!("bad query: {e}"))
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        // warp reports an unmatched path as "method not allowed" when a
+        // route with another method was tried first.
         json_err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this path",
+            StatusCode::NOT_FOUND,
+            "no such endpoint for this method and path",
         )
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
         json_err(StatusCode::PAYLOAD_TOO_LARGE, "payload too large")

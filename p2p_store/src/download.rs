@@ -214,7 +214,9 @@ pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
     map.insert(req.sha256, h.clone());
     drop(map);
     let sha = req.sha256;
-    tokio::spawn(async move {
+    let task_node = node.clone();
+    let task = tokio::spawn(async move {
+        let node = task_node;
         let mut d = Downloader::new(node.clone(), req, tx);
         let r = d.run().await;
         if let Err(e) = &r {
@@ -227,6 +229,9 @@ pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
         }
         d.publish(Some(r));
     });
+    let mut tasks = lock(&node.shared.download_tasks);
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(task.abort_handle());
     h
 }
 
@@ -371,6 +376,16 @@ impl Downloader {
                 store.set_pinned(&self.req.sha256, true)?;
             }
             return Ok(());
+        }
+        if let Some((_, root)) = store.manifest(&self.req.sha256) {
+            if root != self.req.stripe_root {
+                return Err(FetchError::Conflict(format!(
+                    "{} is stored with stripe root {}, not {}",
+                    hex::encode(self.req.sha256),
+                    hex::encode(root),
+                    hex::encode(self.req.stripe_root)
+                )));
+            }
         }
         // A partial left from before (e.g. a restart) gives us the manifest at once.
         if let Some((m, root)) = store.manifest(&self.req.sha256) {
@@ -736,8 +751,11 @@ impl Downloader {
                                 }
                             }
                             Err(reason) => {
+                                // Not provably malicious (the requested root may be
+                                // wrong): this peer just does not serve this download.
+                                tracing::debug!(%peer, reason, "manifest rejected");
                                 self.last_manifest_error = format!("{peer}: {reason}");
-                                self.penalise(peer, "bad manifest");
+                                self.drop_peer(peer);
                             }
                         }
                     }
@@ -747,6 +765,7 @@ impl Downloader {
                     Ok(Response::Stripe { .. }) => {
                         self.penalise(peer, "stripe sent for a manifest request");
                     }
+                    Err(RequestError::Stopped) => return Err(FetchError::Stopped),
                     Err(e) => {
                         self.last_manifest_error = format!("{peer}: {e}");
                     }
@@ -826,6 +845,7 @@ impl Downloader {
                     Ok(Response::Manifest { .. }) => {
                         self.penalise(peer, "manifest sent for a stripe request");
                     }
+                    Err(RequestError::Stopped) => return Err(FetchError::Stopped),
                     Err(e) => {
                         tracing::debug!(%peer, index, %e, "stripe request failed");
                         let fatal = matches!(

@@ -182,6 +182,7 @@ pub(crate) struct Shared {
     upload_slots: Arc<Semaphore>,
     limiter: Option<Arc<RateLimiter>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) download_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// Handle to a running node. Clones share the node.
@@ -378,6 +379,7 @@ impl Node {
             limiter,
             config,
             task: Mutex::new(None),
+            download_tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&shared);
         let task = tokio::spawn(run_swarm(swarm, rx, weak));
@@ -387,8 +389,12 @@ impl Node {
     }
 
     /// Stops the swarm abruptly (connections drop). The store stays on disk.
+    /// Downloads in progress stop too; their verified stripes stay for a resume.
     pub fn shutdown(&self) {
         if let Some(t) = lock(&self.shared.task).take() {
+            t.abort();
+        }
+        for t in lock(&self.shared.download_tasks).drain(..) {
             t.abort();
         }
     }
@@ -578,6 +584,18 @@ fn handle_inbound(
 ) -> Option<Command> {
     let store = &shared.store;
     match request {
+        Request::Malformed(reason) => {
+            lock(&shared.counters).bad_requests += 1;
+            Some(Command::Respond {
+                request_id,
+                channel,
+                response: Response::error(
+                    ErrorCode::BadRequest,
+                    format!("malformed request: {reason}"),
+                ),
+                permit: None,
+            })
+        }
         Request::Manifest { sha256 } => {
             let resp = match (store.manifest(&sha256), store.have(&sha256)) {
                 (Some((m, _)), Some(have)) => Response::Manifest {

@@ -38,8 +38,15 @@ pub const MAX_RESPONSE: usize = if MAX_MANIFEST_FRAME > MAX_STRIPE_FRAME {
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Manifest { sha256: Digest },
-    Stripe { sha256: Digest, index: u64 },
+    Manifest {
+        sha256: Digest,
+    },
+    Stripe {
+        sha256: Digest,
+        index: u64,
+    },
+    /// A frame that did not decode (never sent; answered with `BadRequest`).
+    Malformed(String),
 }
 
 /// Error codes in an error response.
@@ -140,6 +147,7 @@ impl Request {
                 v.extend_from_slice(&index.to_be_bytes());
                 v
             }
+            Request::Malformed(_) => vec![0xff],
         }
     }
 
@@ -311,8 +319,9 @@ impl libp2p::request_response::Codec for StoreCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
+        // Oversized frames reset the stream; undecodable ones get a BadRequest answer.
         let b = read_bounded(io, MAX_REQUEST, MAX_REQUEST).await?;
-        Request::decode(&b).map_err(invalid)
+        Ok(Request::decode(&b).unwrap_or_else(|e| Request::Malformed(e.to_string())))
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>

@@ -1,0 +1,297 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Process-level behaviour: the `pyrsia-store` binary and its control API.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hyper::{Body, Method, StatusCode};
+use p2p_store::manifest::parse_digest;
+use p2p_store::{FetchRequest, Phase, PutResult};
+
+struct Proc {
+    child: Child,
+    peer_id: libp2p::PeerId,
+    addr: libp2p::Multiaddr,
+    api: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_store(dir: &Path, extra: &[&str]) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let ready = dir.join("ready.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
+        .args([
+            "start",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("store"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = Proc {
+        child,
+        peer_id: libp2p::PeerId::random(),
+        addr: libp2p::Multiaddr::empty(),
+        api: String::new(),
+    };
+    wait_until(60, "store process ready", || ready.exists()).await;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
+    p.peer_id = v["peer_id"].as_str().unwrap().parse().unwrap();
+    p.addr = v["listen_addrs"][0].as_str().unwrap().parse().unwrap();
+    p.api = v["api"].as_str().unwrap().to_string();
+    p
+}
+
+async fn http(method: Method, url: &str, body: Body) -> (StatusCode, bytes::Bytes) {
+    let client = hyper::Client::new();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        hyper::body::to_bytes(resp.into_body()).await.unwrap(),
+    )
+}
+
+async fn put_file(api: &str, file: &Path, query: &str) -> (StatusCode, serde_json::Value) {
+    let data = tokio::fs::read(file).await.unwrap();
+    let (s, b) = http(
+        Method::PUT,
+        &format!("{api}/artifacts?{query}"),
+        Body::from(data),
+    )
+    .await;
+    (s, serde_json::from_slice(&b).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_killed_mid_download_completes_from_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("artifact");
+    make_file(&file, 8 * 1024 * 1024, 5);
+    // Two seeders in their own processes, each capped at 2 MiB/s.
+    let mut p1 = spawn_store(&tmp.path().join("p1"), &["--upload-rate", "2M"]).await;
+    let p2 = spawn_store(&tmp.path().join("p2"), &["--upload-rate", "2M"]).await;
+    let (s, v) = put_file(&p1.api, &file, "stripe_size=131072").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v2) = put_file(&p2.api, &file, "stripe_size=131072").await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(v, v2);
+    let put: PutResult = serde_json::from_value(v).unwrap();
+
+    let c = {
+        let mut cfg = config(&tmp.path().join("c"));
+        cfg.bootstrap = vec![p1.addr.clone(), p2.addr.clone()];
+        p2p_store::Node::start(cfg).await.unwrap()
+    };
+    wait_until(20, "connections", || {
+        let cp = c.connected_peers();
+        cp.contains(&p1.peer_id) && cp.contains(&p2.peer_id)
+    })
+    .await;
+    let h = c.fetch(FetchRequest {
+        sha256: parse_digest(&put.sha256).unwrap(),
+        stripe_root: parse_digest(&put.stripe_root).unwrap(),
+        size: Some(put.size),
+        stripe_size: Some(put.stripe_size),
+        pin: false,
+    });
+    let p1id = p1.peer_id.to_string();
+    let mid = h
+        .wait_for(|p| p.per_peer.get(&p1id).copied().unwrap_or(0) >= 4)
+        .await;
+    assert!(
+        mid.stripes_done < mid.stripes_total / 2,
+        "too late to kill: {mid:?}"
+    );
+    p1.child.kill().unwrap(); // SIGKILL mid-download
+    p1.child.wait().unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(60), h.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.phase, Phase::Done);
+    let from_p2 = p
+        .per_peer
+        .get(&p2.peer_id.to_string())
+        .copied()
+        .unwrap_or(0);
+    assert!(from_p2 > p.stripes_total / 2, "{:?}", p.per_peer);
+    assert_eq!(
+        std::fs::read(data_path(&c, &put.sha256)).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_put_get_status_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seeder = spawn_store(&tmp.path().join("s"), &[]).await;
+    let file = tmp.path().join("artifact");
+    make_file(&file, 3 * 1024 * 1024 + 7, 6);
+    let (s, v) = put_file(&seeder.api, &file, "").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let put: PutResult = serde_json::from_value(v).unwrap();
+    assert_eq!(put.size, 3 * 1024 * 1024 + 7);
+    assert_eq!(put.stripe_size, p2p_store::DEFAULT_STRIPE_SIZE);
+
+    // A second node fetches over the network through its API (GET streams the bytes).
+    let client = spawn_store(
+        &tmp.path().join("c"),
+        &["--bootstrap", &seeder.addr.to_string()],
+    )
+    .await;
+    let url = format!(
+        "{}/artifacts/{}?stripe_root={}&size={}",
+        client.api, put.sha256, put.stripe_root, put.size
+    );
+    let (s, body) = http(Method::GET, &url, Body::empty()).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+    );
+    assert!(body == std::fs::read(&file).unwrap());
+
+    let (s, b) = http(
+        Method::GET,
+        &format!("{}/status", client.api),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let st: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(st["peer_id"], client.peer_id.to_string());
+    assert!(st["connected_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == &serde_json::json!(seeder.peer_id.to_string())));
+    assert!(st["disk_used"].as_u64().unwrap() >= put.size);
+    assert!(st["disk_quota"].as_u64().unwrap() > 0);
+    assert!(!st["listen_addrs"].as_array().unwrap().is_empty());
+    assert_eq!(st["artifacts"][0]["sha256"], put.sha256);
+    assert_eq!(st["artifacts"][0]["complete"], true);
+
+    // Bad input: clear 4xx with a reason, and the server keeps working.
+    let api = &client.api;
+    let cases: Vec<(Method, String, Body, StatusCode, &str)> = vec![
+        (
+            Method::GET,
+            format!("{api}/artifacts/{}", put.sha256),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "stripe_root",
+        ),
+        (
+            Method::GET,
+            format!("{api}/artifacts/xyz?stripe_root={}", put.stripe_root),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "sha256",
+        ),
+        (
+            Method::GET,
+            format!("{api}/artifacts/{}?stripe_root=00", put.sha256),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "stripe_root",
+        ),
+        (
+            Method::GET,
+            format!(
+                "{api}/artifacts/{}?stripe_root={}&size=abc",
+                put.sha256, put.stripe_root
+            ),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "query",
+        ),
+        (
+            Method::GET,
+            format!(
+                "{api}/artifacts/{}?stripe_root={}&stripe_size=3",
+                put.sha256, put.stripe_root
+            ),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "stripe size",
+        ),
+        (
+            Method::PUT,
+            format!("{api}/artifacts?stripe_size=12"),
+            Body::from("x"),
+            StatusCode::BAD_REQUEST,
+            "stripe size",
+        ),
+        (
+            Method::PUT,
+            format!("{api}/artifacts?pin=maybe"),
+            Body::from("x"),
+            StatusCode::BAD_REQUEST,
+            "query",
+        ),
+        (
+            Method::GET,
+            format!(
+                "{api}/artifacts/{}?stripe_root={}",
+                put.sha256,
+                "11".repeat(32)
+            ),
+            Body::empty(),
+            StatusCode::CONFLICT,
+            "stripe root",
+        ),
+        (
+            Method::GET,
+            format!("{api}/nope"),
+            Body::empty(),
+            StatusCode::NOT_FOUND,
+            "endpoint",
+        ),
+        (
+            Method::GET,
+            format!("{api}/fetch/{}", "ab".repeat(32)),
+            Body::empty(),
+            StatusCode::NOT_FOUND,
+            "download",
+        ),
+    ];
+    for (m, url, body, want, reason) in cases {
+        let (s, b) = http(m.clone(), &url, body).await;
+        let v: serde_json::Value = serde_json::from_slice(&b)
+            .unwrap_or_else(|_| panic!("{m} {url}: not JSON: {}", String::from_utf8_lossy(&b)));
+        let msg = v["error"].as_str().unwrap_or_default().to_lowercase();
+        assert_eq!(s, want, "{m} {url}: {msg}");
+        assert!(
+            msg.contains(reason),
+            "{m} {url}: reason {msg:?} lacks {reason:?}"
+        );
+    }
+    let (s, _) = http(Method::GET, &format!("{api}/status"), Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+}

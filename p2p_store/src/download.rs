@@ -458,6 +458,7 @@ impl Downloader {
                 secs: stall.as_secs(),
             });
         }
+        self.refresh_partial_peers();
         let usable = self.peers.len();
         let due = self
             .last_discovery
@@ -466,6 +467,52 @@ impl Downloader {
             self.discover();
         }
         Ok(())
+    }
+
+    /// Re-asks peers that are themselves still downloading for their
+    /// have-bitmap when some missing stripe has no peer that can serve it.
+    fn refresh_partial_peers(&mut self) {
+        if self.manifest.is_none() || self.manifest_inflight >= MAX_MANIFEST_REQUESTS {
+            return;
+        }
+        let starved = self
+            .missing
+            .iter()
+            .any(|i| !self.peers.values().any(|p| p.can_serve(*i)));
+        if !starved {
+            return;
+        }
+        let partial: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.have.iter().any(|h| !h) || !p.nothave.is_empty())
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.asked
+                    .get(id)
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(900))
+            })
+            .collect();
+        for peer in partial {
+            self.ask_manifest(peer);
+        }
+    }
+
+    fn ask_manifest(&mut self, p: PeerId) {
+        self.asked.insert(p, Instant::now());
+        self.manifest_inflight += 1;
+        if self.phase == Phase::Discovering {
+            self.phase = Phase::Manifest;
+        }
+        let node = self.node.clone();
+        let sha256 = self.req.sha256;
+        self.events.push(
+            async move {
+                let res = node.request(p, Request::Manifest { sha256 }).await;
+                Event::Manifest { peer: p, res }
+            }
+            .boxed(),
+        );
     }
 
     /// Asks Kademlia for providers and offers the manifest request to
@@ -500,20 +547,7 @@ impl Downloader {
             {
                 continue;
             }
-            self.asked.insert(p, Instant::now());
-            self.manifest_inflight += 1;
-            if self.phase == Phase::Discovering {
-                self.phase = Phase::Manifest;
-            }
-            let node = self.node.clone();
-            let sha256 = self.req.sha256;
-            self.events.push(
-                async move {
-                    let res = node.request(p, Request::Manifest { sha256 }).await;
-                    Event::Manifest { peer: p, res }
-                }
-                .boxed(),
-            );
+            self.ask_manifest(p);
         }
     }
 
@@ -731,8 +765,14 @@ impl Downloader {
                                 if self.manifest.is_none() {
                                     self.adopt_manifest(manifest).await?;
                                 }
-                                if have.len() as u64
-                                    == self.manifest.as_ref().map_or(0, |m| m.count())
+                                let n = self.manifest.as_ref().map_or(0, |m| m.count());
+                                if let Some(ps) = self.peers.get_mut(&peer) {
+                                    // A refresh of a partial peer's bitmap.
+                                    if have.len() as u64 == n {
+                                        ps.have = have;
+                                        ps.nothave.clear();
+                                    }
+                                } else if have.len() as u64 == n
                                     && self.peers.len() < MAX_ACTIVE_PEERS
                                     && !self.node.is_banned(&peer)
                                 {

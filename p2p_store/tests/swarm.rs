@@ -308,3 +308,45 @@ async fn malformed_wire_requests_get_errors_never_a_panic() {
     wait_connected(&b, &[&a]).await;
     b.fetch(req(&put)).wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_verified_stripes_while_still_downloading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("artifact");
+    make_file(&file, 6 * 1024 * 1024, 8);
+    let a = start(&tmp.path().join("a"), &[], |c| {
+        c.upload_rate = Some(2 * 1024 * 1024)
+    })
+    .await;
+    let put = a
+        .put_path(file.clone(), Some(64 * 1024), true)
+        .await
+        .unwrap();
+    let c = start(&tmp.path().join("c"), &[&a], |_| {}).await;
+    wait_connected(&c, &[&a]).await;
+    let hc = c.fetch(req(&put));
+    hc.wait_for(|p| p.stripes_done >= 8).await;
+    // D knows only C, which is still downloading.
+    let d = start(&tmp.path().join("d"), &[&c], |_| {}).await;
+    wait_connected(&d, &[&c]).await;
+    let hd = d.fetch(req(&put));
+    wait_until(30, "C serving D", || c.counters().stripes_served > 0).await;
+    assert_ne!(
+        hc.progress().phase,
+        Phase::Done,
+        "C finished before serving"
+    );
+    let pd = hd.wait().await.unwrap();
+    assert!(
+        pd.per_peer
+            .get(&c.peer_id().to_string())
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    hc.wait().await.unwrap();
+    assert_eq!(
+        std::fs::read(data_path(&d, &put.sha256)).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}

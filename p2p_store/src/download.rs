@@ -276,7 +276,48 @@ enum Event {
         index: u64,
         bytes: u64,
         res: Result<bool, StoreError>,
+        data: Option<Vec<u8>>,
     },
+}
+
+/// Whole-file SHA-256 computed while the download runs: stripes are fed in
+/// order on a blocking thread; a stripe that completes early is read back
+/// from disk when its turn comes. Bounded channel: back-pressure.
+struct InOrderHasher {
+    tx: tokio::sync::mpsc::Sender<(u64, Option<Vec<u8>>)>,
+    done: tokio::task::JoinHandle<Option<Digest>>,
+}
+
+impl InOrderHasher {
+    fn start(store: Arc<crate::store::Store>, sha: Digest, count: u64) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Option<Vec<u8>>)>(8);
+        let done = tokio::task::spawn_blocking(move || {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            let mut next = 0u64;
+            let mut ready = BTreeSet::new();
+            while let Some((i, data)) = rx.blocking_recv() {
+                match data {
+                    Some(d) if i == next => {
+                        h.update(&d);
+                        next += 1;
+                    }
+                    _ => {
+                        ready.insert(i);
+                    }
+                }
+                while ready.remove(&next) {
+                    match store.read_stripe(&sha, next) {
+                        Ok(d) => h.update(&d),
+                        Err(_) => return None,
+                    }
+                    next += 1;
+                }
+            }
+            (next == count).then(|| h.finalize().into())
+        });
+        Self { tx, done }
+    }
 }
 
 struct Downloader {
@@ -303,6 +344,7 @@ struct Downloader {
     last_progress: Instant,
     phase: Phase,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
+    hasher: Option<InOrderHasher>,
 }
 
 impl Downloader {
@@ -331,6 +373,7 @@ impl Downloader {
             last_progress: Instant::now(),
             phase: Phase::Discovering,
             events: FuturesUnordered::new(),
+            hasher: None,
         }
     }
 
@@ -419,8 +462,15 @@ impl Downloader {
         self.phase = Phase::Verifying;
         self.publish(None);
         let sha = self.req.sha256;
+        let digest = match self.hasher.take() {
+            Some(h) => {
+                drop(h.tx);
+                h.done.await.ok().flatten()
+            }
+            None => None,
+        };
         let st = store.clone();
-        let r = tokio::task::spawn_blocking(move || st.finish_partial(&sha))
+        let r = tokio::task::spawn_blocking(move || st.finish_partial_with(&sha, digest))
             .await
             .map_err(|e| FetchError::Store(e.to_string()))?;
         if let Err(e) = r {
@@ -614,6 +664,11 @@ impl Downloader {
         self.done = have.iter().filter(|h| **h).count() as u64;
         self.resumed = self.done;
         self.missing = (0..n).filter(|i| !have[*i as usize]).collect();
+        let hasher = InOrderHasher::start(self.node.store().clone(), self.req.sha256, n);
+        for i in (0..n).filter(|i| have[*i as usize]) {
+            let _ = hasher.tx.send((i, None)).await;
+        }
+        self.hasher = Some(hasher);
         self.manifest = Some(Arc::new(m));
         self.phase = Phase::Stripes;
         self.last_progress = Instant::now();
@@ -840,21 +895,26 @@ impl Downloader {
                                 let bytes = data.len() as u64;
                                 self.events.push(
                                     async move {
-                                        let res = tokio::task::spawn_blocking(move || {
-                                            store.write_stripe(&sha, index, &data)
+                                        let (res, data) = tokio::task::spawn_blocking(move || {
+                                            let r = store.write_stripe(&sha, index, &data);
+                                            (r, Some(data))
                                         })
                                         .await
                                         .unwrap_or_else(|e| {
-                                            Err(StoreError::Io {
-                                                path: Default::default(),
-                                                source: std::io::Error::other(e.to_string()),
-                                            })
+                                            (
+                                                Err(StoreError::Io {
+                                                    path: Default::default(),
+                                                    source: std::io::Error::other(e.to_string()),
+                                                }),
+                                                None,
+                                            )
                                         });
                                         Event::Stored {
                                             peer,
                                             index,
                                             bytes,
                                             res,
+                                            data,
                                         }
                                     }
                                     .boxed(),
@@ -904,20 +964,28 @@ impl Downloader {
                 index,
                 bytes,
                 res,
+                data,
             } => {
                 if let Some(s) = self.stripes.get_mut(index as usize) {
                     s.verifying = false;
                 }
                 match res {
                     Ok(_) => {
+                        let mut newly = false;
                         if let Some(s) = self.stripes.get_mut(index as usize) {
                             if !s.done {
                                 s.done = true;
+                                newly = true;
                                 self.done += 1;
                                 self.fetched += 1;
                                 self.bytes += bytes;
                                 *self.per_peer.entry(peer.to_string()).or_default() += 1;
                                 self.last_progress = Instant::now();
+                            }
+                        }
+                        if newly {
+                            if let Some(h) = &self.hasher {
+                                let _ = h.tx.send((index, data)).await;
                             }
                         }
                         self.publish(None);

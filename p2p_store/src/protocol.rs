@@ -7,7 +7,7 @@
 //!
 //! Response:
 //! - `0x10 | size u64 | stripe_size u32 | count u32 | digests[32*count] | have bitmap[ceil(count/8)]`
-//! - `0x11 | index u64 | bytes`               stripe (at most MAX_STRIPE_SIZE bytes)
+//! - `0x11 | index u64 BE | len u32 BE | bytes[len]`  stripe (len at most MAX_STRIPE_SIZE)
 //! - `0x1f | code u8 | utf-8 reason`          error (reason at most 1 KiB)
 
 use std::io;
@@ -27,7 +27,9 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_MANIFEST_FRAME: usize =
     17 + 32 * MAX_STRIPES as usize + (MAX_STRIPES as usize).div_ceil(8);
 /// Largest stripe frame.
-pub const MAX_STRIPE_FRAME: usize = 9 + MAX_STRIPE_SIZE as usize;
+pub const MAX_STRIPE_FRAME: usize = STRIPE_HEADER + MAX_STRIPE_SIZE as usize;
+/// Tag, index and length of a stripe frame.
+const STRIPE_HEADER: usize = 13;
 /// Largest response frame of any kind.
 pub const MAX_RESPONSE: usize = if MAX_MANIFEST_FRAME > MAX_STRIPE_FRAME {
     MAX_MANIFEST_FRAME
@@ -205,9 +207,7 @@ impl Response {
                 v
             }
             Response::Stripe { index, data } => {
-                let mut v = Vec::with_capacity(9 + data.len());
-                v.push(0x11);
-                v.extend_from_slice(&index.to_be_bytes());
+                let mut v = stripe_header(*index, data.len()).to_vec();
                 v.extend_from_slice(data);
                 v
             }
@@ -256,15 +256,21 @@ impl Response {
                 })
             }
             0x11 => {
-                if b.len() < 9 || b.len() > MAX_STRIPE_FRAME {
+                if b.len() < STRIPE_HEADER || b.len() > MAX_STRIPE_FRAME {
                     return Err(DecodeError::BadLength {
-                        expected: format!("9..={MAX_STRIPE_FRAME}"),
+                        expected: format!("{STRIPE_HEADER}..={MAX_STRIPE_FRAME}"),
                         got: b.len(),
                     });
                 }
                 let index = be_u64(&b[1..]);
-                // Reuse the frame buffer for the data: no second copy.
-                b.drain(..9);
+                let len = be_u32(&b[9..]) as usize;
+                if b.len() != STRIPE_HEADER + len {
+                    return Err(DecodeError::BadLength {
+                        expected: (STRIPE_HEADER + len).to_string(),
+                        got: b.len(),
+                    });
+                }
+                b.drain(..STRIPE_HEADER);
                 Ok(Response::Stripe { index, data: b })
             }
             0x1f => {
@@ -282,6 +288,14 @@ impl Response {
             t => Err(DecodeError::UnknownTag(t)),
         }
     }
+}
+
+fn stripe_header(index: u64, len: usize) -> [u8; STRIPE_HEADER] {
+    let mut h = [0u8; STRIPE_HEADER];
+    h[0] = 0x11;
+    h[1..9].copy_from_slice(&index.to_be_bytes());
+    h[9..13].copy_from_slice(&(len as u32).to_be_bytes());
+    h
 }
 
 /// Reads a whole stream, failing once it exceeds `limit` bytes.
@@ -328,7 +342,37 @@ impl libp2p::request_response::Codec for StoreCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let b = read_bounded(io, MAX_RESPONSE, 64 * 1024).await?;
+        let mut tag = [0u8; 1];
+        io.read_exact(&mut tag).await?;
+        if tag[0] == 0x11 {
+            // Stripe: the length comes first, so the buffer is allocated once
+            // at its exact (bounded) size and the bytes are never moved.
+            let mut h = [0u8; STRIPE_HEADER - 1];
+            io.read_exact(&mut h).await?;
+            let index = be_u64(&h);
+            let len = be_u32(&h[8..]);
+            if len > MAX_STRIPE_SIZE {
+                return Err(invalid(DecodeError::TooLarge(MAX_STRIPE_SIZE as usize)));
+            }
+            let mut data = Vec::with_capacity(len as usize);
+            (&mut *io)
+                .take(u64::from(len))
+                .read_to_end(&mut data)
+                .await?;
+            if data.len() != len as usize {
+                return Err(invalid(DecodeError::BadLength {
+                    expected: len.to_string(),
+                    got: data.len(),
+                }));
+            }
+            let mut extra = [0u8; 1];
+            if io.read(&mut extra).await? != 0 {
+                return Err(invalid(DecodeError::TooLarge(STRIPE_HEADER + len as usize)));
+            }
+            return Ok(Response::Stripe { index, data });
+        }
+        let mut b = read_bounded(io, MAX_RESPONSE - 1, 1024).await?;
+        b.insert(0, tag[0]);
         Response::decode(b).map_err(invalid)
     }
 
@@ -354,7 +398,13 @@ impl libp2p::request_response::Codec for StoreCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&r.encode()).await?;
+        if let Response::Stripe { index, data } = &r {
+            // Header then the stripe's own buffer: no copy of the bytes.
+            io.write_all(&stripe_header(*index, data.len())).await?;
+            io.write_all(data).await?;
+        } else {
+            io.write_all(&r.encode()).await?;
+        }
         io.flush().await
     }
 }
@@ -423,6 +473,14 @@ mod tests {
             sha256: [7; 32],
             index: 9,
         };
+        let st = Response::Stripe {
+            index: 3,
+            data: vec![5; 100],
+        };
+        assert_eq!(Response::decode(st.encode()).unwrap(), st);
+        let mut short = st.encode();
+        short.pop();
+        assert!(Response::decode(short).is_err());
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         let m = Response::Manifest {
             manifest: Manifest {

@@ -502,6 +502,16 @@ impl Store {
     /// Re-hashes the whole file; on success marks it complete (synced),
     /// on mismatch removes the artifact. Blocking.
     pub fn finish_partial(&self, sha: &Digest) -> Result<(), StoreError> {
+        self.finish_partial_with(sha, None)
+    }
+
+    /// Like [`Store::finish_partial`], with the whole-file digest already
+    /// computed over the verified stripes in order (`None`: read and hash).
+    pub fn finish_partial_with(
+        &self,
+        sha: &Digest,
+        digest: Option<Digest>,
+    ) -> Result<(), StoreError> {
         let (file, size, all) = {
             let inner = self.lock();
             let e = inner
@@ -524,17 +534,22 @@ impl Store {
             });
         }
         let path = self.obj_dir(sha).join("data");
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0u64;
-        while off < size {
-            let n = (size - off).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], off)
-                .map_err(io_err(&path))?;
-            h.update(&buf[..n]);
-            off += n as u64;
-        }
-        let got: Digest = h.finalize().into();
+        let got: Digest = match digest {
+            Some(d) => d,
+            None => {
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut off = 0u64;
+                while off < size {
+                    let n = (size - off).min(buf.len() as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], off)
+                        .map_err(io_err(&path))?;
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                h.finalize().into()
+            }
+        };
         if &got != sha {
             self.remove(sha);
             return Err(StoreError::WholeFileMismatch {

@@ -294,4 +294,41 @@ async fn control_api_put_get_status_and_clear_errors() {
     }
     let (s, _) = http(Method::GET, &format!("{api}/status"), Body::empty()).await;
     assert_eq!(s, StatusCode::OK);
+
+    // The CLI: `fetch --json -o FILE` through the client's API, and `status --json`.
+    let out = tmp.path().join("fetched");
+    let o = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
+        .args(["fetch", "--json", "--api", api, "--sha256", &put.sha256])
+        .args(["--stripe-root", &put.stripe_root, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sha256"], put.sha256);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&file).unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
+        .args(["status", "--json", "--api", api])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["peer_id"], client.peer_id.to_string());
+    // A wrong digest is refused with a reason and a non-zero exit.
+    let o = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
+        .args([
+            "fetch",
+            "--api",
+            api,
+            "--sha256",
+            "zz",
+            "--stripe-root",
+            &put.stripe_root,
+            "-o",
+        ])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sha256"));
 }

@@ -350,3 +350,65 @@ async fn a_node_serves_verified_stripes_while_still_downloading() {
         std::fs::read(&file).unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_slots_and_bandwidth_cap_are_enforced() {
+    use p2p_store::protocol::{ErrorCode, Request, Response};
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("artifact");
+    make_file(&file, 2 * 1024 * 1024, 9);
+    // One upload slot, 1 MiB/s.
+    let a = start(&tmp.path().join("a"), &[], |c| {
+        c.max_uploads = 1;
+        c.upload_rate = Some(1024 * 1024);
+    })
+    .await;
+    let put = a
+        .put_path(file.clone(), Some(64 * 1024), true)
+        .await
+        .unwrap();
+    let sha = parse_digest(&put.sha256).unwrap();
+    let b = start(&tmp.path().join("b"), &[&a], |_| {}).await;
+    wait_connected(&b, &[&a]).await;
+
+    // Several stripe requests at once: the single slot serves one, the rest are refused Busy.
+    let reqs = (0..4u64).map(|i| {
+        b.request(
+            a.peer_id(),
+            Request::Stripe {
+                sha256: sha,
+                index: i,
+            },
+        )
+    });
+    let answers = futures::future::join_all(reqs).await;
+    let served = answers
+        .iter()
+        .filter(|r| matches!(r, Ok(Response::Stripe { .. })))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Ok(Response::Error {
+                    code: ErrorCode::Busy,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!(served >= 1 && busy >= 1, "{served} served, {busy} busy");
+    assert!(a.counters().uploads_refused_busy >= 1);
+
+    // The whole artifact cannot arrive faster than the cap allows
+    // (2 MiB at 1 MiB/s with a one-stripe burst: at least ~1.9 s).
+    let t = std::time::Instant::now();
+    let p = b.fetch(req(&put)).wait().await.unwrap();
+    let el = t.elapsed();
+    assert_eq!(p.phase, Phase::Done);
+    assert!(
+        el >= Duration::from_millis(1700),
+        "capped upload took only {el:?}"
+    );
+}

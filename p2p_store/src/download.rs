@@ -257,6 +257,8 @@ struct StripeState {
     done: bool,
     verifying: bool,
     requesters: Vec<PeerId>,
+    /// When the oldest outstanding request for this stripe went out.
+    first_sent: Option<Instant>,
 }
 
 enum Event {
@@ -345,6 +347,11 @@ struct Downloader {
     phase: Phase,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     hasher: Option<InOrderHasher>,
+    /// EWMA of stripe request latency, seconds.
+    latency: Option<f64>,
+    /// Stripes whose only request is long overdue (a peer that froze
+    /// without closing its connection): duplicated on other peers.
+    overdue: BTreeSet<u64>,
 }
 
 impl Downloader {
@@ -374,6 +381,8 @@ impl Downloader {
             phase: Phase::Discovering,
             events: FuturesUnordered::new(),
             hasher: None,
+            latency: None,
+            overdue: BTreeSet::new(),
         }
     }
 
@@ -509,6 +518,7 @@ impl Downloader {
             });
         }
         self.refresh_partial_peers();
+        self.find_overdue();
         let usable = self.peers.len();
         let due = self
             .last_discovery
@@ -517,6 +527,37 @@ impl Downloader {
             self.discover();
         }
         Ok(())
+    }
+
+    /// Marks stripes whose single outstanding request has taken far longer
+    /// than requests usually take, and demotes the peer holding them.
+    fn find_overdue(&mut self) {
+        let Some(m) = self.manifest.clone() else {
+            return;
+        };
+        let limit = Duration::from_secs_f64((4.0 * self.latency.unwrap_or(0.5)).max(2.0));
+        self.overdue.clear();
+        let mut slow = Vec::new();
+        for (i, s) in self.stripes.iter().enumerate() {
+            if s.done || s.verifying || s.requesters.len() != 1 {
+                continue;
+            }
+            if let Some(t) = s.first_sent {
+                let el = t.elapsed();
+                if el > limit {
+                    self.overdue.insert(i as u64);
+                    slow.push((
+                        s.requesters[0],
+                        m.stripe_len(i as u64) as f64 / el.as_secs_f64(),
+                    ));
+                }
+            }
+        }
+        for (peer, r) in slow {
+            if let Some(ps) = self.peers.get_mut(&peer) {
+                ps.rate = Some(ps.rate.map_or(r, |old| old.min(r)));
+            }
+        }
     }
 
     /// Re-asks peers that are themselves still downloading for their
@@ -707,6 +748,17 @@ impl Downloader {
                     .copied()
                     .find(|i| ps.can_serve(*i))
                     .or_else(|| {
+                        // Overdue stripes go to another peer at once.
+                        self.overdue.iter().copied().find(|i| {
+                            self.stripes.get(*i as usize).is_some_and(|s| {
+                                !s.done
+                                    && !s.verifying
+                                    && s.requesters.len() < MAX_DUPLICATES
+                                    && !s.requesters.contains(peer)
+                            }) && ps.can_serve(*i)
+                        })
+                    })
+                    .or_else(|| {
                         if !self.missing.is_empty() {
                             return None;
                         }
@@ -742,9 +794,13 @@ impl Downloader {
             ps.inflight += 1;
         }
         if let Some(s) = self.stripes.get_mut(index as usize) {
+            if s.requesters.is_empty() {
+                s.first_sent = Some(Instant::now());
+            }
             s.requesters.push(peer);
         }
         self.missing.remove(&index);
+        self.overdue.remove(&index);
         let node = self.node.clone();
         let sha256 = self.req.sha256;
         self.events.push(
@@ -883,6 +939,7 @@ impl Downloader {
                         } else {
                             let el = sent.elapsed().as_secs_f64().max(1e-6);
                             let r = data.len() as f64 / el;
+                            self.latency = Some(self.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
                             if let Some(ps) = self.peers.get_mut(&peer) {
                                 ps.fails = 0;
                                 ps.rate = Some(ps.rate.map_or(r, |old| 0.7 * old + 0.3 * r));

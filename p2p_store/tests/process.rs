@@ -332,3 +332,54 @@ async fn control_api_put_get_status_and_clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("sha256"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_provider_does_not_hold_up_the_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("artifact");
+    make_file(&file, 8 * 1024 * 1024, 11);
+    let p1 = spawn_store(&tmp.path().join("p1"), &["--upload-rate", "2M"]).await;
+    let p2 = spawn_store(&tmp.path().join("p2"), &["--upload-rate", "2M"]).await;
+    let (s, v) = put_file(&p1.api, &file, "stripe_size=131072").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    put_file(&p2.api, &file, "stripe_size=131072").await;
+    let put: PutResult = serde_json::from_value(v).unwrap();
+    let c = {
+        let mut cfg = config(&tmp.path().join("c"));
+        cfg.bootstrap = vec![p1.addr.clone(), p2.addr.clone()];
+        // Far longer than the test may take: only overdue detection can save it.
+        cfg.request_timeout = Duration::from_secs(300);
+        cfg.stall_timeout = Duration::from_secs(300);
+        p2p_store::Node::start(cfg).await.unwrap()
+    };
+    wait_until(20, "connections", || {
+        let cp = c.connected_peers();
+        cp.contains(&p1.peer_id) && cp.contains(&p2.peer_id)
+    })
+    .await;
+    let h = c.fetch(FetchRequest {
+        sha256: parse_digest(&put.sha256).unwrap(),
+        stripe_root: parse_digest(&put.stripe_root).unwrap(),
+        size: Some(put.size),
+        stripe_size: Some(put.stripe_size),
+        pin: false,
+    });
+    let p1id = p1.peer_id.to_string();
+    h.wait_for(|p| p.per_peer.get(&p1id).copied().unwrap_or(0) >= 4)
+        .await;
+    // SIGSTOP: the connection stays open, the peer just stops answering.
+    let st = Command::new("kill")
+        .args(["-STOP", &p1.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let p = tokio::time::timeout(Duration::from_secs(45), h.wait())
+        .await
+        .expect("download held up by a frozen peer")
+        .unwrap();
+    assert_eq!(p.phase, Phase::Done);
+    assert_eq!(
+        std::fs::read(data_path(&c, &put.sha256)).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}

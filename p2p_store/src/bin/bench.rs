@@ -49,6 +49,9 @@ enum Bench {
         seeders: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_value = "256K,1M,4M", value_parser = parse_size)]
         stripe_sizes: Vec<u64>,
+        /// One-way delay added on each seeder's uplink (netem), ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -315,7 +318,7 @@ impl Drop for Netns {
     }
 }
 
-fn setup_netns(n: usize, cap_mbit: u64) -> anyhow::Result<Netns> {
+fn setup_netns(n: usize, cap_mbit: u64, delay_ms: u64) -> anyhow::Result<Netns> {
     let tag = std::process::id() % 1000;
     let mut made = Netns(Vec::new());
     for i in 0..n {
@@ -353,22 +356,51 @@ fn setup_netns(n: usize, cap_mbit: u64) -> anyhow::Result<Netns> {
         ])?;
         ex(&["ip", "link", "set", &peer, "up"])?;
         ex(&["ip", "link", "set", "lo", "up"])?;
-        // The seeder's uplink: egress of its veth end, token bucket at the cap.
-        ex(&[
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            &peer,
-            "root",
+        // The seeder's uplink: egress of its veth end, token bucket at the cap
+        // (behind a netem delay when asked).
+        let rate = format!("{cap_mbit}mbit");
+        let tbf = [
             "tbf",
             "rate",
-            &format!("{cap_mbit}mbit"),
+            rate.as_str(),
             "burst",
             "256kb",
             "latency",
             "100ms",
-        ])?;
+        ];
+        if delay_ms > 0 {
+            let delay = format!("{delay_ms}ms");
+            let netem = [
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                peer.as_str(),
+                "root",
+                "handle",
+                "1:",
+            ];
+            ex(&[
+                &netem[..],
+                &["netem", "delay", delay.as_str(), "limit", "100000"],
+            ]
+            .concat())?;
+            let child = [
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                peer.as_str(),
+                "parent",
+                "1:",
+                "handle",
+                "2:",
+            ];
+            ex(&[&child[..], &tbf[..]].concat())?;
+        } else {
+            let root = ["tc", "qdisc", "add", "dev", peer.as_str(), "root"];
+            ex(&[&root[..], &tbf[..]].concat())?;
+        }
     }
     Ok(made)
 }
@@ -378,6 +410,7 @@ async fn netns(
     cap_mbit: u64,
     ks: Vec<usize>,
     sss: Vec<u64>,
+    delay_ms: u64,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
     let nmax = ks.iter().copied().max().unwrap_or(1);
@@ -385,7 +418,7 @@ async fn netns(
     std::fs::create_dir_all(&work)?;
     let file = work.join("artifact");
     make_file(&file, size)?;
-    let nss = setup_netns(nmax, cap_mbit)?;
+    let nss = setup_netns(nmax, cap_mbit, delay_ms)?;
     let mut seeders = Vec::new();
     for (i, ns) in nss.0.iter().enumerate() {
         seeders.push(
@@ -411,7 +444,7 @@ async fn netns(
             let rate = size as f64 / secs;
             let ratio = rate / (k as f64 * cap_bytes);
             println!(
-                "netns cap={cap_mbit}Mbit/s stripe={}KiB k={k}: {:.2} MB/s in {:.2}s, ratio {:.3} (stripes/peer {:?})",
+                "netns cap={cap_mbit}Mbit/s delay={delay_ms}ms stripe={}KiB k={k}: {:.2} MB/s in {:.2}s, ratio {:.3} (stripes/peer {:?})",
                 ss >> 10,
                 rate / 1e6,
                 secs,
@@ -428,7 +461,7 @@ async fn netns(
     let _ = std::fs::remove_dir_all(&work);
     println!(
         "{}",
-        serde_json::json!({"bench": "netns", "size": size, "cap_mbit": cap_mbit, "rows": rows})
+        serde_json::json!({"bench": "netns", "size": size, "cap_mbit": cap_mbit, "delay_ms": delay_ms, "rows": rows})
     );
     Ok(())
 }
@@ -462,6 +495,7 @@ async fn main() -> anyhow::Result<()> {
             cap_mbit,
             seeders,
             stripe_sizes,
+            delay_ms,
             dir,
         } => {
             netns(
@@ -469,6 +503,7 @@ async fn main() -> anyhow::Result<()> {
                 cap_mbit,
                 seeders,
                 stripe_sizes,
+                delay_ms,
                 dir.unwrap_or_else(std::env::temp_dir),
             )
             .await

@@ -357,10 +357,11 @@ async fn upload_slots_and_bandwidth_cap_are_enforced() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("artifact");
     make_file(&file, 2 * 1024 * 1024, 9);
-    // One upload slot, 1 MiB/s.
+    // One upload slot, 512 KiB/s, bursts of one 64 KiB stripe.
     let a = start(&tmp.path().join("a"), &[], |c| {
         c.max_uploads = 1;
-        c.upload_rate = Some(1024 * 1024);
+        c.upload_rate = Some(512 * 1024);
+        c.stripe_size = 64 * 1024;
     })
     .await;
     let put = a
@@ -371,6 +372,18 @@ async fn upload_slots_and_bandwidth_cap_are_enforced() {
     let b = start(&tmp.path().join("b"), &[&a], |_| {}).await;
     wait_connected(&b, &[&a]).await;
 
+    // Use up the burst, so the next upload must wait ~125 ms for tokens
+    // while holding the only slot.
+    let first = b
+        .request(
+            a.peer_id(),
+            Request::Stripe {
+                sha256: sha,
+                index: 0,
+            },
+        )
+        .await;
+    assert!(matches!(first, Ok(Response::Stripe { .. })));
     // Several stripe requests at once: the single slot serves one, the rest are refused Busy.
     let reqs = (0..4u64).map(|i| {
         b.request(
@@ -402,13 +415,13 @@ async fn upload_slots_and_bandwidth_cap_are_enforced() {
     assert!(a.counters().uploads_refused_busy >= 1);
 
     // The whole artifact cannot arrive faster than the cap allows
-    // (2 MiB at 1 MiB/s with a one-stripe burst: at least ~1.9 s).
+    // (2 MiB at 512 KiB/s with a 64 KiB burst: at least ~3.9 s).
     let t = std::time::Instant::now();
     let p = b.fetch(req(&put)).wait().await.unwrap();
     let el = t.elapsed();
     assert_eq!(p.phase, Phase::Done);
     assert!(
-        el >= Duration::from_millis(1700),
+        el >= Duration::from_millis(3500),
         "capped upload took only {el:?}"
     );
 }

@@ -912,6 +912,13 @@ impl Downloader {
                     }
                     Ok(Response::Error { code, reason }) => {
                         self.last_manifest_error = format!("{peer}: {code:?} {reason}");
+                        if code == ErrorCode::Busy {
+                            // Ask again soon rather than after the usual 5 s.
+                            if let Some(t) = Instant::now().checked_sub(Duration::from_millis(4500))
+                            {
+                                self.asked.insert(peer, t);
+                            }
+                        }
                     }
                     Ok(Response::Stripe { .. }) => {
                         self.penalise(peer, "stripe sent for a manifest request");

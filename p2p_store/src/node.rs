@@ -597,18 +597,33 @@ fn handle_inbound(
             })
         }
         Request::Manifest { sha256 } => {
-            let resp = match (store.manifest(&sha256), store.have(&sha256)) {
-                (Some((m, _)), Some(have)) => Response::Manifest {
-                    manifest: (*m).clone(),
-                    have,
-                },
-                _ => Response::error(ErrorCode::NotFound, "artifact not stored here"),
+            let (resp, permit) = match (store.manifest(&sha256), store.have(&sha256)) {
+                (Some((m, _)), Some(have)) => {
+                    // A manifest can be megabytes: it takes an upload slot like a stripe.
+                    match shared.upload_slots.clone().try_acquire_owned() {
+                        Ok(p) => (
+                            Response::Manifest {
+                                manifest: (*m).clone(),
+                                have,
+                            },
+                            Some(p),
+                        ),
+                        Err(_) => {
+                            lock(&shared.counters).uploads_refused_busy += 1;
+                            (Response::error(ErrorCode::Busy, "upload slots full"), None)
+                        }
+                    }
+                }
+                _ => (
+                    Response::error(ErrorCode::NotFound, "artifact not stored here"),
+                    None,
+                ),
             };
             Some(Command::Respond {
                 request_id,
                 channel,
                 response: resp,
-                permit: None,
+                permit,
             })
         }
         Request::Stripe { sha256, index } => {
@@ -826,10 +841,14 @@ async fn run_swarm(
                     SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => match ev {
                         request_response::Event::Message { message, .. } => match message {
                             request_response::Message::Request { request_id, request, channel } => {
-                                if let Some(Command::Respond { channel, response, .. }) =
+                                if let Some(Command::Respond { channel, response, permit, .. }) =
                                     handle_inbound(&sh, request_id, request, channel)
                                 {
-                                    let _ = swarm.behaviour_mut().rr.send_response(channel, response);
+                                    if swarm.behaviour_mut().rr.send_response(channel, response).is_ok() {
+                                        if let Some(p) = permit {
+                                            upload_permits.insert(request_id, p);
+                                        }
+                                    }
                                 }
                             }
                             request_response::Message::Response { request_id, response } => {

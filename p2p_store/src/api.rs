@@ -193,17 +193,29 @@ where
     }
 }
 
+fn octet_response(body: hyper::Body, size: u64, sha: &manifest::Digest) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(warp::http::header::CONTENT_LENGTH, size.into());
+    if let Ok(v) = warp::http::HeaderValue::from_str(&hex::encode(sha)) {
+        h.insert("x-sha256", v);
+    }
+    resp
+}
+
 async fn get_artifact(node: Node, sha: String, q: GetQuery) -> Result<Response, Infallible> {
     let req = match fetch_request(&sha, &q) {
         Ok(r) => r,
         Err(r) => return Ok(r),
     };
     if !node.store().is_complete(&req.sha256, &req.stripe_root) {
-        let h = node.fetch(req.clone());
-        if let Err(e) = h.wait().await {
-            return Ok(json_err(fetch_status(&e), e.to_string()));
-        }
-    } else if req.pin {
+        return Ok(stream_while_fetching(node, req).await);
+    }
+    if req.pin {
         let _ = node.store().set_pinned(&req.sha256, true);
     }
     let (f, size) = match node.store().open_complete(&req.sha256, &req.stripe_root) {
@@ -212,18 +224,69 @@ async fn get_artifact(node: Node, sha: String, q: GetQuery) -> Result<Response, 
     };
     let stream =
         tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 256 * 1024);
-    let body = hyper::Body::wrap_stream(stream);
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(warp::http::header::CONTENT_LENGTH, size.into());
-    if let Ok(v) = warp::http::HeaderValue::from_str(&hex::encode(req.sha256)) {
-        h.insert("x-sha256", v);
+    Ok(octet_response(
+        hyper::Body::wrap_stream(stream),
+        size,
+        &req.sha256,
+    ))
+}
+
+/// Streams an artifact while it downloads: each stripe goes out once it is
+/// verified and on disk, in order; the last stripe only after the whole-file
+/// SHA-256 matched, so a client never receives a complete body that fails
+/// it (on failure the body is cut short with an error).
+async fn stream_while_fetching(node: Node, req: FetchRequest) -> Response {
+    let h = node.fetch(req.clone());
+    // Headers need the size: wait for the verified manifest (or the end).
+    let p = h
+        .wait_for(|p| p.stripes_total > 0 && p.phase != crate::Phase::Discovering)
+        .await;
+    if p.phase == crate::Phase::Failed || p.stripes_total == 0 {
+        return match h.wait().await {
+            Err(e) => json_err(fetch_status(&e), e.to_string()),
+            Ok(_) => json_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "download ended without a manifest",
+            ),
+        };
     }
-    Ok(resp)
+    let (size, total) = (p.size, p.stripes_total);
+    let sha = req.sha256;
+    let stream = futures::stream::unfold(0u64, move |next| {
+        let node = node.clone();
+        let h = h.clone();
+        async move {
+            if next >= total {
+                return None;
+            }
+            let last = next + 1 == total;
+            loop {
+                let ready = node.store().has_stripe(&sha, next)
+                    && (!last || h.progress().phase == crate::Phase::Done);
+                if ready {
+                    let st = node.store().clone();
+                    let r = tokio::task::spawn_blocking(move || st.read_stripe(&sha, next)).await;
+                    return Some(match r {
+                        Ok(Ok(d)) => (Ok(bytes::Bytes::from(d)), next + 1),
+                        Ok(Err(e)) => (Err(std::io::Error::other(e.to_string())), total),
+                        Err(e) => (Err(std::io::Error::other(e.to_string())), total),
+                    });
+                }
+                let p = h.progress();
+                if p.phase == crate::Phase::Failed {
+                    let reason = p.error.unwrap_or_default();
+                    return Some((Err(std::io::Error::other(reason)), total));
+                }
+                let done = p.stripes_done;
+                h.wait_for(|p| {
+                    p.stripes_done != done
+                        || matches!(p.phase, crate::Phase::Done | crate::Phase::Failed)
+                })
+                .await;
+            }
+        }
+    });
+    octet_response(hyper::Body::wrap_stream(stream), size, &sha)
 }
 
 async fn start_fetch(node: Node, sha: String, q: GetQuery) -> Result<Response, Infallible> {

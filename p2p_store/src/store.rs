@@ -486,6 +486,15 @@ impl Store {
         inner.entries.get(sha).map(|e| (e.manifest.clone(), e.root))
     }
 
+    /// Whether stripe `index` is present and verified.
+    pub fn has_stripe(&self, sha: &Digest, index: u64) -> bool {
+        self.lock()
+            .entries
+            .get(sha)
+            .and_then(|e| e.have.get(index as usize).copied())
+            .unwrap_or(false)
+    }
+
     /// Which stripes are present.
     pub fn have(&self, sha: &Digest) -> Option<Vec<bool>> {
         self.lock().entries.get(sha).map(|e| e.have.clone())

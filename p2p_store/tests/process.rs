@@ -383,3 +383,47 @@ async fn a_frozen_provider_does_not_hold_up_the_download() {
         std::fs::read(&file).unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_get_streams_verified_stripes_while_downloading() {
+    use hyper::body::HttpBody;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("artifact");
+    make_file(&file, 4 * 1024 * 1024, 12);
+    let seeder = spawn_store(&tmp.path().join("s"), &["--upload-rate", "1M"]).await;
+    let (s, v) = put_file(&seeder.api, &file, "stripe_size=65536").await;
+    assert_eq!(s, StatusCode::CREATED);
+    let put: PutResult = serde_json::from_value(v).unwrap();
+    let client = spawn_store(
+        &tmp.path().join("c"),
+        &["--bootstrap", &seeder.addr.to_string()],
+    )
+    .await;
+    let url = format!(
+        "{}/artifacts/{}?stripe_root={}",
+        client.api, put.sha256, put.stripe_root
+    );
+    let req = hyper::Request::get(&url).body(Body::empty()).unwrap();
+    let mut resp = hyper::Client::new().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-length"].to_str().unwrap(),
+        put.size.to_string()
+    );
+    let first = resp.body_mut().data().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // The first bytes arrived while the node is still downloading.
+    let (_, b) = http(
+        Method::GET,
+        &format!("{}/fetch/{}", client.api, put.sha256),
+        Body::empty(),
+    )
+    .await;
+    let prog: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_ne!(prog["phase"], "done", "{prog}");
+    let mut body = first.to_vec();
+    while let Some(c) = resp.body_mut().data().await {
+        body.extend_from_slice(&c.unwrap());
+    }
+    assert!(body == std::fs::read(&file).unwrap());
+}

@@ -26,6 +26,8 @@ use crate::store::{Begin, StoreError};
 
 /// At most this many peers serve one download at a time.
 pub const MAX_ACTIVE_PEERS: usize = 16;
+/// Finished downloads kept for progress queries before they are forgotten.
+const MAX_REMEMBERED_DOWNLOADS: usize = 1024;
 /// Manifest requests in flight at once.
 const MAX_MANIFEST_REQUESTS: usize = 8;
 /// Requests to one stripe at once in the endgame.
@@ -211,6 +213,10 @@ pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
         outcome: None,
     });
     let h = DownloadHandle { rx };
+    if map.len() >= MAX_REMEMBERED_DOWNLOADS {
+        // Forget finished downloads (their progress was for pollers only).
+        map.retain(|_, d| d.outcome().is_none());
+    }
     map.insert(req.sha256, h.clone());
     drop(map);
     let sha = req.sha256;

@@ -199,6 +199,9 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Re-announcement of every stored artifact happens at most this often.
+const REANNOUNCE_EVERY: Duration = Duration::from_secs(300);
+
 /// How long a peer that sent bad data stays excluded.
 pub const BAN_DURATION: Duration = Duration::from_secs(600);
 
@@ -720,8 +723,11 @@ async fn run_swarm(
     let mut announce = tokio::time::interval(Duration::from_secs(5));
     announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Announce again once new peers appear (records put while alone reach nobody).
+    // The first time (records made while alone reached nobody) as soon as
+    // peers appear, later at most every REANNOUNCE_EVERY when peers change;
+    // Kademlia's own republication covers the rest.
     let mut peers_changed = false;
-    let mut last_announce = Instant::now();
+    let mut last_announce: Option<Instant> = None;
     loop {
         tokio::select! {
             cmd = rx.recv() => {
@@ -762,13 +768,13 @@ async fn run_swarm(
                 }
             }
             _ = announce.tick() => {
-                if peers_changed && last_announce.elapsed() >= Duration::from_secs(5) {
+                if peers_changed && last_announce.is_none_or(|t| t.elapsed() >= REANNOUNCE_EVERY) {
                     let Some(sh) = shared.upgrade() else { break };
                     for key in sh.store.provided() {
                         let _ = swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key));
                     }
                     peers_changed = false;
-                    last_announce = Instant::now();
+                    last_announce = Some(Instant::now());
                 }
             }
             ev = swarm.select_next_some() => {

@@ -34,6 +34,9 @@ enum Bench {
         seeders: usize,
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         stripe_size: u64,
+        /// Stripe requests in flight per peer.
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
         /// Work directory (needs about (seeders + 3) × size of disk).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -174,12 +177,14 @@ async fn fetch_from(
     dir: &Path,
     seeders: &[&Seeder],
     put: &PutResult,
+    inflight: usize,
 ) -> anyhow::Result<(f64, p2p_store::Progress)> {
     let _ = std::fs::remove_dir_all(dir);
     let mut cfg = Config::new(dir);
     cfg.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?];
     cfg.mdns = false;
     cfg.quota = 1 << 40;
+    cfg.inflight_per_peer = inflight;
     cfg.bootstrap = seeders.iter().map(|s| s.addr.clone()).collect();
     let node = Node::start(cfg).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -242,7 +247,13 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1048576.0 / secs
 }
 
-async fn loopback(size: u64, k: usize, ss: u64, dir: PathBuf) -> anyhow::Result<()> {
+async fn loopback(
+    size: u64,
+    k: usize,
+    ss: u64,
+    inflight: usize,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
     let work = dir.join(format!("pyrsia-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let file = work.join("artifact");
@@ -262,7 +273,7 @@ async fn loopback(size: u64, k: usize, ss: u64, dir: PathBuf) -> anyhow::Result<
     let put = seeder_put(&seeders[0], &file, ss)?;
     let refs: Vec<&Seeder> = seeders.iter().collect();
     eprintln!("fetching from {k} seeder(s)…");
-    let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put).await?;
+    let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, inflight).await?;
     let store_rate = mib_s(size, secs);
     drop(seeders);
 
@@ -440,7 +451,7 @@ async fn netns(
         let put = put.context("no seeders")?;
         for &k in &ks {
             let refs: Vec<&Seeder> = seeders.iter().take(k).collect();
-            let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put).await?;
+            let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, 4).await?;
             let rate = size as f64 / secs;
             let ratio = rate / (k as f64 * cap_bytes);
             println!(
@@ -480,12 +491,14 @@ async fn main() -> anyhow::Result<()> {
             size,
             seeders,
             stripe_size,
+            inflight,
             dir,
         } => {
             loopback(
                 size,
                 seeders.max(1),
                 stripe_size,
+                inflight.max(1),
                 dir.unwrap_or_else(std::env::temp_dir),
             )
             .await

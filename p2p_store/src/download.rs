@@ -353,6 +353,8 @@ struct Downloader {
     phase: Phase,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     hasher: Option<InOrderHasher>,
+    /// The peer whose manifest was adopted.
+    manifest_from: Option<PeerId>,
     /// EWMA of stripe request latency, seconds.
     latency: Option<f64>,
     /// Stripes whose only request is long overdue (a peer that froze
@@ -387,6 +389,7 @@ impl Downloader {
             phase: Phase::Discovering,
             events: FuturesUnordered::new(),
             hasher: None,
+            manifest_from: None,
             latency: None,
             overdue: BTreeSet::new(),
         }
@@ -880,6 +883,7 @@ impl Downloader {
                         match ok {
                             Ok(()) => {
                                 if self.manifest.is_none() {
+                                    self.manifest_from = Some(peer);
                                     self.adopt_manifest(manifest).await?;
                                 }
                                 let n = self.manifest.as_ref().map_or(0, |m| m.count());
@@ -1062,6 +1066,19 @@ impl Downloader {
                     }
                     Err(StoreError::BadStripe { .. }) => {
                         self.penalise(peer, "stripe failed verification");
+                    }
+                    Err(e @ StoreError::GeometryMismatch { .. }) => {
+                        // The accepted manifest carried a false size or stripe
+                        // size: drop the partial, penalise its source, fail.
+                        if let Some(src) = self.manifest_from {
+                            self.penalise(src, "manifest with false geometry");
+                        }
+                        self.node.unprovide(self.req.sha256).await;
+                        self.node.store().remove(&self.req.sha256);
+                        return Err(FetchError::NoValidManifest {
+                            tried: self.manifest_tried,
+                            last: e.to_string(),
+                        });
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -46,6 +46,8 @@ pub enum StoreError {
     StripeOutOfRange { index: u64, count: u64 },
     #[error("stripe {index} does not match its manifest digest")]
     BadStripe { index: u64 },
+    #[error("stripe {index} matches its digest but is {got} bytes where the manifest's geometry says {expected}")]
+    GeometryMismatch { index: u64, expected: u64, got: u64 },
     #[error("whole-file sha256 mismatch: expected {expected}, got {got}")]
     WholeFileMismatch { expected: String, got: String },
     #[error("quota exceeded: need {need} bytes, {used} of {quota} used and nothing evictable")]
@@ -429,8 +431,17 @@ impl Store {
             (e.file.clone(), e.manifest.clone())
         };
         let len = manifest.stripe_len(index);
-        if data.len() as u64 != len || sha256(data) != manifest.digests[index as usize] {
+        if sha256(data) != manifest.digests[index as usize] {
             return Err(StoreError::BadStripe { index });
+        }
+        if data.len() as u64 != len {
+            // The right bytes, but the manifest's size/stripe size put a
+            // different length here: the manifest lied, not the sender.
+            return Err(StoreError::GeometryMismatch {
+                index,
+                expected: len,
+                got: data.len() as u64,
+            });
         }
         let off = index * u64::from(manifest.stripe_size);
         let path = self.obj_dir(sha).join("data");
@@ -816,6 +827,31 @@ mod tests {
             .list()
             .into_iter()
             .any(|i| i.sha256 == a.sha256 && i.pinned));
+    }
+
+    #[test]
+    fn right_bytes_under_a_false_geometry_are_not_blamed_on_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![3u8; 2 * 4096 + 100];
+        let mut b = manifest::ManifestBuilder::new(4096).unwrap();
+        b.update(&data);
+        let (whole, mut m) = b.finish().unwrap();
+        let root = m.root();
+        m.size += 1; // same stripe count, same root: a lying manifest
+        let s = Store::open(dir.path(), 1 << 30).unwrap();
+        s.begin_partial(whole, root, m, false).unwrap();
+        assert!(matches!(
+            s.write_stripe(&whole, 2, &data[2 * 4096..]),
+            Err(StoreError::GeometryMismatch {
+                index: 2,
+                expected: 101,
+                got: 100
+            })
+        ));
+        assert!(matches!(
+            s.write_stripe(&whole, 2, &[0u8; 101]),
+            Err(StoreError::BadStripe { index: 2 })
+        ));
     }
 
     #[test]

@@ -1,1 +1,251 @@
+//! The Pyrsia ABCI 2.0 application: binds [`pyrsia_chain::Ledger`] to CometBFT.
+//!
+//! CometBFT opens four connections (consensus, mempool, info, snapshot); all
+//! of them feed one [`App`] through `tower_abci::v038::split`, so requests are
+//! handled one at a time by the single owner of the ledger, in arrival order.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use pyrsia_chain::ledger::BlockInfo;
+use pyrsia_chain::proof::{encode_proof, PROOF_OP_TYPE};
+use pyrsia_chain::{GenesisState, Ledger};
+use tendermint::abci::types::ExecTxResult;
+use tendermint::abci::{response, Code, Event, EventAttributeIndexExt};
+use tendermint::merkle::proof::{ProofOp, ProofOps};
+use tendermint::v0_38::abci::{request, Request, Response};
+use tendermint::AppHash;
+use tower::Service;
+use tower_abci::v038::{split, Server};
+use tower_abci::BoxError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AbciError {
+    #[error("ABCI server: {0}")]
+    Server(String),
+}
+
+/// Version string reported to CometBFT in Info.
+pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug)]
+pub struct App {
+    ledger: Ledger,
+}
+
+type Reply = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send + 'static>>;
+
+fn app_hash(bytes: &[u8]) -> AppHash {
+    AppHash::try_from(bytes.to_vec()).unwrap_or_default()
+}
+
+fn to_events(events: Vec<pyrsia_chain::Event>) -> Vec<Event> {
+    events
+        .into_iter()
+        .map(|e| {
+            Event::new(
+                e.kind,
+                e.attributes
+                    .into_iter()
+                    .map(|(k, v)| (k, v).index())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+impl App {
+    pub fn new(ledger: Ledger) -> App {
+        App { ledger }
+    }
+
+    fn info(&self) -> response::Info {
+        let (height, hash) = self
+            .ledger
+            .info()
+            .map(|c| (c.height, app_hash(&c.app_hash)))
+            .unwrap_or_default();
+        response::Info {
+            data: "pyrsia".into(),
+            version: APP_VERSION.into(),
+            app_version: 1,
+            last_block_height: height.try_into().unwrap_or_default(),
+            last_block_app_hash: hash,
+        }
+    }
+
+    fn init_chain(&mut self, req: request::InitChain) -> Result<response::InitChain, BoxError> {
+        let genesis: GenesisState = serde_json::from_slice(&req.app_state_bytes)
+            .map_err(|e| format!("genesis app_state is not a Pyrsia genesis state: {e}"))?;
+        let hash = self
+            .ledger
+            .init_chain(&req.chain_id, &genesis, req.initial_height.value())?;
+        tracing::info!(chain_id = %req.chain_id, app_hash = %hex::encode(hash), "chain initialised");
+        Ok(response::InitChain {
+            consensus_params: None,
+            validators: Vec::new(),
+            app_hash: app_hash(&hash),
+        })
+    }
+
+    fn check_tx(&self, req: request::CheckTx) -> response::CheckTx {
+        let recheck = req.kind == request::CheckTxKind::Recheck;
+        let result = self.ledger.check_tx(&req.tx, recheck);
+        response::CheckTx {
+            code: Code::from(result.code),
+            log: result.log,
+            ..Default::default()
+        }
+    }
+
+    fn finalize_block(
+        &mut self,
+        req: request::FinalizeBlock,
+    ) -> Result<response::FinalizeBlock, BoxError> {
+        let block = BlockInfo {
+            height: req.height.value(),
+            time: u64::try_from(req.time.unix_timestamp()).unwrap_or(0),
+            hash: req.hash.as_bytes().to_vec(),
+        };
+        let result = self.ledger.finalize_block(&block, &req.txs)?;
+        tracing::debug!(height = block.height, txs = req.txs.len(), app_hash = %hex::encode(result.app_hash), "finalized");
+        Ok(response::FinalizeBlock {
+            events: Vec::new(),
+            tx_results: result
+                .txs
+                .into_iter()
+                .map(|r| ExecTxResult {
+                    code: Code::from(r.code),
+                    log: r.log,
+                    events: to_events(r.events),
+                    ..Default::default()
+                })
+                .collect(),
+            validator_updates: Vec::new(),
+            consensus_param_updates: None,
+            app_hash: app_hash(&result.app_hash),
+        })
+    }
+
+    fn query(&self, req: request::Query) -> response::Query {
+        match self.ledger.query(&req.path, req.height.value(), req.prove) {
+            Ok(answer) => response::Query {
+                code: Code::Ok,
+                log: if answer.value.is_some() {
+                    "exists"
+                } else {
+                    "does not exist"
+                }
+                .into(),
+                key: Bytes::from(answer.key.clone()),
+                value: answer.value.map(Bytes::from).unwrap_or_default(),
+                proof: answer.proof.map(|p| ProofOps {
+                    ops: vec![ProofOp {
+                        field_type: PROOF_OP_TYPE.into(),
+                        key: answer.key,
+                        data: encode_proof(&p),
+                    }],
+                }),
+                height: answer.height.try_into().unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(e) => response::Query {
+                code: Code::from(1),
+                log: e.to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Response, BoxError> {
+        Ok(match req {
+            Request::Info(_) => Response::Info(self.info()),
+            Request::InitChain(r) => Response::InitChain(self.init_chain(r)?),
+            Request::Query(r) => Response::Query(self.query(r)),
+            Request::CheckTx(r) => Response::CheckTx(self.check_tx(r)),
+            Request::PrepareProposal(r) => {
+                // Keep the mempool's order, within the byte budget.
+                let mut budget = usize::try_from(r.max_tx_bytes).unwrap_or(0);
+                let txs = r
+                    .txs
+                    .into_iter()
+                    .take_while(|tx| match budget.checked_sub(tx.len()) {
+                        Some(rest) => {
+                            budget = rest;
+                            true
+                        }
+                        None => false,
+                    })
+                    .collect();
+                Response::PrepareProposal(response::PrepareProposal { txs })
+            }
+            Request::ProcessProposal(_) => {
+                Response::ProcessProposal(response::ProcessProposal::Accept)
+            }
+            Request::ExtendVote(_) => Response::ExtendVote(response::ExtendVote {
+                vote_extension: Bytes::new(),
+            }),
+            Request::VerifyVoteExtension(_) => {
+                Response::VerifyVoteExtension(response::VerifyVoteExtension::Accept)
+            }
+            Request::FinalizeBlock(r) => Response::FinalizeBlock(self.finalize_block(r)?),
+            Request::Commit => {
+                let height = self.ledger.commit()?;
+                tracing::debug!(height, "committed");
+                Response::Commit(response::Commit {
+                    data: Bytes::new(),
+                    retain_height: 0u32.into(),
+                })
+            }
+            Request::Flush => Response::Flush,
+            Request::Echo(e) => Response::Echo(response::Echo { message: e.message }),
+            Request::ListSnapshots => Response::ListSnapshots(Default::default()),
+            Request::OfferSnapshot(_) => Response::OfferSnapshot(Default::default()),
+            Request::LoadSnapshotChunk(_) => Response::LoadSnapshotChunk(Default::default()),
+            Request::ApplySnapshotChunk(_) => Response::ApplySnapshotChunk(Default::default()),
+        })
+    }
+}
+
+impl Service<Request> for App {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Reply;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Reply {
+        let result = self.handle(req);
+        if let Err(e) = &result {
+            // A consensus request that fails leaves CometBFT unable to go on;
+            // it stops, and the handshake on restart replays what is missing.
+            tracing::error!(error = %e, "ABCI request failed");
+        }
+        Box::pin(async move { result })
+    }
+}
+
+/// Serves the ledger to CometBFT on `addr` until the process ends.
+pub async fn serve(ledger: Ledger, addr: SocketAddr) -> Result<(), AbciError> {
+    // The bound queues each connection's requests before the single owner.
+    let (consensus, mempool, snapshot, info) = split::service(App::new(ledger), 64);
+    let server = Server::builder()
+        .consensus(consensus)
+        .snapshot(snapshot)
+        // No load shedding: tower-abci drops the connection on any service
+        // error, and CometBFT stops when a connection drops. Back-pressure instead.
+        .mempool(mempool)
+        .info(info)
+        .finish()
+        .ok_or_else(|| AbciError::Server("incomplete server".into()))?;
+    tracing::info!(%addr, "ABCI app listening");
+    server
+        .listen_tcp(addr)
+        .await
+        .map_err(|e| AbciError::Server(e.to_string()))
+}

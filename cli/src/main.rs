@@ -1,1 +1,142 @@
-fn main() {}
+//! `pyrsia`: one binary for every role of a Pyrsia node.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod keys;
+mod node;
+mod query;
+mod tx;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pyrsia",
+    version,
+    about = "Pyrsia: a decentralized, verifiable package network"
+)]
+pub struct Cli {
+    /// Node home: keys, CometBFT config and data, ledger state.
+    #[arg(long, global = true, env = "PYRSIA_HOME", default_value_os_t = default_home())]
+    pub home: PathBuf,
+    /// CometBFT RPC endpoint of the node to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "PYRSIA_NODE",
+        default_value = "http://127.0.0.1:26657"
+    )]
+    pub node: String,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn default_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".pyrsia")
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage signing keys (HOME/keys/NAME.json).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Run the ABCI ledger app alone (CometBFT connects to it).
+    Abci(node::AbciArgs),
+    /// Run a node.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Create validator homes for a network on one host.
+    #[command(subcommand)]
+    Devnet(node::DevnetCommand),
+    /// Submit a transaction and wait until it is committed.
+    #[command(subcommand)]
+    Tx(tx::TxCommand),
+    /// Submit a governance action with board members' approvals.
+    #[command(subcommand)]
+    Gov(tx::GovCommand),
+    /// Read ledger state, optionally verified by a proof.
+    #[command(subcommand)]
+    Query(query::QueryCommand),
+    /// The artifact store sidecar: striped, verified distribution over libp2p.
+    #[command(subcommand)]
+    Store(p2p_store::cli::StoreCommand),
+    /// Download an artifact by digest through the local store, from several peers.
+    Fetch(p2p_store::cli::FetchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let ctx = Context {
+        home: cli.home,
+        node: cli.node,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Keys(c) => keys::run(&ctx, c),
+        Command::Abci(a) => node::run_abci(&ctx, a).await,
+        Command::Node(c) => node::run_node(&ctx, c).await,
+        Command::Devnet(c) => node::run_devnet(&ctx, c),
+        Command::Tx(c) => tx::run_tx(&ctx, c).await,
+        Command::Gov(c) => tx::run_gov(&ctx, c).await,
+        Command::Query(c) => query::run(&ctx, c).await,
+        Command::Store(c) => c.with_json(ctx.json).run().await,
+        Command::Fetch(a) => a.with_json(ctx.json).run().await,
+    }
+}
+
+/// Global options every command sees.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub home: PathBuf,
+    pub node: String,
+    pub json: bool,
+}
+
+impl Context {
+    /// Prints `value` as JSON with `--json`, else the human text.
+    pub fn print(&self, value: &serde_json::Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{}", human());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn argument_names_do_not_collide_across_subcommands() {
+        super::Cli::command().debug_assert();
+    }
+}

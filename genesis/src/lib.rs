@@ -1,1 +1,241 @@
+//! Creates Pyrsia chains: one CometBFT home per validator (distinct ports on
+//! one host), a shared `genesis.json` whose `app_state` is the ledger's
+//! [`GenesisState`], and a `pyrsia.toml` per home naming its ports.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use pyrsia_chain::{Board, GenesisState, GenesisTrustedNode, Params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use toml_edit::{value, DocumentMut};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("running {command}: {reason}")]
+    Cometbft { command: String, reason: String },
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
+    #[error("invalid network spec: {0}")]
+    Spec(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GenesisError + '_ {
+    move |source| GenesisError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn format_err(path: &Path, reason: impl ToString) -> GenesisError {
+    GenesisError::Format {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What chain to create.
+#[derive(Clone, Debug)]
+pub struct NetworkSpec {
+    pub chain_id: String,
+    /// Node `i` listens on p2p `base_port + 10 i`, RPC `+1`, ABCI `+2`.
+    pub base_port: u16,
+    pub board: Board,
+    pub trusted_nodes: Vec<GenesisTrustedNode>,
+    pub params: Params,
+    /// CometBFT's `consensus.timeout_commit`, e.g. `"1s"`.
+    pub timeout_commit: String,
+    pub cometbft: PathBuf,
+}
+
+/// The per-home settings the `pyrsia` binary reads (`config/pyrsia.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub chain_id: String,
+    pub moniker: String,
+    /// Where the ABCI app listens and CometBFT connects.
+    pub abci_addr: String,
+    /// CometBFT RPC, as clients reach it.
+    pub rpc_url: String,
+    pub p2p_port: u16,
+}
+
+impl NodeConfig {
+    pub fn path(home: &Path) -> PathBuf {
+        home.join("config").join("pyrsia.toml")
+    }
+
+    pub fn load(home: &Path) -> Result<NodeConfig, GenesisError> {
+        let path = Self::path(home);
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        toml_edit::de::from_str(&text).map_err(|e| format_err(&path, e))
+    }
+
+    fn save(&self, home: &Path) -> Result<(), GenesisError> {
+        let path = Self::path(home);
+        let text = toml_edit::ser::to_string_pretty(self).map_err(|e| format_err(&path, e))?;
+        std::fs::write(&path, text).map_err(io_err(&path))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeHome {
+    pub home: PathBuf,
+    pub node_id: String,
+    pub config: NodeConfig,
+}
+
+fn run_cometbft(cometbft: &Path, args: &[&str]) -> Result<String, GenesisError> {
+    let command = format!("{} {}", cometbft.display(), args.join(" "));
+    let out = Command::new(cometbft)
+        .args(args)
+        .output()
+        .map_err(|e| GenesisError::Cometbft {
+            command: command.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(GenesisError::Cometbft {
+            command,
+            reason: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, GenesisError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| format_err(path, e))
+}
+
+/// The node id CometBFT derives from `node_key.json`: hex of the first 20
+/// bytes of SHA-256 of the ed25519 public key.
+pub fn node_id(home: &Path) -> Result<String, GenesisError> {
+    let path = home.join("config").join("node_key.json");
+    let json = read_json(&path)?;
+    let key = json["priv_key"]["value"]
+        .as_str()
+        .ok_or_else(|| format_err(&path, "no priv_key.value"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|e| format_err(&path, e))?;
+    let public = bytes
+        .get(32..64)
+        .ok_or_else(|| format_err(&path, "priv_key is not 64 bytes"))?;
+    Ok(hex::encode(&Sha256::digest(public)[..20]))
+}
+
+fn set_config(home: &Path, edit: impl FnOnce(&mut DocumentMut)) -> Result<(), GenesisError> {
+    let path = home.join("config").join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let mut doc: DocumentMut = text.parse().map_err(|e| format_err(&path, e))?;
+    edit(&mut doc);
+    std::fs::write(&path, doc.to_string()).map_err(io_err(&path))
+}
+
+/// Creates one validator home per path in `homes` (node `i` in `homes[i]`).
+/// Refuses to touch a directory that already holds a node.
+pub fn create_network(
+    homes_at: &[PathBuf],
+    spec: &NetworkSpec,
+) -> Result<Vec<NodeHome>, GenesisError> {
+    if homes_at.is_empty() {
+        return Err(GenesisError::Spec("at least one validator".into()));
+    }
+    if spec.board.threshold == 0 || usize::from(spec.board.threshold) > spec.board.keys.len() {
+        return Err(GenesisError::Spec(format!(
+            "board threshold {} with {} board keys",
+            spec.board.threshold,
+            spec.board.keys.len()
+        )));
+    }
+    let max_port = u32::from(spec.base_port) + 10 * homes_at.len() as u32;
+    if max_port > u32::from(u16::MAX) {
+        return Err(GenesisError::Spec("ports beyond 65535".into()));
+    }
+    let mut homes = Vec::new();
+    let mut validators = Vec::new();
+    for (i, home) in homes_at.iter().enumerate() {
+        let home = home.clone();
+        if home.join("config").join("genesis.json").exists() {
+            return Err(GenesisError::Spec(format!(
+                "{} already holds a node",
+                home.display()
+            )));
+        }
+        let home_str = home.display().to_string();
+        run_cometbft(&spec.cometbft, &["init", "--home", &home_str])?;
+        let key_path = home.join("config").join("priv_validator_key.json");
+        let key = read_json(&key_path)?;
+        validators.push(serde_json::json!({
+            "address": key["address"],
+            "pub_key": key["pub_key"],
+            "power": "10",
+            "name": format!("node{i}"),
+        }));
+        let port = spec.base_port + 10 * i as u16;
+        homes.push(NodeHome {
+            node_id: node_id(&home)?,
+            config: NodeConfig {
+                chain_id: spec.chain_id.clone(),
+                moniker: format!("node{i}"),
+                abci_addr: format!("127.0.0.1:{}", port + 2),
+                rpc_url: format!("http://127.0.0.1:{}", port + 1),
+                p2p_port: port,
+            },
+            home,
+        });
+    }
+
+    let template_path = homes[0].home.join("config").join("genesis.json");
+    let mut genesis = read_json(&template_path)?;
+    let app_state = GenesisState {
+        params: spec.params.clone(),
+        board: spec.board.clone(),
+        trusted_nodes: spec.trusted_nodes.clone(),
+    };
+    genesis["chain_id"] = spec.chain_id.clone().into();
+    genesis["initial_height"] = "1".into();
+    genesis["validators"] = validators.into();
+    genesis["app_state"] =
+        serde_json::to_value(&app_state).map_err(|e| format_err(&template_path, e))?;
+    let genesis_text =
+        serde_json::to_string_pretty(&genesis).map_err(|e| format_err(&template_path, e))?;
+
+    for (i, node) in homes.iter().enumerate() {
+        let path = node.home.join("config").join("genesis.json");
+        std::fs::write(&path, &genesis_text).map_err(io_err(&path))?;
+        let peers: Vec<String> = homes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("{}@127.0.0.1:{}", p.node_id, p.config.p2p_port))
+            .collect();
+        let cfg = &node.config;
+        set_config(&node.home, |doc| {
+            doc["moniker"] = value(cfg.moniker.clone());
+            doc["proxy_app"] = value(format!("tcp://{}", cfg.abci_addr));
+            doc["rpc"]["laddr"] = value(cfg.rpc_url.replace("http://", "tcp://"));
+            doc["p2p"]["laddr"] = value(format!("tcp://127.0.0.1:{}", cfg.p2p_port));
+            doc["p2p"]["persistent_peers"] = value(peers.join(","));
+            doc["p2p"]["allow_duplicate_ip"] = value(true);
+            doc["p2p"]["addr_book_strict"] = value(false);
+            doc["consensus"]["timeout_commit"] = value(spec.timeout_commit.clone());
+            doc["instrumentation"]["prometheus"] = value(false);
+            // Builders and clients follow blocks over the websocket.
+            doc["rpc"]["max_subscription_clients"] = value(200);
+            doc["rpc"]["timeout_broadcast_tx_commit"] = value("30s");
+        })?;
+        cfg.save(&node.home)?;
+    }
+    Ok(homes)
+}
+
+/// Default validity of a certification: about half a year (183 days).
+pub const CERTIFICATION_SECONDS: u64 = 183 * 24 * 3600;

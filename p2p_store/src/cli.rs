@@ -145,8 +145,8 @@ pub enum StoreCommand {
         /// Allow eviction (by default a put artifact is pinned).
         #[arg(long)]
         unpinned: bool,
-        /// Machine-readable output.
-        #[arg(long)]
+        /// Machine-readable output (the binary's global `--json`).
+        #[arg(skip)]
         json: bool,
         /// Control API URL.
         #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
@@ -154,7 +154,7 @@ pub enum StoreCommand {
     },
     /// Show the store's status.
     Status {
-        #[arg(long)]
+        #[arg(skip)]
         json: bool,
         #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
         api: String,
@@ -162,6 +162,14 @@ pub enum StoreCommand {
 }
 
 impl StoreCommand {
+    /// Sets machine-readable output; the `--json` flag belongs to the binary.
+    pub fn with_json(mut self, on: bool) -> Self {
+        if let StoreCommand::Put { json, .. } | StoreCommand::Status { json, .. } = &mut self {
+            *json = on;
+        }
+        self
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             StoreCommand::Start(a) => a.run().await,
@@ -260,8 +268,8 @@ pub struct FetchArgs {
     /// Keep the artifact in the store (never evicted).
     #[arg(long)]
     pub pin: bool,
-    /// Machine-readable output (no progress bar).
-    #[arg(long)]
+    /// Machine-readable output, no progress bar (the binary's global `--json`).
+    #[arg(skip)]
     pub json: bool,
     /// Control API URL of the local store.
     #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
@@ -269,6 +277,12 @@ pub struct FetchArgs {
 }
 
 impl FetchArgs {
+    /// Sets machine-readable output; the `--json` flag belongs to the binary.
+    pub fn with_json(mut self, on: bool) -> Self {
+        self.json = on;
+        self
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         let api = self.api.trim_end_matches('/');
         let mut q = format!("stripe_root={}&pin={}", self.stripe_root, self.pin);

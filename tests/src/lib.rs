@@ -1,1 +1,270 @@
+//! Harness for end-to-end tests: real `cometbft` validators beside real
+//! `pyrsia abci` processes, on 127.0.0.1 with free ports, in a temp dir.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use pyrsia_chain::Keypair;
+use pyrsia_cli::rpc::LedgerClient;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `cometbft`: `$PYRSIA_COMETBFT`, else the copy `scripts/setup.sh` installs.
+pub fn cometbft() -> PathBuf {
+    std::env::var_os("PYRSIA_COMETBFT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/bin/cometbft"))
+}
+
+/// The `pyrsia` binary cargo built beside this test (`target/<profile>/pyrsia`).
+pub fn pyrsia_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PYRSIA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("pyrsia")
+}
+
+/// A base port such that BASE+10i .. BASE+10i+2 are free for `nodes` nodes.
+fn free_base_port(nodes: usize) -> Result<u16> {
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for attempt in 0..200u64 {
+        let base = 20000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 4000) as u16 * 10;
+        let all_free = (0..nodes as u16)
+            .all(|i| (0..3).all(|k| TcpListener::bind(("127.0.0.1", base + 10 * i + k)).is_ok()));
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no free port range found")
+}
+
+#[derive(Debug)]
+pub struct TestNode {
+    pub home: PathBuf,
+    pub rpc_url: String,
+    abci: Option<Child>,
+    comet: Option<Child>,
+}
+
+/// Which ABCI application the validators run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppKind {
+    /// `pyrsia abci`, one process per validator.
+    Pyrsia,
+    /// CometBFT's built-in `kvstore`, as a baseline for benchmarks.
+    Kvstore,
+}
+
+/// A running network; every process is killed when it is dropped.
+#[derive(Debug)]
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    pub app: AppKind,
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    Ok(cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()?)
+}
+
+impl Testnet {
+    /// Creates `validators` homes with `pyrsia devnet init` and starts them.
+    pub async fn start(validators: usize) -> Result<Testnet> {
+        Self::start_with(validators, AppKind::Pyrsia, "300ms").await
+    }
+
+    pub async fn start_with(
+        validators: usize,
+        app: AppKind,
+        timeout_commit: &str,
+    ) -> Result<Testnet> {
+        let dir = tempfile::tempdir()?;
+        let base = free_base_port(validators)?;
+        let out = Command::new(pyrsia_bin())
+            .args(["--json", "devnet", "init", "--dir"])
+            .arg(dir.path())
+            .args(["--validators", &validators.to_string()])
+            .args(["--base-port", &base.to_string()])
+            .args([
+                "--chain-id",
+                "pyrsia-test",
+                "--timeout-commit",
+                timeout_commit,
+            ])
+            .arg("--cometbft")
+            .arg(cometbft())
+            .output()
+            .context("running pyrsia devnet init")?;
+        if !out.status.success() {
+            bail!(
+                "devnet init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let nodes = (0..validators)
+            .map(|i| TestNode {
+                home: dir.path().join(format!("node{i}")),
+                rpc_url: format!("http://127.0.0.1:{}", base + 10 * i as u16 + 1),
+                abci: None,
+                comet: None,
+            })
+            .collect();
+        let mut net = Testnet { dir, nodes, app };
+        for i in 0..validators {
+            if app == AppKind::Pyrsia {
+                net.start_abci(i)?;
+            }
+            net.start_cometbft(i)?;
+        }
+        for i in 0..validators {
+            net.client(i)?
+                .wait_height(1, Duration::from_secs(60))
+                .await?;
+        }
+        Ok(net)
+    }
+
+    pub fn start_abci(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let child = spawn(
+            Command::new(pyrsia_bin())
+                .arg("--home")
+                .arg(&node.home)
+                .arg("abci"),
+            &node.home.join("abci.log"),
+        )?;
+        node.abci = Some(child);
+        Ok(())
+    }
+
+    pub fn start_cometbft(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let mut cmd = Command::new(cometbft());
+        cmd.arg("start").arg("--home").arg(&node.home);
+        if self.app == AppKind::Kvstore {
+            cmd.arg("--proxy_app=kvstore");
+        }
+        let child = spawn(&mut cmd, &node.home.join("cometbft.log"))?;
+        node.comet = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of node `i`'s ABCI app.
+    pub fn kill_abci(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.nodes[i].abci.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for node `i`'s cometbft to exit on its own (it stops when its
+    /// app connection drops), killing it after `timeout`.
+    pub fn wait_cometbft_exit(&mut self, i: usize, timeout: Duration) -> Result<bool> {
+        let Some(mut child) = self.nodes[i].comet.take() else {
+            return Ok(true);
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(false)
+    }
+
+    pub fn client(&self, i: usize) -> Result<LedgerClient> {
+        Ok(LedgerClient::new(&self.nodes[i].rpc_url)?)
+    }
+
+    pub fn board_key(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join("board")
+            .join(format!("member{i}.json"))
+    }
+
+    pub fn trusted_key(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join("trusted")
+            .join(format!("trusted{i}.json"))
+    }
+
+    pub fn load_key(path: &Path) -> Result<Keypair> {
+        Ok(Keypair::load(path)?)
+    }
+
+    /// A fresh key saved under node 0's home as `name`.
+    pub fn new_key(&self, name: &str) -> Result<Keypair> {
+        let key = Keypair::generate();
+        key.save(&self.nodes[0].home.join("keys").join(format!("{name}.json")))?;
+        Ok(key)
+    }
+
+    /// Runs `pyrsia --home node0 --node RPC0 --json ARGS…`.
+    pub fn pyrsia(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(pyrsia_bin())
+            .arg("--home")
+            .arg(&self.nodes[0].home)
+            .args(["--node", &self.nodes[0].rpc_url, "--json"])
+            .args(args)
+            .output()?)
+    }
+
+    /// Like [`Testnet::pyrsia`], but fails unless the command succeeds, and
+    /// parses its JSON output.
+    pub fn pyrsia_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.pyrsia(args)?;
+        if !out.status.success() {
+            bail!(
+                "pyrsia {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            for child in [node.comet.take(), node.abci.take()].into_iter().flatten() {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

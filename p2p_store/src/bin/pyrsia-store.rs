@@ -6,6 +6,9 @@ use p2p_store::cli::{FetchArgs, StoreCommand};
 #[derive(Debug, Parser)]
 #[command(name = "pyrsia-store", about = "Pyrsia store sidecar")]
 struct Cli {
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -27,8 +30,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().cmd {
-        Cmd::Store(c) => c.run().await,
-        Cmd::Fetch(f) => f.run().await,
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Store(c) => c.with_json(cli.json).run().await,
+        Cmd::Fetch(f) => f.with_json(cli.json).run().await,
     }
 }

@@ -1,0 +1,87 @@
+//! Why a transaction is rejected. Each reason has its own stable, non-zero
+//! ABCI code (see `docs/protocol.md`); the log is the `Display` text.
+
+use crate::store::StoreError;
+use crate::types::Digest;
+
+/// Stable result codes, shared by CheckTx and FinalizeBlock.
+pub mod code {
+    pub const OK: u32 = 0;
+    pub const DECODE: u32 = 1;
+    pub const WRONG_CHAIN: u32 = 2;
+    pub const BAD_SIGNATURE: u32 = 3;
+    pub const STALE_NONCE: u32 = 4;
+    pub const INVALID_FIELD: u32 = 5;
+    pub const UNKNOWN_REQUEST: u32 = 6;
+    pub const DUPLICATE_REQUEST: u32 = 7;
+    pub const DUPLICATE_ATTESTATION: u32 = 8;
+    pub const NOT_SELECTED: u32 = 9;
+    pub const NOT_TRUSTED_NODE: u32 = 10;
+    pub const BELOW_THRESHOLD: u32 = 11;
+    pub const BAD_APPROVAL: u32 = 12;
+    pub const GOV_SEQUENCE: u32 = 13;
+    pub const UNKNOWN_NODE: u32 = 14;
+    pub const TOO_LARGE: u32 = 15;
+    pub const INTERNAL: u32 = 100;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    #[error("undecodable transaction: {0}")]
+    Decode(String),
+    #[error("transaction is for chain {got:?}, this is {expected:?}")]
+    WrongChain { expected: String, got: String },
+    #[error("signature does not verify for signer {0}")]
+    BadSignature(String),
+    #[error("stale nonce {got}: the signer's last committed nonce is {last}")]
+    StaleNonce { last: u64, got: u64 },
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error("no build request {0}")]
+    UnknownRequest(Digest),
+    #[error("build request {0} already exists")]
+    DuplicateRequest(Digest),
+    #[error("{attester} already attested request {request}")]
+    DuplicateAttestation { attester: String, request: Digest },
+    #[error(
+        "{attester} was not selected for request {request} and is not a certified trusted node"
+    )]
+    NotSelected { attester: String, request: Digest },
+    #[error("{0} is not a certified trusted node")]
+    NotTrustedNode(String),
+    #[error("governance action has {have} valid board approvals, needs {need}")]
+    BelowThreshold { have: usize, need: usize },
+    #[error("bad board approval: {0}")]
+    BadApproval(String),
+    #[error("governance sequence is {expected}, transaction carries {got}")]
+    GovSequence { expected: u64, got: u64 },
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("transaction of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("internal state error: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl TxError {
+    pub fn code(&self) -> u32 {
+        match self {
+            TxError::Decode(_) => code::DECODE,
+            TxError::WrongChain { .. } => code::WRONG_CHAIN,
+            TxError::BadSignature(_) => code::BAD_SIGNATURE,
+            TxError::StaleNonce { .. } => code::STALE_NONCE,
+            TxError::InvalidField(_) => code::INVALID_FIELD,
+            TxError::UnknownRequest(_) => code::UNKNOWN_REQUEST,
+            TxError::DuplicateRequest(_) => code::DUPLICATE_REQUEST,
+            TxError::DuplicateAttestation { .. } => code::DUPLICATE_ATTESTATION,
+            TxError::NotSelected { .. } => code::NOT_SELECTED,
+            TxError::NotTrustedNode(_) => code::NOT_TRUSTED_NODE,
+            TxError::BelowThreshold { .. } => code::BELOW_THRESHOLD,
+            TxError::BadApproval(_) => code::BAD_APPROVAL,
+            TxError::GovSequence { .. } => code::GOV_SEQUENCE,
+            TxError::UnknownNode(_) => code::UNKNOWN_NODE,
+            TxError::TooLarge { .. } => code::TOO_LARGE,
+            TxError::Store(_) => code::INTERNAL,
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Trust evaluation and builder selection: pure functions of their inputs.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::types::{
+    AttestationRecord, AttesterRole, Digest, Output, Params, PublicKey, TrustLevel,
+};
+
+/// What two attestations must agree on: every output's name, digest and size.
+/// Stripe layouts may differ between honest builders and are not compared.
+fn agreement_key(outputs: &[Output]) -> Vec<(&str, &Digest, u64)> {
+    let mut key: Vec<_> = outputs
+        .iter()
+        .map(|o| (o.name.as_str(), &o.sha256, o.size))
+        .collect();
+    key.sort();
+    key
+}
+
+/// Derives a request's trust level from its attestations.
+///
+/// Only counted attestations matter (selected regular builders, certified
+/// trusted nodes); their order does not.
+pub fn evaluate(params: &Params, attestations: &[AttestationRecord]) -> TrustLevel {
+    let counted: Vec<&AttestationRecord> = attestations
+        .iter()
+        .filter(|a| a.role != AttesterRole::Void)
+        .collect();
+    let Some(first) = counted.first() else {
+        return TrustLevel::Pending;
+    };
+    let reference = agreement_key(&first.outputs);
+    if counted
+        .iter()
+        .any(|a| agreement_key(&a.outputs) != reference)
+    {
+        return TrustLevel::Disputed;
+    }
+    let regular = counted
+        .iter()
+        .filter(|a| a.role == AttesterRole::Regular)
+        .count();
+    let trusted = counted.len() - regular;
+    let quorum = regular >= usize::from(params.quorum.max(1));
+    let trusted_for_reproducible = usize::from(params.trusted_for_reproducible.max(1));
+    match (quorum, trusted) {
+        (true, t) if t >= trusted_for_reproducible => TrustLevel::Reproducible,
+        (_, t) if t >= 1 => TrustLevel::Trusted,
+        (true, _) => TrustLevel::QuorumOnly,
+        _ => TrustLevel::Pending,
+    }
+}
+
+/// Ranks `candidates` by `sha256(block_hash || request_id || builder)` and
+/// returns the first `count`, in rank order.
+pub fn select_builders(
+    block_hash: &[u8],
+    request_id: &Digest,
+    candidates: &[PublicKey],
+    count: usize,
+) -> Vec<PublicKey> {
+    let mut ranked: Vec<([u8; 32], PublicKey)> = candidates
+        .iter()
+        .map(|builder| {
+            let mut h = Sha256::new();
+            h.update(block_hash);
+            h.update(request_id.0);
+            h.update(builder.0);
+            (h.finalize().into(), *builder)
+        })
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(count).map(|(_, b)| b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn output(seed: u8) -> Output {
+        Output {
+            name: "pkg.tgz".into(),
+            sha256: Digest([seed; 32]),
+            size: 100,
+            stripe_size: 1 << 20,
+            stripe_root: Digest([seed; 32]),
+        }
+    }
+
+    fn attestation(who: u8, role: AttesterRole, seed: u8) -> AttestationRecord {
+        AttestationRecord {
+            attester: PublicKey([who; 32]),
+            role,
+            height: 1,
+            outputs: vec![output(seed)],
+            build_env: String::new(),
+            log_digest: Digest::default(),
+        }
+    }
+
+    fn params() -> Params {
+        Params {
+            quorum: 2,
+            trusted_for_reproducible: 2,
+            ..Params::default()
+        }
+    }
+
+    #[test]
+    fn levels_walk_pending_quorum_trusted_reproducible() {
+        let p = params();
+        let mut atts = vec![attestation(1, AttesterRole::Regular, 7)];
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Pending);
+        atts.push(attestation(2, AttesterRole::Regular, 7));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::QuorumOnly);
+        atts.push(attestation(3, AttesterRole::Trusted, 7));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Trusted);
+        atts.push(attestation(4, AttesterRole::Trusted, 7));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Reproducible);
+    }
+
+    #[test]
+    fn one_trusted_node_is_trusted_without_quorum() {
+        let atts = vec![attestation(3, AttesterRole::Trusted, 7)];
+        assert_eq!(evaluate(&params(), &atts), TrustLevel::Trusted);
+    }
+
+    #[test]
+    fn disagreeing_digests_are_disputed() {
+        let atts = vec![
+            attestation(1, AttesterRole::Regular, 7),
+            attestation(2, AttesterRole::Regular, 8),
+        ];
+        assert_eq!(evaluate(&params(), &atts), TrustLevel::Disputed);
+    }
+
+    #[test]
+    fn void_attestations_neither_count_nor_dispute() {
+        let atts = vec![
+            attestation(1, AttesterRole::Regular, 7),
+            attestation(3, AttesterRole::Void, 9),
+        ];
+        assert_eq!(evaluate(&params(), &atts), TrustLevel::Pending);
+    }
+
+    #[test]
+    fn different_stripe_layouts_of_the_same_bytes_agree() {
+        let mut other = attestation(2, AttesterRole::Regular, 7);
+        other.outputs[0].stripe_size = 4 << 20;
+        other.outputs[0].stripe_root = Digest([1; 32]);
+        let atts = vec![attestation(1, AttesterRole::Regular, 7), other];
+        assert_eq!(evaluate(&params(), &atts), TrustLevel::QuorumOnly);
+    }
+
+    #[test]
+    fn selection_takes_at_most_count_distinct_builders() {
+        let builders: Vec<_> = (0..10u8).map(|i| PublicKey([i; 32])).collect();
+        let chosen = select_builders(b"block", &Digest([1; 32]), &builders, 3);
+        assert_eq!(chosen.len(), 3);
+        let few = select_builders(b"block", &Digest([1; 32]), &builders[..2], 3);
+        assert_eq!(few.len(), 2);
+    }
+
+    #[test]
+    fn selection_depends_on_the_block_hash() {
+        let builders: Vec<_> = (0..32u8).map(|i| PublicKey([i; 32])).collect();
+        let distinct: std::collections::BTreeSet<_> = (0..16u8)
+            .map(|b| select_builders(&[b], &Digest([1; 32]), &builders, 3))
+            .collect();
+        assert!(distinct.len() > 1, "selection ignored the block hash");
+    }
+
+    fn role() -> impl Strategy<Value = AttesterRole> {
+        prop_oneof![
+            Just(AttesterRole::Regular),
+            Just(AttesterRole::Trusted),
+            Just(AttesterRole::Void)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn attestation_order_does_not_change_the_level(
+            specs in proptest::collection::vec((role(), 0u8..3), 0..8),
+            quorum in 1u16..4,
+            trusted in 1u16..3,
+            rotate in 0usize..8,
+        ) {
+            let p = Params { quorum, trusted_for_reproducible: trusted, ..Params::default() };
+            let atts: Vec<_> = specs.iter().enumerate()
+                .map(|(i, (r, seed))| attestation(i as u8, *r, *seed)).collect();
+            let mut reversed = atts.clone();
+            reversed.reverse();
+            let mut rotated = atts.clone();
+            if !rotated.is_empty() { let n = rotate % rotated.len(); rotated.rotate_left(n); }
+            let level = evaluate(&p, &atts);
+            prop_assert_eq!(level, evaluate(&p, &reversed));
+            prop_assert_eq!(level, evaluate(&p, &rotated));
+        }
+
+        #[test]
+        fn candidate_order_does_not_change_the_selection(
+            n in 0usize..20, count in 0usize..6, block in any::<[u8; 8]>(), shift in 0usize..20,
+        ) {
+            let builders: Vec<_> = (0..n as u8).map(|i| PublicKey([i; 32])).collect();
+            let mut shuffled = builders.clone();
+            if !shuffled.is_empty() { let k = shift % shuffled.len(); shuffled.rotate_left(k); }
+            shuffled.reverse();
+            let a = select_builders(&block, &Digest([2; 32]), &builders, count);
+            let b = select_builders(&block, &Digest([2; 32]), &shuffled, count);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a.len(), count.min(n));
+        }
+
+        #[test]
+        fn adding_agreeing_attestations_never_lowers_the_level(
+            specs in proptest::collection::vec(role(), 0..6), extra in role(),
+        ) {
+            let p = params();
+            let atts: Vec<_> = specs.iter().enumerate()
+                .map(|(i, r)| attestation(i as u8, *r, 7)).collect();
+            let before = evaluate(&p, &atts);
+            let mut more = atts.clone();
+            more.push(attestation(100, extra, 7));
+            prop_assert!(evaluate(&p, &more) >= before);
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Ledger data types: transactions, state records and parameters.
+//!
+//! Everything here is borsh-encoded on the wire and in state; borsh is
+//! canonical (one encoding per value), which the signatures and the app hash
+//! rely on. Serde is only for human/JSON output and genesis files.
+
+use std::fmt;
+use std::str::FromStr;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+/// A SHA-256 digest (artifact digests, request ids, stripe roots).
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
+)]
+pub struct Digest(pub [u8; 32]);
+
+/// An ed25519 public key: identifies signers, builders, trusted nodes and board members.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
+)]
+pub struct PublicKey(pub [u8; 32]);
+
+/// A hex string that is not 32 bytes of hex.
+#[derive(Debug, thiserror::Error)]
+#[error("expected 64 hex characters, got {0:?}")]
+pub struct BadHex(pub String);
+
+fn parse_hex32(s: &str) -> Result<[u8; 32], BadHex> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| BadHex(s.to_owned()))?;
+    Ok(out)
+}
+
+macro_rules! hex32 {
+    ($t:ident) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($t), hex::encode(self.0))
+            }
+        }
+        impl FromStr for $t {
+            type Err = BadHex;
+            fn from_str(s: &str) -> Result<Self, BadHex> {
+                parse_hex32(s).map($t)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&hex::encode(self.0))
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+hex32!(Digest);
+hex32!(PublicKey);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+}
+
+/// Package coordinates.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+pub struct PackageId {
+    pub ecosystem: String,
+    pub name: String,
+    pub version: String,
+}
+
+impl PackageId {
+    /// State key of the package record.
+    pub fn state_key(&self) -> String {
+        format!("package/{}/{}/{}", self.ecosystem, self.name, self.version)
+    }
+}
+
+impl fmt::Display for PackageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}@{}", self.ecosystem, self.name, self.version)
+    }
+}
+
+/// A public source at an exact commit.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub repo_url: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub package: PackageId,
+    pub source: SourceRef,
+    /// Recipe name (`script`, `npm`, `cargo`, `python`, …); interpreted by builders.
+    pub recipe: String,
+}
+
+impl BuildRequest {
+    /// The request id: SHA-256 of the canonical (borsh) request.
+    pub fn id(&self) -> Digest {
+        Digest::of(&borsh::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// One built or imported file.
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+pub struct Output {
+    pub name: String,
+    pub sha256: Digest,
+    pub size: u64,
+    pub stripe_size: u32,
+    pub stripe_root: Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct RegisterBuilder {
+    /// libp2p peer id of the node's store sidecar.
+    pub peer_id: String,
+    pub ecosystems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Attest {
+    pub request_id: Digest,
+    pub outputs: Vec<Output>,
+    /// Free-form description of the build environment (image, toolchain versions).
+    pub build_env: String,
+    pub log_digest: Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct TrustedImport {
+    pub package: PackageId,
+    pub outputs: Vec<Output>,
+    /// Where the artifact was mirrored from (an established registry URL).
+    pub upstream: String,
+}
+
+impl TrustedImport {
+    /// Imports of the same package from the same upstream share one record, so
+    /// that several trusted nodes vouching for it are compared with each other.
+    pub fn record_id(&self) -> Digest {
+        let canonical = (b"pyrsia-import", &self.package, &self.upstream);
+        Digest::of(&borsh::to_vec(&canonical).unwrap_or_default())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub enum GovAction {
+    /// Certifies (or renews) a trusted node until `valid_until` (unix seconds, block time).
+    CertifyTrustedNode {
+        node: PublicKey,
+        valid_until: u64,
+    },
+    /// Ends a certification. Attestations the node made at or after
+    /// `incident_since_height` stop counting.
+    RevokeTrustedNode {
+        node: PublicKey,
+        incident: String,
+        incident_since_height: u64,
+    },
+    UpdateParams(Params),
+}
+
+/// One board member's approval of a governance action.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Approval {
+    pub board_key: PublicKey,
+    #[serde(with = "sig_hex")]
+    pub signature: [u8; 64],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Governance {
+    /// Must equal the ledger's governance sequence; approvals cannot be replayed.
+    pub seq: u64,
+    pub action: GovAction,
+    pub approvals: Vec<Approval>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub enum TxKind {
+    RegisterBuilder(RegisterBuilder),
+    RequestBuild(BuildRequest),
+    Attest(Attest),
+    TrustedImport(TrustedImport),
+    Governance(Governance),
+}
+
+impl TxKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxKind::RegisterBuilder(_) => "register_builder",
+            TxKind::RequestBuild(_) => "request_build",
+            TxKind::Attest(_) => "attest",
+            TxKind::TrustedImport(_) => "trusted_import",
+            TxKind::Governance(g) => match g.action {
+                GovAction::CertifyTrustedNode { .. } => "certify_trusted_node",
+                GovAction::RevokeTrustedNode { .. } => "revoke_trusted_node",
+                GovAction::UpdateParams(_) => "update_params",
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct TxBody {
+    /// Strictly greater than the signer's last committed nonce.
+    pub nonce: u64,
+    pub kind: TxKind,
+}
+
+/// The transaction envelope. `chain_id` travels in clear so that a tx for
+/// another chain is rejected as such; it is also covered by the signature.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SignedTx {
+    pub chain_id: String,
+    pub body: TxBody,
+    pub signer: PublicKey,
+    #[serde(with = "sig_hex")]
+    pub signature: [u8; 64],
+}
+
+/// Integer thresholds only: no percentages, no floats in consensus.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Params {
+    /// How many registered builders each request selects.
+    pub builders_per_request: u16,
+    /// How many selected regular builders must agree.
+    pub quorum: u16,
+    /// How many certified trusted nodes `Reproducible` needs besides the quorum.
+    pub trusted_for_reproducible: u16,
+    pub max_outputs: u16,
+    /// Upper bound on any string field, in bytes.
+    pub max_field_len: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            builders_per_request: 3,
+            quorum: 2,
+            trusted_for_reproducible: 2,
+            max_outputs: 64,
+            max_field_len: 1024,
+        }
+    }
+}
+
+/// The governance board fixed at genesis.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Board {
+    pub keys: Vec<PublicKey>,
+    pub threshold: u16,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustLevel {
+    Pending,
+    QuorumOnly,
+    Trusted,
+    Reproducible,
+    Disputed,
+}
+
+impl TrustLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustLevel::Pending => "pending",
+            TrustLevel::QuorumOnly => "quorum_only",
+            TrustLevel::Trusted => "trusted",
+            TrustLevel::Reproducible => "reproducible",
+            TrustLevel::Disputed => "disputed",
+        }
+    }
+}
+
+impl fmt::Display for TrustLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an attestation counts toward the trust level.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AttesterRole {
+    /// A selected regular builder.
+    Regular,
+    /// A trusted node certified at the attestation's height.
+    Trusted,
+    /// Recorded but not counted (a trusted node later revoked for an incident covering it).
+    Void,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct AttestationRecord {
+    pub attester: PublicKey,
+    pub role: AttesterRole,
+    pub height: u64,
+    pub outputs: Vec<Output>,
+    pub build_env: String,
+    pub log_digest: Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub enum RequestOrigin {
+    Build(BuildRequest),
+    Import {
+        package: PackageId,
+        upstream: String,
+    },
+}
+
+impl RequestOrigin {
+    pub fn package(&self) -> &PackageId {
+        match self {
+            RequestOrigin::Build(r) => &r.package,
+            RequestOrigin::Import { package, .. } => package,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: Digest,
+    pub origin: RequestOrigin,
+    pub requester: PublicKey,
+    pub height: u64,
+    pub selected: Vec<PublicKey>,
+    pub attestations: Vec<AttestationRecord>,
+    pub level: TrustLevel,
+}
+
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct PackageRecord {
+    pub requests: Vec<Digest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct StripeLayout {
+    pub stripe_size: u32,
+    pub stripe_root: Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub size: u64,
+    /// Each distinct stripe layout attested for these bytes.
+    pub layouts: Vec<StripeLayout>,
+    pub requests: Vec<Digest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct BuilderInfo {
+    pub peer_id: String,
+    pub ecosystems: Vec<String>,
+    pub registered_height: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Incident {
+    pub description: String,
+    pub since_height: u64,
+    pub revoked_height: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Certification {
+    pub valid_until: u64,
+    pub certified_height: u64,
+}
+
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct NodeRecord {
+    pub builder: Option<BuilderInfo>,
+    /// The current certification; `None` if never certified or revoked since.
+    pub certification: Option<Certification>,
+    pub incidents: Vec<Incident>,
+    /// How many requests this node attested (pages of `attested/{node}/{page}`).
+    pub attestation_count: u64,
+}
+
+impl NodeRecord {
+    /// Whether the node's attestation at `block_time` counts as a trusted node's.
+    pub fn is_certified_at(&self, block_time: u64) -> bool {
+        self.certification
+            .as_ref()
+            .is_some_and(|c| block_time < c.valid_until)
+    }
+}
+
+/// The ledger's initial state, carried as `app_state` in CometBFT's genesis.json.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisState {
+    pub params: Params,
+    pub board: Board,
+    #[serde(default)]
+    pub trusted_nodes: Vec<GenesisTrustedNode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisTrustedNode {
+    pub node: PublicKey,
+    pub valid_until: u64,
+}
+
+mod sig_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(sig))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}

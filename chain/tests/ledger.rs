@@ -1,0 +1,387 @@
+//! The ledger state machine driven block by block, without consensus.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pyrsia_chain::crypto::approve;
+use pyrsia_chain::*;
+
+const CHAIN: &str = "unit-chain";
+
+fn key(i: u8) -> Keypair {
+    Keypair::from_seed([i; 32])
+}
+
+fn genesis() -> GenesisState {
+    GenesisState {
+        params: Params::default(),
+        board: Board {
+            keys: (200..203).map(|i| key(i).public()).collect(),
+            threshold: 2,
+        },
+        trusted_nodes: vec![
+            GenesisTrustedNode {
+                node: key(100).public(),
+                valid_until: 10_000,
+            },
+            GenesisTrustedNode {
+                node: key(101).public(),
+                valid_until: 10_000,
+            },
+        ],
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    ledger: Ledger,
+    height: u64,
+    nonces: std::collections::HashMap<PublicKey, u64>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.init_chain(CHAIN, &genesis(), 1).unwrap();
+        Harness {
+            _dir: dir,
+            ledger,
+            height: 0,
+            nonces: Default::default(),
+        }
+    }
+
+    fn tx(&mut self, signer: &Keypair, kind: TxKind) -> Vec<u8> {
+        let nonce = self.nonces.entry(signer.public()).or_insert(0);
+        *nonce += 1;
+        borsh::to_vec(&sign_tx(
+            signer,
+            CHAIN,
+            TxBody {
+                nonce: *nonce,
+                kind,
+            },
+        ))
+        .unwrap()
+    }
+
+    fn block_at(&mut self, time: u64, txs: &[Vec<u8>]) -> BlockResult {
+        self.height += 1;
+        let info = BlockInfo {
+            height: self.height,
+            time,
+            hash: self.height.to_be_bytes().to_vec(),
+        };
+        let result = self.ledger.finalize_block(&info, txs).unwrap();
+        self.ledger.commit().unwrap();
+        result
+    }
+
+    fn block(&mut self, txs: &[Vec<u8>]) -> BlockResult {
+        self.block_at(1_000, txs)
+    }
+
+    fn request(&self, id: &Digest) -> RequestRecord {
+        let answer = self
+            .ledger
+            .query(&format!("request/{id}"), 0, false)
+            .unwrap();
+        borsh::from_slice(&answer.value.unwrap()).unwrap()
+    }
+}
+
+fn output(seed: u8) -> Output {
+    Output {
+        name: "a.whl".into(),
+        sha256: Digest([seed; 32]),
+        size: 10,
+        stripe_size: 4,
+        stripe_root: Digest([seed; 32]),
+    }
+}
+
+fn attest(id: Digest, seed: u8) -> TxKind {
+    TxKind::Attest(Attest {
+        request_id: id,
+        outputs: vec![output(seed)],
+        build_env: "e".into(),
+        log_digest: Digest::default(),
+    })
+}
+
+fn build_request(version: &str) -> BuildRequest {
+    BuildRequest {
+        package: PackageId {
+            ecosystem: "python".into(),
+            name: "six".into(),
+            version: version.into(),
+        },
+        source: SourceRef {
+            repo_url: "https://example.org/six".into(),
+            commit: "c0ffee".into(),
+        },
+        recipe: "python".into(),
+    }
+}
+
+/// Registers builders 1..=3 and requests a build; returns its id and selection.
+fn setup_request(h: &mut Harness) -> (Digest, Vec<PublicKey>) {
+    let regs: Vec<_> = (1..=3)
+        .map(|i| {
+            h.tx(
+                &key(i),
+                TxKind::RegisterBuilder(RegisterBuilder {
+                    peer_id: format!("p{i}"),
+                    ecosystems: vec!["python".into()],
+                }),
+            )
+        })
+        .collect();
+    h.block(&regs);
+    let request = build_request("1.16.0");
+    let id = request.id();
+    let tx = h.tx(&key(50), TxKind::RequestBuild(request));
+    let result = h.block(&[tx]);
+    assert_eq!(result.txs[0].code, 0, "{}", result.txs[0].log);
+    let selected = h.request(&id).selected;
+    (id, selected)
+}
+
+fn signer_of(selected: &PublicKey) -> Keypair {
+    (1..=3).map(key).find(|k| k.public() == *selected).unwrap()
+}
+
+#[test]
+fn replaying_the_same_blocks_gives_the_same_app_hashes() {
+    let run = || {
+        let mut h = Harness::new();
+        let (id, selected) = setup_request(&mut h);
+        let txs: Vec<_> = selected
+            .iter()
+            .map(|s| h.tx(&signer_of(s), attest(id, 1)))
+            .collect();
+        let last = h.block(&txs);
+        (last.app_hash, h.request(&id).level)
+    };
+    let (a, level) = run();
+    let (b, _) = run();
+    assert_eq!(a, b);
+    assert_eq!(level, TrustLevel::QuorumOnly);
+}
+
+#[test]
+fn a_block_finalized_but_not_committed_is_replayed_to_the_same_hash_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = key(9);
+    let tx = borsh::to_vec(&sign_tx(
+        &signer,
+        CHAIN,
+        TxBody {
+            nonce: 1,
+            kind: TxKind::RequestBuild(build_request("2")),
+        },
+    ))
+    .unwrap();
+    let block = BlockInfo {
+        height: 1,
+        time: 5,
+        hash: vec![1; 32],
+    };
+    let first_hash = {
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.init_chain(CHAIN, &genesis(), 1).unwrap();
+        ledger
+            .finalize_block(&block, std::slice::from_ref(&tx))
+            .unwrap()
+            .app_hash
+        // dropped here: the "crash" before Commit
+    };
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(
+        ledger.info().unwrap().height,
+        0,
+        "nothing of block 1 persisted"
+    );
+    let replayed = ledger.finalize_block(&block, &[tx]).unwrap();
+    assert_eq!(replayed.app_hash, first_hash);
+    ledger.commit().unwrap();
+    drop(ledger);
+    let reopened = Ledger::open(dir.path()).unwrap();
+    assert_eq!(reopened.info().unwrap().height, 1);
+    assert_eq!(reopened.info().unwrap().app_hash, first_hash);
+}
+
+#[test]
+fn check_tx_writes_nothing_and_init_chain_is_idempotent() {
+    let mut h = Harness::new();
+    let genesis_hash = h.ledger.info().unwrap().app_hash;
+    let tx = h.tx(
+        &key(1),
+        TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: "p".into(),
+            ecosystems: vec!["npm".into()],
+        }),
+    );
+    assert_eq!(h.ledger.check_tx(&tx, false).code, 0);
+    assert_eq!(
+        h.ledger.check_tx(&tx, false).code,
+        0,
+        "CheckTx consumed the nonce"
+    );
+    assert_eq!(
+        h.ledger.init_chain(CHAIN, &genesis(), 1).unwrap(),
+        genesis_hash
+    );
+    assert!(h.ledger.init_chain("other", &genesis(), 1).is_err());
+}
+
+#[test]
+fn a_failed_rule_still_consumes_the_nonce() {
+    let mut h = Harness::new();
+    let orphan = h.tx(&key(1), attest(Digest([9; 32]), 1));
+    let result = h.block(std::slice::from_ref(&orphan));
+    assert_eq!(result.txs[0].code, code::UNKNOWN_REQUEST);
+    let result = h.block(&[orphan]);
+    assert_eq!(result.txs[0].code, code::STALE_NONCE);
+}
+
+#[test]
+fn lapsed_certification_no_longer_counts_as_trusted() {
+    let mut h = Harness::new();
+    let (id, _) = setup_request(&mut h);
+    let tx = h.tx(&key(100), attest(id, 1));
+    // Block time past valid_until (10_000): the node is neither trusted nor selected.
+    let result = h.block_at(20_000, &[tx]);
+    assert_eq!(
+        result.txs[0].code,
+        code::NOT_SELECTED,
+        "{}",
+        result.txs[0].log
+    );
+}
+
+#[test]
+fn revocation_voids_attestations_since_the_incident_and_lowers_the_level() {
+    let mut h = Harness::new();
+    let (id, selected) = setup_request(&mut h);
+    let mut txs: Vec<_> = selected[..2]
+        .iter()
+        .map(|s| h.tx(&signer_of(s), attest(id, 1)))
+        .collect();
+    txs.push(h.tx(&key(100), attest(id, 1)));
+    txs.push(h.tx(&key(101), attest(id, 1)));
+    h.block(&txs);
+    assert_eq!(h.request(&id).level, TrustLevel::Reproducible);
+    let attested_at = h.height;
+
+    let action = GovAction::RevokeTrustedNode {
+        node: key(101).public(),
+        incident: "stolen key".into(),
+        incident_since_height: attested_at,
+    };
+    let gov = TxKind::Governance(Governance {
+        seq: 0,
+        approvals: vec![
+            approve(&key(200), CHAIN, 0, &action),
+            approve(&key(202), CHAIN, 0, &action),
+        ],
+        action,
+    });
+    let tx = h.tx(&key(60), gov);
+    let result = h.block(&[tx]);
+    assert_eq!(result.txs[0].code, 0, "{}", result.txs[0].log);
+    let changed = result.txs[0]
+        .events
+        .iter()
+        .find(|e| e.kind == "trust_changed")
+        .unwrap();
+    assert!(changed.attributes.contains(&("to", "trusted".to_owned())));
+    let record = h.request(&id);
+    assert_eq!(record.level, TrustLevel::Trusted);
+    assert_eq!(
+        record
+            .attestations
+            .iter()
+            .filter(|a| a.role == AttesterRole::Void)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn governance_rejects_replayed_approvals_and_strangers() {
+    let mut h = Harness::new();
+    let action = GovAction::CertifyTrustedNode {
+        node: key(7).public(),
+        valid_until: 9,
+    };
+    let approvals = vec![
+        approve(&key(200), CHAIN, 0, &action),
+        approve(&key(201), CHAIN, 0, &action),
+    ];
+    let gov = |seq| {
+        TxKind::Governance(Governance {
+            seq,
+            approvals: approvals.clone(),
+            action: action.clone(),
+        })
+    };
+    let first = h.tx(&key(61), gov(0));
+    let again = h.tx(&key(61), gov(1));
+    let result = h.block(&[first, again]);
+    assert_eq!(result.txs[0].code, 0);
+    // Approvals signed for sequence 0 do not verify for sequence 1.
+    assert_eq!(result.txs[1].code, code::BAD_APPROVAL);
+    let stranger = Governance {
+        seq: 1,
+        approvals: vec![approve(&key(9), CHAIN, 1, &action)],
+        action: action.clone(),
+    };
+    let tx = h.tx(&key(61), TxKind::Governance(stranger));
+    assert_eq!(h.block(&[tx]).txs[0].code, code::BAD_APPROVAL);
+}
+
+#[test]
+fn malformed_inputs_get_codes_not_panics() {
+    let mut h = Harness::new();
+    let mut txs: Vec<Vec<u8>> = vec![vec![], vec![0xff; 10], vec![0; ledger::MAX_TX_BYTES + 1]];
+    // A valid prefix with garbage appended.
+    let mut trailing = h.tx(
+        &key(1),
+        TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: "p".into(),
+            ecosystems: vec!["npm".into()],
+        }),
+    );
+    trailing.push(0);
+    txs.push(trailing);
+    // Bad field values.
+    txs.push(h.tx(
+        &key(2),
+        TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: "p".into(),
+            ecosystems: vec!["NPM/../".into()],
+        }),
+    ));
+    txs.push(h.tx(
+        &key(3),
+        TxKind::RequestBuild(BuildRequest {
+            recipe: String::new(),
+            ..build_request("1")
+        }),
+    ));
+    let codes: Vec<u32> = h.block(&txs).txs.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            code::DECODE,
+            code::DECODE,
+            code::TOO_LARGE,
+            code::DECODE,
+            code::INVALID_FIELD,
+            code::INVALID_FIELD
+        ]
+    );
+    for path in ["", "request/zz", "package/npm", "../params", "nonce/12"] {
+        assert!(h.ledger.query(path, 0, true).is_err(), "{path:?} accepted");
+    }
+}

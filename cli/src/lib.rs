@@ -1,0 +1,3 @@
+//! Library half of the `pyrsia` binary: the ledger RPC client, shared with tests and benchmarks.
+
+pub mod rpc;

@@ -1,0 +1,291 @@
+//! A ledger client over CometBFT's RPC: submit transactions and wait for
+//! their commit, read state, and verify answers against block headers.
+
+use std::time::Duration;
+
+use borsh::BorshDeserialize;
+use pyrsia_chain::proof::{decode_proof, verify_value, ProofError, PROOF_OP_TYPE};
+use pyrsia_chain::{PublicKey, SignedTx};
+use tendermint::Hash;
+use tendermint_rpc::client::CompatMode;
+use tendermint_rpc::{Client, HttpClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("node RPC {url}: {reason}")]
+    Rpc { url: String, reason: String },
+    #[error("rejected (code {code}): {log}")]
+    Rejected { code: u32, log: String },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("query {path:?} failed: {log}")]
+    Query { path: String, log: String },
+    #[error("value at {path:?} does not decode: {reason}")]
+    Decode { path: String, reason: String },
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    #[error("answer for {0:?} carries no {PROOF_OP_TYPE} proof")]
+    NoProof(String),
+}
+
+/// A transaction as committed in a block.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommittedTx {
+    pub hash: String,
+    pub height: u64,
+    pub code: u32,
+    pub log: String,
+    pub events: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl CommittedTx {
+    /// The first value of `attribute` in the first event of `kind`.
+    pub fn attribute(&self, kind: &str, attribute: &str) -> Option<&str> {
+        self.events
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .flat_map(|(_, attrs)| attrs.iter())
+            .find(|(k, _)| k == attribute)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A state value proven against the app hash in header `height + 1`.
+#[derive(Clone, Debug)]
+pub struct VerifiedValue {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub height: u64,
+    pub app_hash: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LedgerClient {
+    url: String,
+    http: HttpClient,
+}
+
+impl LedgerClient {
+    pub fn new(url: &str) -> Result<LedgerClient, ClientError> {
+        let rpc = |reason: String| ClientError::Rpc {
+            url: url.to_owned(),
+            reason,
+        };
+        let parsed = url
+            .parse()
+            .map_err(|e: tendermint_rpc::Error| rpc(e.to_string()))?;
+        let http = HttpClient::builder(parsed)
+            .compat_mode(CompatMode::V0_38)
+            .build()
+            .map_err(|e| rpc(e.to_string()))?;
+        Ok(LedgerClient {
+            url: url.to_owned(),
+            http,
+        })
+    }
+
+    fn rpc_err(&self, e: impl ToString) -> ClientError {
+        ClientError::Rpc {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The app hash this node's ledger returned when it executed block `height`.
+    pub async fn block_app_hash(&self, height: u64) -> Result<Vec<u8>, ClientError> {
+        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
+        let results = self
+            .http
+            .block_results(h)
+            .await
+            .map_err(|e| self.rpc_err(e))?;
+        Ok(results.app_hash.as_bytes().to_vec())
+    }
+
+    /// How many transactions block `height` holds.
+    pub async fn block_tx_count(&self, height: u64) -> Result<usize, ClientError> {
+        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
+        let block = self.http.block(h).await.map_err(|e| self.rpc_err(e))?;
+        Ok(block.block.data.len())
+    }
+
+    /// The chain id, as the node reports it.
+    pub async fn chain_id(&self) -> Result<String, ClientError> {
+        let status = self.http.status().await.map_err(|e| self.rpc_err(e))?;
+        Ok(status.node_info.network.to_string())
+    }
+
+    pub async fn latest_height(&self) -> Result<u64, ClientError> {
+        let status = self.http.status().await.map_err(|e| self.rpc_err(e))?;
+        Ok(status.sync_info.latest_block_height.value())
+    }
+
+    pub async fn wait_height(&self, height: u64, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(h) = self.latest_height().await {
+                if h >= height {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout, format!("height {height}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Raw state bytes at `path` (height 0 = latest).
+    pub async fn query_raw(
+        &self,
+        path: &str,
+        height: u64,
+    ) -> Result<(u64, Option<Vec<u8>>), ClientError> {
+        let answer = self.abci(path, height, false).await?;
+        let value = (answer.log == "exists").then_some(answer.value);
+        Ok((answer.height.value(), value))
+    }
+
+    async fn abci(
+        &self,
+        path: &str,
+        height: u64,
+        prove: bool,
+    ) -> Result<tendermint_rpc::endpoint::abci_query::AbciQuery, ClientError> {
+        let height = match height {
+            0 => None,
+            h => Some(h.try_into().map_err(|e| self.rpc_err(e))?),
+        };
+        let answer = self
+            .http
+            .abci_query(Some(path.to_owned()), Vec::new(), height, prove)
+            .await
+            .map_err(|e| self.rpc_err(e))?;
+        if answer.code.is_err() {
+            return Err(ClientError::Query {
+                path: path.to_owned(),
+                log: answer.log,
+            });
+        }
+        Ok(answer)
+    }
+
+    pub async fn query_value<T: BorshDeserialize>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, ClientError> {
+        let (_, raw) = self.query_raw(path, 0).await?;
+        raw.map(|bytes| {
+            T::try_from_slice(&bytes).map_err(|e| ClientError::Decode {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Reads `path` with a proof and checks it against the app hash in the
+    /// header of the next block (waiting for that block if needed).
+    pub async fn query_verified(
+        &self,
+        path: &str,
+        height: u64,
+    ) -> Result<VerifiedValue, ClientError> {
+        let answer = self.abci(path, height, true).await?;
+        let at = answer.height.value();
+        let op = answer
+            .proof
+            .as_ref()
+            .and_then(|p| p.ops.iter().find(|op| op.field_type == PROOF_OP_TYPE))
+            .ok_or_else(|| ClientError::NoProof(path.to_owned()))?;
+        let proof = decode_proof(&op.data)?;
+        self.wait_height(at + 1, Duration::from_secs(30)).await?;
+        let next: tendermint::block::Height = (at + 1).try_into().map_err(|e| self.rpc_err(e))?;
+        let commit = self.http.commit(next).await.map_err(|e| self.rpc_err(e))?;
+        let app_hash = commit.signed_header.header.app_hash.as_bytes().to_vec();
+        let value = (answer.log == "exists").then_some(answer.value);
+        verify_value(&app_hash, &answer.key, value.as_deref(), &proof)?;
+        Ok(VerifiedValue {
+            key: String::from_utf8_lossy(&answer.key).into_owned(),
+            value,
+            height: at,
+            app_hash,
+        })
+    }
+
+    pub async fn next_nonce(&self, signer: &PublicKey) -> Result<u64, ClientError> {
+        let last: Option<u64> = self.query_value(&format!("nonce/{signer}")).await?;
+        Ok(last.unwrap_or(0) + 1)
+    }
+
+    /// Sends a transaction to the mempool; fails with the CheckTx reason if refused.
+    pub async fn broadcast(&self, tx: &SignedTx) -> Result<Hash, ClientError> {
+        let bytes = borsh::to_vec(tx).map_err(|e| self.rpc_err(e))?;
+        self.broadcast_bytes(bytes).await
+    }
+
+    pub async fn broadcast_bytes(&self, bytes: Vec<u8>) -> Result<Hash, ClientError> {
+        let r = self
+            .http
+            .broadcast_tx_sync(bytes)
+            .await
+            .map_err(|e| self.rpc_err(e))?;
+        if r.code.is_err() {
+            return Err(ClientError::Rejected {
+                code: r.code.value(),
+                log: r.log,
+            });
+        }
+        Ok(r.hash)
+    }
+
+    /// Waits until the transaction is in a block and returns its result.
+    pub async fn wait_tx(&self, hash: Hash, timeout: Duration) -> Result<CommittedTx, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.http.tx(hash, false).await {
+                let result = r.tx_result;
+                return Ok(CommittedTx {
+                    hash: hash.to_string(),
+                    height: r.height.value(),
+                    code: result.code.value(),
+                    log: result.log,
+                    events: result
+                        .events
+                        .into_iter()
+                        .map(|e| {
+                            let attrs = e
+                                .attributes
+                                .iter()
+                                .map(|a| {
+                                    (
+                                        a.key_str().unwrap_or_default().to_owned(),
+                                        a.value_str().unwrap_or_default().to_owned(),
+                                    )
+                                })
+                                .collect();
+                            (e.kind, attrs)
+                        })
+                        .collect(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout, format!("transaction {hash}")));
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Broadcasts and waits for the commit; a rule failure in the block is an error too.
+    pub async fn submit(&self, tx: &SignedTx) -> Result<CommittedTx, ClientError> {
+        let hash = self.broadcast(tx).await?;
+        let committed = self.wait_tx(hash, Duration::from_secs(60)).await?;
+        if committed.code != 0 {
+            return Err(ClientError::Rejected {
+                code: committed.code,
+                log: committed.log,
+            });
+        }
+        Ok(committed)
+    }
+}

@@ -1,0 +1,364 @@
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use pyrsia_chain::crypto::approve;
+use pyrsia_chain::{
+    sign_tx, Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId,
+    Params, PublicKey, RegisterBuilder, SourceRef, TrustedImport, TxBody, TxKind,
+};
+
+use crate::keys::KeyArgs;
+use crate::Context;
+use pyrsia_cli::rpc::{CommittedTx, LedgerClient};
+
+#[derive(Args, Debug, Clone)]
+pub struct PackageArgs {
+    #[arg(long)]
+    pub ecosystem: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long = "version")]
+    pub package_version: String,
+}
+
+impl PackageArgs {
+    fn id(&self) -> PackageId {
+        PackageId {
+            ecosystem: self.ecosystem.clone(),
+            name: self.name.clone(),
+            version: self.package_version.clone(),
+        }
+    }
+}
+
+/// `name=FILE,sha256=HEX,size=N,stripe-size=N,stripe-root=HEX`
+fn parse_output(s: &str) -> Result<Output> {
+    let mut name = None;
+    let mut sha256 = None;
+    let mut size = None;
+    let mut stripe_size = None;
+    let mut stripe_root = None;
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("output field {part:?} is not key=value"))?;
+        match k {
+            "name" => name = Some(v.to_owned()),
+            "sha256" => sha256 = Some(v.parse::<Digest>()?),
+            "size" => size = Some(v.parse::<u64>().context("size")?),
+            "stripe-size" => stripe_size = Some(v.parse::<u32>().context("stripe-size")?),
+            "stripe-root" => stripe_root = Some(v.parse::<Digest>()?),
+            other => bail!("unknown output field {other:?}"),
+        }
+    }
+    let missing = |f: &str| anyhow!("output {s:?} lacks {f}");
+    Ok(Output {
+        name: name.ok_or_else(|| missing("name"))?,
+        sha256: sha256.ok_or_else(|| missing("sha256"))?,
+        size: size.ok_or_else(|| missing("size"))?,
+        stripe_size: stripe_size.ok_or_else(|| missing("stripe-size"))?,
+        stripe_root: stripe_root.ok_or_else(|| missing("stripe-root"))?,
+    })
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TxCommand {
+    /// Register this key as a regular builder.
+    RegisterBuilder {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// libp2p peer id of this node's store.
+        #[arg(long)]
+        peer_id: String,
+        /// Ecosystems this builder builds (repeatable).
+        #[arg(long = "ecosystem", required = true)]
+        ecosystems: Vec<String>,
+    },
+    /// Request a build of a package from a public source at an exact commit.
+    RequestBuild {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        package: PackageArgs,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        commit: String,
+        #[arg(long, default_value = "script")]
+        recipe: String,
+    },
+    /// Attest the outputs of a build this node was selected for.
+    Attest {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Request id (hex).
+        #[arg(long)]
+        request: Digest,
+        /// `name=F,sha256=H,size=N,stripe-size=N,stripe-root=H` (repeatable).
+        #[arg(long = "output", required = true, value_parser = parse_output)]
+        outputs: Vec<Output>,
+        #[arg(long, default_value = "unspecified")]
+        build_env: String,
+        #[arg(long, default_value_t = Digest::default())]
+        log_digest: Digest,
+    },
+    /// As a certified trusted node, vouch for an artifact mirrored from upstream.
+    TrustedImport {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        package: PackageArgs,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long = "output", required = true, value_parser = parse_output)]
+        outputs: Vec<Output>,
+    },
+}
+
+/// Board approvals: one key file per approving member.
+#[derive(Args, Debug, Clone)]
+pub struct BoardArgs {
+    /// Key file of an approving board member (repeat for each).
+    #[arg(long = "board-key", required = true)]
+    pub board_keys: Vec<PathBuf>,
+    /// The submitting key (any funded signer; pays the nonce).
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GovCommand {
+    /// Certify (or renew) a trusted node.
+    Certify {
+        /// The trusted node's public key (hex).
+        #[arg(value_name = "NODE")]
+        trusted_node: PublicKey,
+        /// Certification lasts this many days of block time.
+        #[arg(long, default_value_t = 183)]
+        days: u64,
+        /// Explicit end of validity, unix seconds (overrides --days).
+        #[arg(long)]
+        valid_until: Option<u64>,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
+    /// Revoke a trusted node after an incident.
+    Revoke {
+        /// The trusted node's public key (hex).
+        #[arg(value_name = "NODE")]
+        trusted_node: PublicKey,
+        #[arg(long)]
+        incident: String,
+        /// Attestations from this height on stop counting.
+        #[arg(long)]
+        since_height: u64,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
+    /// Replace the ledger parameters.
+    Params {
+        #[arg(long)]
+        builders_per_request: u16,
+        #[arg(long)]
+        quorum: u16,
+        #[arg(long, default_value_t = 2)]
+        trusted_for_reproducible: u16,
+        #[arg(long, default_value_t = 64)]
+        max_outputs: u16,
+        #[arg(long, default_value_t = 1024)]
+        max_field_len: u32,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
+}
+
+async fn submit(ctx: &Context, key: &Keypair, kind: TxKind) -> Result<CommittedTx> {
+    let client = LedgerClient::new(&ctx.node)?;
+    let chain_id = client.chain_id().await?;
+    let nonce = client.next_nonce(&key.public()).await?;
+    let name = kind.name();
+    let tx = sign_tx(key, &chain_id, TxBody { nonce, kind });
+    let committed = client
+        .submit(&tx)
+        .await
+        .with_context(|| format!("{name} transaction"))?;
+    Ok(committed)
+}
+
+fn report(ctx: &Context, what: &str, tx: &CommittedTx, extra: serde_json::Value) {
+    let mut json = serde_json::to_value(tx).unwrap_or_default();
+    if let (Some(obj), serde_json::Value::Object(more)) = (json.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    ctx.print(&json, || {
+        let mut text = format!("{what}: committed at height {} (tx {})", tx.height, tx.hash);
+        for (kind, attrs) in &tx.events {
+            let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            text.push_str(&format!("\n  {kind}: {}", attrs.join(" ")));
+        }
+        text
+    });
+}
+
+pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
+    match cmd {
+        TxCommand::RegisterBuilder {
+            key,
+            peer_id,
+            ecosystems,
+        } => {
+            let key = key.load(&ctx.home)?;
+            let tx = submit(
+                ctx,
+                &key,
+                TxKind::RegisterBuilder(RegisterBuilder {
+                    peer_id,
+                    ecosystems,
+                }),
+            )
+            .await?;
+            report(
+                ctx,
+                "builder registered",
+                &tx,
+                serde_json::json!({"builder": key.public()}),
+            );
+        }
+        TxCommand::RequestBuild {
+            key,
+            package,
+            repo,
+            commit,
+            recipe,
+        } => {
+            let key = key.load(&ctx.home)?;
+            let request = BuildRequest {
+                package: package.id(),
+                source: SourceRef {
+                    repo_url: repo,
+                    commit,
+                },
+                recipe,
+            };
+            let id = request.id();
+            let tx = submit(ctx, &key, TxKind::RequestBuild(request)).await?;
+            report(
+                ctx,
+                &format!("build request {id}"),
+                &tx,
+                serde_json::json!({"request_id": id}),
+            );
+        }
+        TxCommand::Attest {
+            key,
+            request,
+            outputs,
+            build_env,
+            log_digest,
+        } => {
+            let key = key.load(&ctx.home)?;
+            let attest = Attest {
+                request_id: request,
+                outputs,
+                build_env,
+                log_digest,
+            };
+            let tx = submit(ctx, &key, TxKind::Attest(attest)).await?;
+            report(ctx, "attestation", &tx, serde_json::json!({}));
+        }
+        TxCommand::TrustedImport {
+            key,
+            package,
+            upstream,
+            outputs,
+        } => {
+            let key = key.load(&ctx.home)?;
+            let import = TrustedImport {
+                package: package.id(),
+                outputs,
+                upstream,
+            };
+            let id = import.record_id();
+            let tx = submit(ctx, &key, TxKind::TrustedImport(import)).await?;
+            report(
+                ctx,
+                &format!("import {id}"),
+                &tx,
+                serde_json::json!({"request_id": id}),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_gov(ctx: &Context, cmd: GovCommand) -> Result<()> {
+    let (action, board) = match cmd {
+        GovCommand::Certify {
+            trusted_node: node,
+            days,
+            valid_until,
+            board,
+        } => {
+            let valid_until = match valid_until {
+                Some(t) => t,
+                None => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    now + days * 24 * 3600
+                }
+            };
+            (GovAction::CertifyTrustedNode { node, valid_until }, board)
+        }
+        GovCommand::Revoke {
+            trusted_node: node,
+            incident,
+            since_height,
+            board,
+        } => (
+            GovAction::RevokeTrustedNode {
+                node,
+                incident,
+                incident_since_height: since_height,
+            },
+            board,
+        ),
+        GovCommand::Params {
+            builders_per_request,
+            quorum,
+            trusted_for_reproducible,
+            max_outputs,
+            max_field_len,
+            board,
+        } => (
+            GovAction::UpdateParams(Params {
+                builders_per_request,
+                quorum,
+                trusted_for_reproducible,
+                max_outputs,
+                max_field_len,
+            }),
+            board,
+        ),
+    };
+    let client = LedgerClient::new(&ctx.node)?;
+    let chain_id = client.chain_id().await?;
+    let seq: u64 = client.query_value("gov/seq").await?.unwrap_or(0);
+    let approvals = board
+        .board_keys
+        .iter()
+        .map(|path| Keypair::load(path).map(|k| approve(&k, &chain_id, seq, &action)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = board.key.load(&ctx.home)?;
+    let kind = TxKind::Governance(Governance {
+        seq,
+        action,
+        approvals,
+    });
+    let what = kind.name();
+    let tx = submit(ctx, &key, kind).await?;
+    report(ctx, what, &tx, serde_json::json!({"gov_seq": seq}));
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Committed `Attest` txs/s on a 4-validator testnet on this host, and, in the
+//! same run, the same load of equal-sized txs against CometBFT's built-in
+//! `kvstore` app on an identically configured testnet. Prints both and the ratio.
+//!
+//! Run with `./scripts/bench-testnet.sh` (release build). `BENCH_TXS` sets the
+//! load (default 3000), `BENCH_TIMEOUT_COMMIT` the block interval (default 1s).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use pyrsia_chain::crypto::sign_tx;
+use pyrsia_chain::{
+    Attest, BuildRequest, Digest, Keypair, Output, PackageId, RegisterBuilder, RequestRecord,
+    SignedTx, SourceRef, TxBody, TxKind,
+};
+use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_e2e::{AppKind, Testnet};
+
+const WORKERS: usize = 8;
+
+/// Sends each lane's txs in order to its node, lanes concurrently; returns
+/// the committed rate measured from the first send to the block that holds
+/// the last of them.
+async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usize, f64)> {
+    let total: usize = lanes.iter().map(Vec::len).sum();
+    let start_height = clients[0].latest_height().await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (lane, txs) in lanes.into_iter().enumerate() {
+        let client = clients[lane % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            for tx in txs {
+                // A full mempool answers with an error: back off and retry.
+                loop {
+                    match client.broadcast_bytes(tx.clone()).await {
+                        Ok(_) => break,
+                        Err(pyrsia_cli::rpc::ClientError::Rejected { code, log }) => {
+                            anyhow::bail!("tx rejected by CheckTx (code {code}): {log}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut committed = 0;
+    let mut height = start_height;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while committed < total {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {committed}/{total} committed"
+        );
+        if clients[0].latest_height().await? > height {
+            height += 1;
+            committed += clients[0].block_tx_count(height).await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok((
+        committed,
+        committed as f64 / started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Registers builders and requests, then signs one Attest per selected
+/// builder per request: `count` txs in lanes by signer.
+async fn attest_lanes(net: &Testnet, count: usize) -> Result<Vec<Vec<Vec<u8>>>> {
+    let client = net.client(0)?;
+    let chain_id = client.chain_id().await?;
+    let builders: Vec<Keypair> = (0..64u8).map(|i| Keypair::from_seed([i + 1; 32])).collect();
+    let mut hashes = Vec::new();
+    for (i, b) in builders.iter().enumerate() {
+        let kind = TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: format!("peer{i}"),
+            ecosystems: vec!["npm".into()],
+        });
+        hashes.push(
+            client
+                .broadcast(&sign_tx(b, &chain_id, TxBody { nonce: 1, kind }))
+                .await?,
+        );
+    }
+    for h in hashes.drain(..) {
+        client.wait_tx(h, Duration::from_secs(60)).await?;
+    }
+    let requester = Keypair::from_seed([200; 32]);
+    let mut ids = Vec::new();
+    for i in 0..count.div_ceil(3) {
+        let request = BuildRequest {
+            package: PackageId {
+                ecosystem: "npm".into(),
+                name: format!("pkg{i}"),
+                version: "1.0.0".into(),
+            },
+            source: SourceRef {
+                repo_url: format!("https://example.org/pkg{i}.git"),
+                commit: format!("{i:040x}"),
+            },
+            recipe: "npm".into(),
+        };
+        ids.push(request.id());
+        let kind = TxKind::RequestBuild(request);
+        hashes.push(
+            client
+                .broadcast(&sign_tx(
+                    &requester,
+                    &chain_id,
+                    TxBody {
+                        nonce: i as u64 + 1,
+                        kind,
+                    },
+                ))
+                .await?,
+        );
+    }
+    for h in hashes.drain(..) {
+        client.wait_tx(h, Duration::from_secs(120)).await?;
+    }
+    let mut nonces = vec![1u64; builders.len()];
+    let mut lanes = vec![Vec::new(); WORKERS];
+    let mut made = 0;
+    'outer: for id in &ids {
+        let record: RequestRecord = client
+            .query_value(&format!("request/{id}"))
+            .await?
+            .context("request missing")?;
+        for s in &record.selected {
+            let i = builders
+                .iter()
+                .position(|b| b.public() == *s)
+                .context("unknown builder")?;
+            nonces[i] += 1;
+            let kind = TxKind::Attest(Attest {
+                request_id: *id,
+                outputs: vec![Output {
+                    name: "pkg.tgz".into(),
+                    sha256: Digest([7; 32]),
+                    size: 12_345,
+                    stripe_size: 1 << 20,
+                    stripe_root: Digest([8; 32]),
+                }],
+                build_env: "node-20.11 npm-10".into(),
+                log_digest: Digest([9; 32]),
+            });
+            let tx: SignedTx = sign_tx(
+                &builders[i],
+                &chain_id,
+                TxBody {
+                    nonce: nonces[i],
+                    kind,
+                },
+            );
+            lanes[i % WORKERS].push(borsh::to_vec(&tx)?);
+            made += 1;
+            if made == count {
+                break 'outer;
+            }
+        }
+    }
+    Ok(lanes)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let count: usize = std::env::var("BENCH_TXS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let timeout_commit = std::env::var("BENCH_TIMEOUT_COMMIT").unwrap_or_else(|_| "1s".into());
+
+    let net = Testnet::start_with(4, AppKind::Pyrsia, &timeout_commit).await?;
+    let lanes = attest_lanes(&net, count).await?;
+    let tx_size = lanes.iter().flatten().map(Vec::len).max().unwrap_or(0);
+    let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i)).collect::<Result<_>>()?;
+    let (pyrsia_n, pyrsia_rate) = load(&clients, lanes).await?;
+    drop(net);
+
+    let kv = Testnet::start_with(4, AppKind::Kvstore, &timeout_commit).await?;
+    let clients: Vec<LedgerClient> = (0..4).map(|i| kv.client(i)).collect::<Result<_>>()?;
+    let mut lanes = vec![Vec::new(); WORKERS];
+    for i in 0..count {
+        let mut tx = format!("key{i:08}=").into_bytes();
+        tx.resize(tx_size, b'v');
+        lanes[i % WORKERS].push(tx);
+    }
+    let (kv_n, kv_rate) = load(&clients, lanes).await?;
+
+    println!("testnet_bench: 4 validators on one host, timeout_commit {timeout_commit}, {WORKERS} concurrent senders");
+    println!("  pyrsia Attest:  {pyrsia_n} txs of {tx_size} B committed, {pyrsia_rate:.0} tx/s");
+    println!("  kvstore:        {kv_n} txs of {tx_size} B committed, {kv_rate:.0} tx/s");
+    println!(
+        "  ratio pyrsia/kvstore: {:.2} (goal >= 0.8)",
+        pyrsia_rate / kv_rate
+    );
+    Ok(())
+}

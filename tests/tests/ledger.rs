@@ -1,0 +1,563 @@
+//! The ledger through its public interfaces (the `pyrsia` CLI and CometBFT's
+//! RPC), on real cometbft validators beside real `pyrsia abci` processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pyrsia_chain::crypto::{approve, sign_tx};
+use pyrsia_chain::proof::verify_value;
+use pyrsia_chain::{
+    code, Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId,
+    RegisterBuilder, RequestRecord, SourceRef, TrustLevel, TxBody, TxKind,
+};
+use pyrsia_e2e::Testnet;
+
+fn output_arg(seed: u8) -> String {
+    format!(
+        "name=pkg.tgz,sha256={},size=1234,stripe-size=1048576,stripe-root={}",
+        Digest([seed; 32]),
+        Digest([seed.wrapping_add(1); 32])
+    )
+}
+
+fn level_of(net: &Testnet, request: &str) -> String {
+    let q = net.pyrsia_json(&["query", "request", request]).unwrap();
+    q["value"]["level"].as_str().unwrap().to_owned()
+}
+
+/// Registers `n` builder keys `b0..` for npm through the CLI.
+fn register_builders(net: &Testnet, n: usize) -> Vec<Keypair> {
+    (0..n)
+        .map(|i| {
+            let name = format!("b{i}");
+            let key = net.new_key(&name).unwrap();
+            net.pyrsia_json(&[
+                "tx",
+                "register-builder",
+                "--key",
+                &name,
+                "--peer-id",
+                &format!("12D3KooWpeer{i}"),
+                "--ecosystem",
+                "npm",
+            ])
+            .unwrap();
+            key
+        })
+        .collect()
+}
+
+fn request_build(net: &Testnet, version: &str) -> (String, Vec<String>) {
+    net.new_key("requester").ok();
+    let r = net
+        .pyrsia_json(&[
+            "tx",
+            "request-build",
+            "--key",
+            "requester",
+            "--ecosystem",
+            "npm",
+            "--name",
+            "left-pad",
+            "--version",
+            version,
+            "--repo",
+            "https://example.org/left-pad.git",
+            "--commit",
+            "0123456789abcdef0123456789abcdef01234567",
+            "--recipe",
+            "npm",
+        ])
+        .unwrap();
+    let id = r["request_id"].as_str().unwrap().to_owned();
+    let events = r["events"].as_array().unwrap();
+    let requested = events
+        .iter()
+        .find(|e| e[0] == "build_requested")
+        .expect("build_requested event");
+    let selected = requested[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv[0] == "selected")
+        .unwrap()[1]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (id, selected)
+}
+
+fn builder_name(builders: &[Keypair], pubkey: &str) -> String {
+    let i = builders
+        .iter()
+        .position(|k| k.public().to_string() == pubkey)
+        .unwrap();
+    format!("b{i}")
+}
+
+fn attest(net: &Testnet, key_args: &[&str], request: &str, seed: u8) -> std::process::Output {
+    let out = output_arg(seed);
+    let mut args = vec!["tx", "attest"];
+    args.extend_from_slice(key_args);
+    args.extend_from_slice(&["--request", request, "--output", &out]);
+    net.pyrsia(&args).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commits() {
+    let net = Testnet::start(1).await.unwrap();
+    let builders = register_builders(&net, 3);
+    let (request, selected) = request_build(&net, "1.0.0");
+    assert_eq!(
+        selected.len(),
+        3,
+        "all three registered builders are selected"
+    );
+    assert_eq!(level_of(&net, &request), "pending");
+
+    let first = builder_name(&builders, &selected[0]);
+    assert!(attest(&net, &["--key", &first], &request, 7)
+        .status
+        .success());
+    assert_eq!(level_of(&net, &request), "pending");
+    let second = builder_name(&builders, &selected[1]);
+    assert!(attest(&net, &["--key", &second], &request, 7)
+        .status
+        .success());
+    assert_eq!(level_of(&net, &request), "quorum_only");
+
+    let t0 = net.trusted_key(0);
+    let t1 = net.trusted_key(1);
+    assert!(
+        attest(&net, &["--key-file", t0.to_str().unwrap()], &request, 7)
+            .status
+            .success()
+    );
+    assert_eq!(level_of(&net, &request), "trusted");
+    assert!(
+        attest(&net, &["--key-file", t1.to_str().unwrap()], &request, 7)
+            .status
+            .success()
+    );
+    assert_eq!(level_of(&net, &request), "reproducible");
+
+    // The artifact and package records point back at the request.
+    let artifact = net
+        .pyrsia_json(&["query", "artifact", &Digest([7; 32]).to_string()])
+        .unwrap();
+    assert_eq!(artifact["value"]["requests"][0], request.as_str());
+    let package = net
+        .pyrsia_json(&["query", "package", "npm", "left-pad", "1.0.0", "--prove"])
+        .unwrap();
+    assert_eq!(package["value"]["requests"][0], request.as_str());
+    assert!(package["verified_against_app_hash"].is_string());
+
+    // Trusted import by a certified trusted node.
+    let t0s = t0.to_str().unwrap();
+    let import = net
+        .pyrsia_json(&[
+            "tx",
+            "trusted-import",
+            "--key-file",
+            t0s,
+            "--ecosystem",
+            "npm",
+            "--name",
+            "is-odd",
+            "--version",
+            "3.0.1",
+            "--upstream",
+            "https://registry.npmjs.org",
+            "--output",
+            &output_arg(9),
+        ])
+        .unwrap();
+    let import_id = import["request_id"].as_str().unwrap();
+    assert_eq!(level_of(&net, import_id), "trusted");
+
+    // Governance: certify a new trusted node, update params, revoke.
+    let newcomer = net.new_key("newcomer").unwrap();
+    let (m0, m1) = (net.board_key(0), net.board_key(1));
+    let board = [
+        "--board-key",
+        m0.to_str().unwrap(),
+        "--board-key",
+        m1.to_str().unwrap(),
+    ];
+    let pk = newcomer.public().to_string();
+    let mut certify = vec!["gov", "certify", &pk];
+    certify.extend_from_slice(&board);
+    net.pyrsia_json(&certify).unwrap();
+    let node = net.pyrsia_json(&["query", "node", &pk]).unwrap();
+    assert!(node["value"]["certification"].is_object());
+
+    let mut params = vec![
+        "gov",
+        "params",
+        "--builders-per-request",
+        "4",
+        "--quorum",
+        "3",
+    ];
+    params.extend_from_slice(&board);
+    net.pyrsia_json(&params).unwrap();
+    let p = net.pyrsia_json(&["query", "params"]).unwrap();
+    assert_eq!(p["value"]["builders_per_request"], 4);
+    assert_eq!(p["value"]["quorum"], 3);
+
+    // Revoking trusted node 1 for an incident covering its attestation drops
+    // the request from reproducible back to trusted.
+    let t1_pk = Keypair::load(&t1).unwrap().public().to_string();
+    let mut revoke = vec![
+        "gov",
+        "revoke",
+        &t1_pk,
+        "--incident",
+        "key leak",
+        "--since-height",
+        "1",
+    ];
+    revoke.extend_from_slice(&board);
+    net.pyrsia_json(&revoke).unwrap();
+    assert_eq!(level_of(&net, &request), "trusted");
+    let revoked = net.pyrsia_json(&["query", "node", &t1_pk]).unwrap();
+    assert!(revoked["value"]["certification"].is_null());
+    assert_eq!(revoked["value"]["incidents"][0]["description"], "key leak");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_digests_end_disputed() {
+    let net = Testnet::start(1).await.unwrap();
+    let builders = register_builders(&net, 3);
+    let (request, selected) = request_build(&net, "2.0.0");
+    let a = builder_name(&builders, &selected[0]);
+    let b = builder_name(&builders, &selected[1]);
+    assert!(attest(&net, &["--key", &a], &request, 1).status.success());
+    assert!(attest(&net, &["--key", &b], &request, 2).status.success());
+    assert_eq!(level_of(&net, &request), "disputed");
+    // A trusted node agreeing with one side does not resolve the dispute.
+    let t0 = net.trusted_key(0);
+    assert!(
+        attest(&net, &["--key-file", t0.to_str().unwrap()], &request, 1)
+            .status
+            .success()
+    );
+    assert_eq!(level_of(&net, &request), "disputed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unselected_builder_attestation_is_refused_and_does_not_count() {
+    let net = Testnet::start(1).await.unwrap();
+    let builders = register_builders(&net, 5);
+    let (request, selected) = request_build(&net, "3.0.0");
+    assert_eq!(selected.len(), 3, "builders_per_request defaults to 3");
+    let outsider = builders
+        .iter()
+        .position(|k| !selected.contains(&k.public().to_string()))
+        .unwrap();
+    let selected_one = builder_name(&builders, &selected[0]);
+    assert!(attest(&net, &["--key", &selected_one], &request, 4)
+        .status
+        .success());
+    let refused = attest(&net, &["--key", &format!("b{outsider}")], &request, 4);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("code {}", code::NOT_SELECTED)) && stderr.contains("not selected"),
+        "{stderr}"
+    );
+    // One selected attestation plus the refused one: still short of the quorum of 2.
+    assert_eq!(level_of(&net, &request), "pending");
+    let record: RequestRecord = net
+        .client(0)
+        .unwrap()
+        .query_value(&format!("request/{request}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.attestations.len(), 1);
+    assert_eq!(record.level, TrustLevel::Pending);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_transactions_are_rejected_each_with_its_own_code() {
+    let net = Testnet::start(1).await.unwrap();
+    let client = net.client(0).unwrap();
+    let chain_id = client.chain_id().await.unwrap();
+    let key = Keypair::generate();
+    let register = |nonce: u64, peer: &str| {
+        sign_tx(
+            &key,
+            &chain_id,
+            TxBody {
+                nonce,
+                kind: TxKind::RegisterBuilder(RegisterBuilder {
+                    peer_id: peer.to_owned(),
+                    ecosystems: vec!["cargo".into()],
+                }),
+            },
+        )
+    };
+    let rejected_code = |r: Result<_, pyrsia_cli::rpc::ClientError>| match r {
+        Err(pyrsia_cli::rpc::ClientError::Rejected { code, .. }) => code,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+
+    let first = register(1, "peer-1");
+    client.submit(&first).await.unwrap();
+    // The same bytes again: CometBFT's cache or our nonce check refuses it.
+    assert!(client.broadcast(&first).await.is_err());
+    // A new transaction reusing the nonce: stale.
+    assert_eq!(
+        rejected_code(client.broadcast(&register(1, "peer-again")).await),
+        code::STALE_NONCE
+    );
+    // Signed for another chain.
+    let other_chain = sign_tx(&key, "another-chain", register(2, "peer-2").body);
+    assert_eq!(
+        rejected_code(client.broadcast(&other_chain).await),
+        code::WRONG_CHAIN
+    );
+    // Signature of a different body.
+    let mut forged = register(3, "peer-3");
+    forged.body.nonce = 4;
+    assert_eq!(
+        rejected_code(client.broadcast(&forged).await),
+        code::BAD_SIGNATURE
+    );
+    // Random bytes.
+    let garbage: Vec<u8> = (0..97u8).map(|i| i.wrapping_mul(31) ^ 0x5a).collect();
+    assert_eq!(
+        rejected_code(client.broadcast_bytes(garbage).await),
+        code::DECODE
+    );
+    // Governance with one approval where the board threshold is two.
+    let member = Keypair::load(&net.board_key(0)).unwrap();
+    let action = GovAction::CertifyTrustedNode {
+        node: key.public(),
+        valid_until: u64::MAX,
+    };
+    let gov = sign_tx(
+        &key,
+        &chain_id,
+        TxBody {
+            nonce: 5,
+            kind: TxKind::Governance(Governance {
+                seq: 0,
+                approvals: vec![approve(&member, &chain_id, 0, &action)],
+                action,
+            }),
+        },
+    );
+    assert_eq!(
+        rejected_code(client.broadcast(&gov).await),
+        code::BELOW_THRESHOLD
+    );
+    // An attestation for a request that does not exist.
+    let orphan = sign_tx(
+        &key,
+        &chain_id,
+        TxBody {
+            nonce: 6,
+            kind: TxKind::Attest(Attest {
+                request_id: Digest([3; 32]),
+                outputs: vec![Output {
+                    name: "x".into(),
+                    sha256: Digest([1; 32]),
+                    size: 1,
+                    stripe_size: 1,
+                    stripe_root: Digest([1; 32]),
+                }],
+                build_env: "env".into(),
+                log_digest: Digest::default(),
+            }),
+        },
+    );
+    assert_eq!(
+        rejected_code(client.broadcast(&orphan).await),
+        code::UNKNOWN_REQUEST
+    );
+    // The node is still healthy and the first transaction's effect is there.
+    let node: pyrsia_chain::NodeRecord = client
+        .query_value(&format!("node/{}", key.public()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.builder.unwrap().peer_id, "peer-1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_proofs_verify_against_the_next_header_and_tampering_fails() {
+    let net = Testnet::start(1).await.unwrap();
+    let client = net.client(0).unwrap();
+    let chain_id = client.chain_id().await.unwrap();
+    let key = Keypair::generate();
+    let request = BuildRequest {
+        package: PackageId {
+            ecosystem: "python".into(),
+            name: "six".into(),
+            version: "1.16.0".into(),
+        },
+        source: SourceRef {
+            repo_url: "https://example.org/six.git".into(),
+            commit: "abc".into(),
+        },
+        recipe: "python".into(),
+    };
+    let id = request.id();
+    client
+        .submit(&sign_tx(
+            &key,
+            &chain_id,
+            TxBody {
+                nonce: 1,
+                kind: TxKind::RequestBuild(request),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let path = format!("request/{id}");
+    let verified = client.query_verified(&path, 0).await.unwrap();
+    let value = verified.value.clone().expect("request exists");
+    let record: RequestRecord = borsh::from_slice(&value).unwrap();
+    assert_eq!(record.id, id);
+
+    // Re-check by hand: the same proof fails for a tampered value, and the
+    // absence proof of a missing key verifies while a claimed value does not.
+    let raw = client_proof(&net, &path, verified.height).await;
+    verify_value(&verified.app_hash, path.as_bytes(), Some(&value), &raw).unwrap();
+    let mut tampered = value.clone();
+    tampered[40] ^= 1;
+    assert!(verify_value(&verified.app_hash, path.as_bytes(), Some(&tampered), &raw).is_err());
+    let mut wrong_root = verified.app_hash.clone();
+    wrong_root[0] ^= 1;
+    assert!(verify_value(&wrong_root, path.as_bytes(), Some(&value), &raw).is_err());
+
+    let missing = format!("request/{}", Digest([0xee; 32]));
+    let absent = client.query_verified(&missing, 0).await.unwrap();
+    assert!(absent.value.is_none());
+    let absence_proof = client_proof(&net, &missing, absent.height).await;
+    assert!(verify_value(
+        &absent.app_hash,
+        missing.as_bytes(),
+        Some(b"forged"),
+        &absence_proof
+    )
+    .is_err());
+}
+
+/// The raw ICS23 proof of `path` at `height`, straight from the RPC.
+async fn client_proof(net: &Testnet, path: &str, height: u64) -> ics23::CommitmentProof {
+    use tendermint_rpc::{client::CompatMode, Client, HttpClient};
+    let http = HttpClient::builder(net.nodes[0].rpc_url.parse().unwrap())
+        .compat_mode(CompatMode::V0_38)
+        .build()
+        .unwrap();
+    let answer = http
+        .abci_query(
+            Some(path.to_owned()),
+            Vec::new(),
+            Some(height.try_into().unwrap()),
+            true,
+        )
+        .await
+        .unwrap();
+    let op = &answer.proof.unwrap().ops[0];
+    pyrsia_chain::proof::decode_proof(&op.data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
+    let mut net = Testnet::start(1).await.unwrap();
+    let client = net.client(0).unwrap();
+    let chain_id = client.chain_id().await.unwrap();
+    let key = Keypair::generate();
+    let requests: Vec<BuildRequest> = (0..400)
+        .map(|i| BuildRequest {
+            package: PackageId {
+                ecosystem: "cargo".into(),
+                name: "serde".into(),
+                version: format!("1.0.{i}"),
+            },
+            source: SourceRef {
+                repo_url: "https://example.org/serde.git".into(),
+                commit: format!("{i:040x}"),
+            },
+            recipe: "cargo".into(),
+        })
+        .collect();
+
+    // Stream transactions; kill -9 the app once some have committed.
+    let mut hashes = Vec::new();
+    let mut killed_at = None;
+    for (i, r) in requests.iter().enumerate() {
+        let tx = sign_tx(
+            &key,
+            &chain_id,
+            TxBody {
+                nonce: i as u64 + 1,
+                kind: TxKind::RequestBuild(r.clone()),
+            },
+        );
+        match client.broadcast(&tx).await {
+            Ok(h) => hashes.push((i, h)),
+            Err(_) => break,
+        }
+        if i == 150 {
+            client
+                .wait_tx(hashes[100].1, Duration::from_secs(30))
+                .await
+                .unwrap();
+            killed_at = Some(client.latest_height().await.unwrap());
+            net.kill_abci(0).unwrap();
+        }
+    }
+    let killed_at = killed_at.expect("the kill happened while streaming");
+    // CometBFT stops when its app connection drops; restart both.
+    net.wait_cometbft_exit(0, Duration::from_secs(20)).unwrap();
+    net.start_abci(0).unwrap();
+    net.start_cometbft(0).unwrap();
+    client
+        .wait_height(killed_at + 3, Duration::from_secs(90))
+        .await
+        .unwrap();
+
+    // Every transaction committed before the crash is still there.
+    let mut committed_before = 0;
+    for (i, hash) in &hashes {
+        if let Ok(tx) = client.wait_tx(*hash, Duration::from_millis(1)).await {
+            if tx.height <= killed_at {
+                committed_before += 1;
+                let path = format!("request/{}", requests[*i].id());
+                let record: Option<RequestRecord> = client.query_value(&path).await.unwrap();
+                assert!(
+                    record.is_some(),
+                    "{path} committed at {} is gone",
+                    tx.height
+                );
+            }
+        }
+    }
+    assert!(
+        committed_before >= 101,
+        "only {committed_before} committed before the kill"
+    );
+    // The chain goes on, and the restarted app's state proves against headers.
+    let next = sign_tx(
+        &key,
+        &chain_id,
+        TxBody {
+            nonce: 1000,
+            kind: TxKind::RequestBuild(BuildRequest {
+                recipe: "after-crash".into(),
+                ..requests[0].clone()
+            }),
+        },
+    );
+    client.submit(&next).await.unwrap();
+    client.query_verified("params", 0).await.unwrap();
+}

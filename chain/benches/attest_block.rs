@@ -2,7 +2,7 @@
 //! signature check, rules, state root, commit) and, in the same run, raw
 //! ed25519-consensus verification of the same signatures one by one.
 //!
-//! `cargo bench -p pyrsia-chain --bench attest_block` (BENCH_BLOCKS=N to change
+//! `cargo bench --workspace --bench attest_block` (BENCH_BLOCKS=N to change
 //! how many measured blocks; default 5).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -77,18 +77,23 @@ impl LedgerClient {
         let http = HttpClient::builder(parsed)
             .compat_mode(CompatMode::V0_38)
             .build()
-            .map_err(|e| rpc(e.to_string()))?;
+            .map_err(|e| rpc(e.detail().to_string()))?;
         Ok(LedgerClient {
             url: url.to_owned(),
             http,
         })
     }
 
-    fn rpc_err(&self, e: impl ToString) -> ClientError {
+    fn rpc_err(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::Rpc {
             url: self.url.clone(),
             reason: e.to_string(),
         }
+    }
+
+    /// tendermint-rpc's `Display` carries a captured trace; its detail does not.
+    fn call_err(&self, e: tendermint_rpc::Error) -> ClientError {
+        self.rpc_err(e.detail())
     }
 
     /// The app hash this node's ledger returned when it executed block `height`.
@@ -98,25 +103,25 @@ impl LedgerClient {
             .http
             .block_results(h)
             .await
-            .map_err(|e| self.rpc_err(e))?;
+            .map_err(|e| self.call_err(e))?;
         Ok(results.app_hash.as_bytes().to_vec())
     }
 
     /// How many transactions block `height` holds.
     pub async fn block_tx_count(&self, height: u64) -> Result<usize, ClientError> {
         let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
-        let block = self.http.block(h).await.map_err(|e| self.rpc_err(e))?;
+        let block = self.http.block(h).await.map_err(|e| self.call_err(e))?;
         Ok(block.block.data.len())
     }
 
     /// The chain id, as the node reports it.
     pub async fn chain_id(&self) -> Result<String, ClientError> {
-        let status = self.http.status().await.map_err(|e| self.rpc_err(e))?;
+        let status = self.http.status().await.map_err(|e| self.call_err(e))?;
         Ok(status.node_info.network.to_string())
     }
 
     pub async fn latest_height(&self) -> Result<u64, ClientError> {
-        let status = self.http.status().await.map_err(|e| self.rpc_err(e))?;
+        let status = self.http.status().await.map_err(|e| self.call_err(e))?;
         Ok(status.sync_info.latest_block_height.value())
     }
 
@@ -160,7 +165,7 @@ impl LedgerClient {
             .http
             .abci_query(Some(path.to_owned()), Vec::new(), height, prove)
             .await
-            .map_err(|e| self.rpc_err(e))?;
+            .map_err(|e| self.call_err(e))?;
         if answer.code.is_err() {
             return Err(ClientError::Query {
                 path: path.to_owned(),
@@ -201,7 +206,7 @@ impl LedgerClient {
         let proof = decode_proof(&op.data)?;
         self.wait_height(at + 1, Duration::from_secs(30)).await?;
         let next: tendermint::block::Height = (at + 1).try_into().map_err(|e| self.rpc_err(e))?;
-        let commit = self.http.commit(next).await.map_err(|e| self.rpc_err(e))?;
+        let commit = self.http.commit(next).await.map_err(|e| self.call_err(e))?;
         let app_hash = commit.signed_header.header.app_hash.as_bytes().to_vec();
         let value = (answer.log == "exists").then_some(answer.value);
         verify_value(&app_hash, &answer.key, value.as_deref(), &proof)?;
@@ -229,7 +234,7 @@ impl LedgerClient {
             .http
             .broadcast_tx_sync(bytes)
             .await
-            .map_err(|e| self.rpc_err(e))?;
+            .map_err(|e| self.call_err(e))?;
         if r.code.is_err() {
             return Err(ClientError::Rejected {
                 code: r.code.value(),

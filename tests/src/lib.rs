@@ -145,7 +145,7 @@ impl Testnet {
         }
         for i in 0..validators {
             net.client(i)?
-                .wait_height(1, Duration::from_secs(60))
+                .wait_height(1, Duration::from_secs(180))
                 .await?;
         }
         Ok(net)

@@ -1,0 +1,461 @@
+//! Builds a package from an exact git commit in a fresh sandbox and returns
+//! its normalised output files and build log. See `docs/builder.md`.
+//!
+//! ```no_run
+//! # use builder::*;
+//! let spec = BuildSpec {
+//!     ecosystem: "npm".into(),
+//!     name: "left-pad".into(),
+//!     version: "1.3.0".into(),
+//!     repo_url: "https://github.com/left-pad/left-pad".into(),
+//!     commit: "2fca6157a3a5f3e7e3b5a7fc7eba4e8b6d4e5f60".into(),
+//!     recipe: "npm".into(),
+//! };
+//! let outcome = build(&spec, &BuilderConfig::new("/var/lib/pyrsia/builds"))?;
+//! # Ok::<(), BuildError>(())
+//! ```
+
+mod error;
+mod memory;
+mod normalize;
+mod proc;
+mod recipe;
+mod sandbox;
+mod source;
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+pub use error::BuildError;
+
+use error::IoContext;
+use memory::MemoryLimit;
+use recipe::{Collect, Kind};
+use sandbox::{HostView, Ran};
+
+/// What to build: a package version from a repository at an exact commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    pub ecosystem: String,
+    pub name: String,
+    pub version: String,
+    /// An `https://`, `http://` or `git://` URL.
+    pub repo_url: String,
+    /// The full 40-hex-digit commit id.
+    pub commit: String,
+    /// One of [`supported_ecosystems`]; for now equal to the ecosystem.
+    pub recipe: String,
+}
+
+/// Resource limits of one build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for the whole build, clone included.
+    pub time: Duration,
+    /// Memory of the sandbox (a cgroup limit, or RLIMIT_DATA per process
+    /// where no cgroup can be created).
+    pub memory_bytes: u64,
+    /// Size of the sandbox's only writable filesystem (source copy, caches,
+    /// build products), and the cap on the outputs taken out of it.
+    pub disk_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time: Duration::from_secs(30 * 60),
+            memory_bytes: 4 << 30,
+            disk_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Which sandbox implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxKind {
+    /// bubblewrap if installed, else util-linux `unshare`.
+    #[default]
+    Auto,
+    Bubblewrap,
+    Unshare,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderConfig {
+    /// Where per-build directories are created. Each build leaves its
+    /// directory (outputs and log) for the caller to remove.
+    pub work_dir: PathBuf,
+    pub limits: Limits,
+    pub sandbox: SandboxKind,
+}
+
+impl BuilderConfig {
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        BuilderConfig {
+            work_dir: work_dir.into(),
+            limits: Limits::default(),
+            sandbox: SandboxKind::Auto,
+        }
+    }
+}
+
+/// One normalised output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// The file name, e.g. `left-pad-1.3.0.tgz`.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutcome {
+    /// Sorted by name.
+    pub outputs: Vec<OutputFile>,
+    pub log_path: PathBuf,
+    /// The per-build directory holding outputs and log.
+    pub build_dir: PathBuf,
+    /// Sandbox kind, memory-limit mechanism and tool versions, e.g.
+    /// `sandbox=bwrap bwrap=0.8.0 mem=cgroup1 builder=0.1.0 node=20.20.2 npm=11.19.1`.
+    pub build_env: String,
+    pub duration: Duration,
+}
+
+/// The recipes this builder knows.
+pub fn supported_ecosystems() -> &'static [&'static str] {
+    recipe::NAMES
+}
+
+/// Fetches, builds and normalises `spec`. Blocking; takes up to
+/// `cfg.limits.time` plus a little cleanup.
+pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, BuildError> {
+    let started = Instant::now();
+    let deadline = started + cfg.limits.time;
+    let commit = source::parse_commit(&spec.commit)?;
+    let kind = Kind::parse(&spec.recipe)?;
+    if !recipe::NAMES.contains(&spec.ecosystem.as_str()) {
+        return Err(BuildError::UnsupportedEcosystem {
+            name: spec.ecosystem.clone(),
+        });
+    }
+    check_spec_field("name", &spec.name)?;
+    check_spec_field("version", &spec.version)?;
+    let (backend, backend_version) = sandbox::detect(cfg.sandbox)?;
+
+    fs::create_dir_all(&cfg.work_dir).context(|| format!("creating {}", cfg.work_dir.display()))?;
+    let build_dir = tempfile::Builder::new()
+        .prefix(&format!("build-{}-", file_name_safe(&spec.name)))
+        .tempdir_in(&cfg.work_dir)
+        .context(|| format!("creating a build directory in {}", cfg.work_dir.display()))?
+        .keep();
+    let dirs = BuildDirs::create(&build_dir)?;
+    let log_path = build_dir.join("build.log");
+    let mut log = File::create(&log_path).context(|| format!("creating {}", log_path.display()))?;
+    let _ = writeln!(
+        log,
+        "pyrsia build: {} {} {} (recipe {})\nsource: {} at {commit}",
+        spec.ecosystem, spec.name, spec.version, spec.recipe, spec.repo_url
+    );
+
+    let checkout = source::fetch(&spec.repo_url, &commit, &dirs.src, deadline, &mut log)?;
+    let recipe = recipe::resolve(kind, &dirs.src)?;
+    let view = HostView::discover();
+    let memory = CgroupGuard(MemoryLimit::new(
+        &build_dir
+            .file_name()
+            .map(|n| format!("pyrsia-{}", n.to_string_lossy()))
+            .unwrap_or_else(|| "pyrsia-build".to_string()),
+        cfg.limits.memory_bytes,
+    ));
+
+    let mut env = base_env(&view, checkout.commit_time);
+    env.extend(recipe.env.iter().cloned());
+    if kind == Kind::Cargo {
+        if let Some(rustup) = &view.rustup_home {
+            env.push(("RUSTUP_HOME".into(), rustup.to_string_lossy().into_owned()));
+        }
+    }
+    let build_env = describe_env(
+        backend.name(),
+        &backend_version,
+        memory.0.describe(),
+        &recipe,
+        &view,
+        &env,
+        &build_dir,
+        deadline,
+    );
+    let _ = writeln!(
+        log,
+        "build env: {build_env}\nSOURCE_DATE_EPOCH={}\n",
+        checkout.commit_time
+    );
+    tracing::info!(name = %spec.name, version = %spec.version, %build_env, "building");
+
+    let outputs_tar = dirs.ctl.join("outputs.tar");
+    let job = sandbox::Job {
+        ctl_dir: &dirs.ctl,
+        root_dir: &dirs.root,
+        source: &dirs.src,
+        recipe: &recipe,
+        env: &env,
+        limits: &cfg.limits,
+        memory: &memory.0,
+        deadline,
+        outputs_tar: &outputs_tar,
+    };
+    let ran = sandbox::run(backend, &view, &job, &log)?;
+    drop(memory);
+    match ran {
+        Ran::TimedOut => {
+            let _ = writeln!(
+                log,
+                "\npyrsia: killed the sandbox at the time limit of {}s",
+                cfg.limits.time.as_secs()
+            );
+            return Err(BuildError::TimedOut {
+                limit: cfg.limits.time,
+                log_path,
+            });
+        }
+        Ran::Exited { status, .. } if !status.success() => {
+            return Err(BuildError::BuildFailed {
+                status: describe_status(status),
+                log_path,
+            });
+        }
+        Ran::Exited {
+            outputs_truncated: true,
+            ..
+        } => {
+            return Err(BuildError::BuildFailed {
+                status: format!(
+                    "outputs exceed the disk limit of {} bytes",
+                    cfg.limits.disk_bytes
+                ),
+                log_path,
+            });
+        }
+        Ran::Exited { .. } => {}
+    }
+
+    let raw_names = unpack_outputs(&outputs_tar, &dirs.raw)
+        .map_err(|reason| BuildError::Sandbox(format!("reading the outputs stream: {reason}")))?;
+    let missing = |name: String| BuildError::OutputMissing {
+        name,
+        log_path: log_path.clone(),
+    };
+    match &recipe.collect {
+        Collect::Files(files) => {
+            for f in files {
+                let name = recipe::output_file_name(f).unwrap_or_else(|| f.clone());
+                if !raw_names.contains(&name) {
+                    return Err(missing(f.clone()));
+                }
+            }
+        }
+        Collect::Glob(pattern) => {
+            if raw_names.is_empty() {
+                return Err(missing(pattern.to_string()));
+            }
+        }
+    }
+
+    let mut outputs = Vec::with_capacity(raw_names.len());
+    for name in raw_names {
+        let path = dirs.out.join(&name);
+        normalize::normalise(&dirs.raw.join(&name), &name, &path, checkout.commit_time).map_err(
+            |reason| BuildError::OutputMismatch {
+                name: name.clone(),
+                reason: format!("cannot normalise: {reason}"),
+                log_path: log_path.clone(),
+            },
+        )?;
+        outputs.push(OutputFile { name, path });
+    }
+    outputs.sort_by(|a, b| a.name.cmp(&b.name));
+    recipe::check_outputs(kind, &spec.name, &spec.version, &outputs).map_err(
+        |(name, reason)| BuildError::OutputMismatch {
+            name,
+            reason,
+            log_path: log_path.clone(),
+        },
+    )?;
+    let _ = fs::remove_dir_all(&dirs.raw);
+    for o in &outputs {
+        let size = fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(log, "pyrsia: output {} ({size} bytes)", o.name);
+    }
+
+    Ok(BuildOutcome {
+        outputs,
+        log_path,
+        build_dir,
+        build_env,
+        duration: started.elapsed(),
+    })
+}
+
+/// Removes the build's cgroup on every path out of [`build`].
+struct CgroupGuard(MemoryLimit);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[derive(Debug)]
+struct BuildDirs {
+    src: PathBuf,
+    ctl: PathBuf,
+    root: PathBuf,
+    raw: PathBuf,
+    out: PathBuf,
+}
+
+impl BuildDirs {
+    fn create(base: &Path) -> Result<BuildDirs, BuildError> {
+        let dirs = BuildDirs {
+            src: base.join("src"),
+            ctl: base.join("ctl"),
+            root: base.join("root"),
+            raw: base.join("raw"),
+            out: base.join("out"),
+        };
+        for d in [&dirs.ctl, &dirs.root, &dirs.raw, &dirs.out] {
+            fs::create_dir(d).context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(dirs)
+    }
+}
+
+fn check_spec_field(what: &str, value: &str) -> Result<(), BuildError> {
+    if value.is_empty() || value.len() > 214 || value.chars().any(|c| c.is_control()) {
+        return Err(BuildError::BadSpec {
+            reason: format!("{what} {value:?} must be 1..=214 printable characters"),
+        });
+    }
+    Ok(())
+}
+
+fn file_name_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
+/// The environment every build starts from; recipes add to it.
+fn base_env(view: &HostView, commit_time: i64) -> Vec<(String, String)> {
+    [
+        ("PATH", view.path()),
+        ("HOME", "/build/home".to_string()),
+        ("TMPDIR", "/build/tmp".to_string()),
+        ("USER", "root".to_string()),
+        ("SOURCE_DATE_EPOCH", commit_time.to_string()),
+        ("TZ", "UTC".to_string()),
+        ("LC_ALL", "C".to_string()),
+        ("LANG", "C".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `build_env`: how and with what this build ran. Tool versions are probed
+/// on the host with the sandbox's PATH (the same binaries the build sees),
+/// from the build directory so that nothing in the source is consulted.
+#[allow(clippy::too_many_arguments)]
+fn describe_env(
+    backend: &str,
+    backend_version: &str,
+    memory: &str,
+    recipe: &recipe::Recipe,
+    view: &HostView,
+    env: &[(String, String)],
+    cwd: &Path,
+    deadline: Instant,
+) -> String {
+    let mut parts = vec![
+        format!("sandbox={backend}"),
+        format!("{backend}={backend_version}"),
+        format!("mem={memory}"),
+        format!("builder={}", env!("CARGO_PKG_VERSION")),
+    ];
+    let probe_deadline = deadline.min(Instant::now() + Duration::from_secs(30));
+    for probe in recipe.probes {
+        let mut cmd = Command::new(probe.argv[0]);
+        cmd.args(&probe.argv[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", view.path())
+            .env("HOME", cwd)
+            .current_dir(cwd);
+        let out = match proc::run_captured(&mut cmd, probe_deadline) {
+            Ok(Some(out)) if out.status.success() => out.stdout,
+            _ => {
+                if !probe.label.is_empty() {
+                    parts.push(format!("{}=unknown", probe.label));
+                }
+                continue;
+            }
+        };
+        if probe.label.is_empty() {
+            parts.push(out.trim().to_string());
+        } else {
+            let v = sandbox::version_token(&out).unwrap_or("unknown");
+            parts.push(format!("{}={v}", probe.label));
+        }
+    }
+    parts.join(" ")
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(137), _) | (_, Some(9)) => {
+            "killed (SIGKILL; the memory limit is the usual cause)".to_string()
+        }
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "unknown exit status".to_string(),
+    }
+}
+
+/// Extracts the outputs stream written by the sandbox: plain files at the
+/// top level only. Returns their names.
+fn unpack_outputs(tar_path: &Path, dest: &Path) -> Result<Vec<String>, String> {
+    let file = File::open(tar_path).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(file);
+    let mut names = Vec::new();
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let parts: Vec<Component<'_>> = path
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect();
+        let ty = entry.header().entry_type();
+        if parts.is_empty() && ty.is_dir() {
+            continue;
+        }
+        let name = match parts.as_slice() {
+            [Component::Normal(n)] if ty.is_file() => n.to_string_lossy().into_owned(),
+            _ => return Err(format!("unexpected entry {}", path.display())),
+        };
+        let mut out = File::create(dest.join(&name)).map_err(|e| e.to_string())?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,354 @@
+//! What to run for each recipe, which files it produces, and how to check
+//! that they are the package the request named.
+
+use std::fs;
+use std::path::{Component, Path};
+
+use serde::Deserialize;
+
+use crate::error::{BuildError, IoContext};
+use crate::normalize;
+use crate::OutputFile;
+
+/// Recipes, in the order [`crate::supported_ecosystems`] lists them.
+pub(crate) const NAMES: &[&str] = &["cargo", "npm", "python", "script"];
+
+/// The file a `script` recipe reads from the source root.
+pub(crate) const SCRIPT_FILE: &str = "pyrsia-build.toml";
+const SCRIPT_FILE_MAX: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Cargo,
+    Npm,
+    Python,
+    Script,
+}
+
+impl Kind {
+    pub(crate) fn parse(name: &str) -> Result<Kind, BuildError> {
+        match name {
+            "cargo" => Ok(Kind::Cargo),
+            "npm" => Ok(Kind::Npm),
+            "python" => Ok(Kind::Python),
+            "script" => Ok(Kind::Script),
+            _ => Err(BuildError::UnsupportedEcosystem {
+                name: name.to_string(),
+            }),
+        }
+    }
+}
+
+/// Where the outputs are after the build command succeeded (paths inside the
+/// sandbox, relative ones to /build/src).
+#[derive(Debug)]
+pub(crate) enum Collect {
+    /// Exactly these files; each must exist.
+    Files(Vec<String>),
+    /// Every regular file matching this shell glob (a constant of ours,
+    /// never user input); at least one must exist.
+    Glob(&'static str),
+}
+
+/// A version probe run on the host with the sandbox's PATH, for `build_env`.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    pub label: &'static str,
+    pub argv: &'static [&'static str],
+}
+
+#[derive(Debug)]
+pub(crate) struct Recipe {
+    pub command: Vec<String>,
+    pub collect: Collect,
+    /// Added to the sandbox's base environment.
+    pub env: Vec<(String, String)>,
+    pub probes: &'static [Probe],
+}
+
+const PY_MODULES_PROBE: &str = "import importlib.metadata as m\n\
+for p in ('build', 'setuptools', 'wheel'):\n\
+    try: v = m.version(p)\n\
+    except Exception: v = 'none'\n\
+    print(p + '=' + v, end=' ')";
+
+/// The recipe for `kind`; a `script` recipe reads `pyrsia-build.toml` from
+/// the checkout in `src`.
+pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Ok(match kind {
+        Kind::Script => {
+            let file = read_script_file(src)?;
+            Recipe {
+                command: file.command,
+                collect: Collect::Files(file.outputs),
+                env: Vec::new(),
+                probes: &[],
+            }
+        }
+        Kind::Npm => Recipe {
+            command: argv(&["npm", "pack", "--pack-destination", "/build/pack"]),
+            collect: Collect::Glob("/build/pack/*.tgz"),
+            env: env(&[
+                ("npm_config_cache", "/build/home/.npm"),
+                ("npm_config_userconfig", "/build/home/.npmrc"),
+                ("npm_config_offline", "true"),
+                ("npm_config_update_notifier", "false"),
+                ("npm_config_fund", "false"),
+                ("npm_config_audit", "false"),
+                ("npm_config_loglevel", "notice"),
+            ]),
+            probes: &[
+                Probe {
+                    label: "node",
+                    argv: &["node", "--version"],
+                },
+                Probe {
+                    label: "npm",
+                    argv: &["npm", "--version"],
+                },
+            ],
+        },
+        Kind::Cargo => Recipe {
+            command: argv(&[
+                "cargo",
+                "package",
+                "--offline",
+                "--no-verify",
+                "--allow-dirty",
+            ]),
+            collect: Collect::Glob("/build/target/package/*.crate"),
+            env: env(&[
+                ("CARGO_HOME", "/build/home/.cargo"),
+                ("CARGO_TARGET_DIR", "/build/target"),
+                ("CARGO_NET_OFFLINE", "true"),
+                ("CARGO_TERM_COLOR", "never"),
+            ]),
+            probes: &[
+                Probe {
+                    label: "cargo",
+                    argv: &["cargo", "--version"],
+                },
+                Probe {
+                    label: "rustc",
+                    argv: &["rustc", "--version"],
+                },
+            ],
+        },
+        Kind::Python => Recipe {
+            command: argv(&[
+                "python3",
+                "-m",
+                "build",
+                "--no-isolation",
+                "--sdist",
+                "--wheel",
+                "--outdir",
+                "/build/dist",
+                ".",
+            ]),
+            collect: Collect::Glob("/build/dist/*"),
+            env: env(&[
+                ("PYTHONDONTWRITEBYTECODE", "1"),
+                ("PYTHONHASHSEED", "0"),
+                ("PIP_NO_INDEX", "1"),
+                ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+            ]),
+            probes: &[
+                Probe {
+                    label: "python",
+                    argv: &["python3", "--version"],
+                },
+                Probe {
+                    label: "",
+                    argv: &["python3", "-c", PY_MODULES_PROBE],
+                },
+            ],
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptFile {
+    command: Vec<String>,
+    outputs: Vec<String>,
+}
+
+fn read_script_file(src: &Path) -> Result<ScriptFile, BuildError> {
+    let bad = |reason: String| BuildError::BadRecipe { reason };
+    let path = src.join(SCRIPT_FILE);
+    // symlink_metadata: a symlink could point at a file of the builder host.
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("missing from the source root".to_string()))
+        }
+        Err(e) => return Err(e).context(|| format!("stat {}", path.display())),
+    };
+    if !meta.is_file() {
+        return Err(bad("is not a regular file".to_string()));
+    }
+    if meta.len() > SCRIPT_FILE_MAX {
+        return Err(bad(format!("larger than {SCRIPT_FILE_MAX} bytes")));
+    }
+    let text = fs::read_to_string(&path).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let file: ScriptFile = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+
+    if file.command.is_empty() || file.command[0].is_empty() {
+        return Err(bad("`command` must be a non-empty argv list".to_string()));
+    }
+    if file.command.iter().any(|a| a.contains('\0')) {
+        return Err(bad("`command` contains a NUL byte".to_string()));
+    }
+    if file.outputs.is_empty() {
+        return Err(bad("`outputs` must list at least one file".to_string()));
+    }
+    let mut names = Vec::new();
+    for out in &file.outputs {
+        let name = output_file_name(out).ok_or_else(|| {
+            bad(format!(
+                "output {out:?} must be a relative path to a file without `..`"
+            ))
+        })?;
+        if names.contains(&name) {
+            return Err(bad(format!("two outputs are named {name:?}")));
+        }
+        names.push(name);
+    }
+    Ok(file)
+}
+
+/// The published name of a declared output: its last component. None unless
+/// the path is relative, made of plain components, and free of NUL.
+pub(crate) fn output_file_name(path: &str) -> Option<String> {
+    if path.is_empty() || path.contains('\0') {
+        return None;
+    }
+    let p = Path::new(path);
+    if !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    p.file_name()?.to_str().map(str::to_string)
+}
+
+/// Checks, where the format makes it cheap, that the outputs are the package
+/// and version the request named. Returns (output name, reason) on mismatch.
+pub(crate) fn check_outputs(
+    kind: Kind,
+    name: &str,
+    version: &str,
+    outputs: &[OutputFile],
+) -> Result<(), (String, String)> {
+    match kind {
+        Kind::Script => Ok(()),
+        Kind::Npm => {
+            for out in outputs {
+                let (n, v) = normalize::npm_name_version(&out.path)
+                    .map_err(|e| (out.name.clone(), format!("unreadable package.json: {e}")))?;
+                if n != name || v != version {
+                    return Err((
+                        out.name.clone(),
+                        format!("package.json says {n}@{v}, the request {name}@{version}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Kind::Cargo => {
+            let expected = format!("{name}-{version}.crate");
+            if outputs.iter().any(|o| o.name == expected) {
+                Ok(())
+            } else {
+                let found: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                Err((expected, format!("cargo produced {found:?} instead")))
+            }
+        }
+        Kind::Python => {
+            for out in outputs {
+                let (n, v) = python_name_version(&out.name).ok_or_else(|| {
+                    (
+                        out.name.clone(),
+                        "neither a wheel nor a .tar.gz sdist".to_string(),
+                    )
+                })?;
+                if normalise_python_name(&n) != normalise_python_name(name) || v != version {
+                    return Err((
+                        out.name.clone(),
+                        format!("file is {n} {v}, the request {name} {version}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Name and version from `name-version.tar.gz` or
+/// `name-version(-build)?-py-abi-platform.whl`.
+fn python_name_version(file: &str) -> Option<(String, String)> {
+    if let Some(stem) = file.strip_suffix(".whl") {
+        let mut parts = stem.split('-');
+        let n = parts.next()?;
+        let v = parts.next()?;
+        return Some((n.to_string(), v.to_string()));
+    }
+    let stem = file.strip_suffix(".tar.gz")?;
+    let (n, v) = stem.rsplit_once('-')?;
+    Some((n.to_string(), v.to_string()))
+}
+
+/// PEP 503 name normalisation: case-insensitive, runs of `-_.` equal.
+fn normalise_python_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut in_sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_sep {
+                out.push('-');
+            }
+            in_sep = true;
+        } else {
+            out.push(c.to_ascii_lowercase());
+            in_sep = false;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn output_paths_must_stay_inside_the_source() {
+        assert_eq!(output_file_name("out/a.tar").as_deref(), Some("a.tar"));
+        assert_eq!(output_file_name("a.tar").as_deref(), Some("a.tar"));
+        for bad in ["", "/etc/passwd", "../x", "out/../../x", "./x", "out/.."] {
+            assert_eq!(output_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn python_file_names() {
+        assert_eq!(
+            python_name_version("my_pkg-1.0.0-py3-none-any.whl"),
+            Some(("my_pkg".into(), "1.0.0".into()))
+        );
+        assert_eq!(
+            python_name_version("my-pkg-1.0.0.tar.gz"),
+            Some(("my-pkg".into(), "1.0.0".into()))
+        );
+        assert_eq!(
+            normalise_python_name("My_Pkg.x"),
+            normalise_python_name("my-pkg-x")
+        );
+    }
+}

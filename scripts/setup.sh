@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Pyrsia needs on a fresh Debian machine:
-# libclang (RocksDB's bindings) and CometBFT v0.38.25 into .tools/bin.
+# libclang (RocksDB's bindings), bubblewrap (build sandboxes), git, Python's
+# `build` and `wheel` (the python recipe) and CometBFT v0.38.25 into .tools/bin.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,6 +14,20 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so
   echo "setup: installing libclang-dev" >&2
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev clang >/dev/null
+fi
+
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v git >/dev/null || missing+=(git)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import build, wheel, setuptools' 2>/dev/null; then
+  echo "setup: installing python build tools" >&2
+  python3 -m pip install --quiet 'build==1.6.1' 'wheel==0.48.0' 'setuptools>=65'
 fi
 
 bin="$root/.tools/bin"

@@ -1,3 +1,5 @@
-//! Library half of the `pyrsia` binary: the ledger RPC client, shared with tests and benchmarks.
+//! Library half of the `pyrsia` binary: the ledger RPC client and the block
+//! follower, shared with tests and benchmarks.
 
+pub mod follow;
 pub mod rpc;

@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod builder;
+mod fetch;
 mod keys;
 mod node;
+mod progress;
 mod query;
+mod services;
+mod store_api;
 mod tx;
 
 #[derive(Parser, Debug)]
@@ -67,8 +72,18 @@ pub enum Command {
     /// The artifact store sidecar: striped, verified distribution over libp2p.
     #[command(subcommand)]
     Store(p2p_store::cli::StoreCommand),
-    /// Download an artifact by digest through the local store, from several peers.
-    Fetch(p2p_store::cli::FetchArgs),
+    /// The builder role: rebuild selected requests in sandboxes and attest.
+    #[command(subcommand)]
+    Builder(BuilderCommand),
+    /// Download a package's verified outputs (or one artifact by digest)
+    /// through the local store, from several peers at once.
+    Fetch(fetch::FetchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BuilderCommand {
+    /// Register if needed, follow the ledger and build what this node is selected for.
+    Start(builder::BuilderArgs),
 }
 
 fn init_tracing() {
@@ -106,7 +121,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gov(c) => tx::run_gov(&ctx, c).await,
         Command::Query(c) => query::run(&ctx, c).await,
         Command::Store(c) => c.with_json(ctx.json).run().await,
-        Command::Fetch(a) => a.with_json(ctx.json).run().await,
+        Command::Builder(BuilderCommand::Start(a)) => builder::run(&ctx, a).await,
+        Command::Fetch(c) => fetch::run(&ctx, c).await,
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::keys::key_path;
+use crate::services::{ServicePorts, Services};
 use crate::Context;
 
 #[derive(Args, Debug)]
@@ -39,7 +40,13 @@ pub enum NodeCommand {
     Start {
         #[command(flatten)]
         comet: CometArgs,
+        /// Run only the validator (cometbft and the ledger app), not the
+        /// stores and builders of HOME/config/services.toml.
+        #[arg(long)]
+        validator_only: bool,
     },
+    /// Run one store or builder of HOME/config/services.toml in the foreground.
+    Service(crate::services::ServiceArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +72,18 @@ pub enum DevnetCommand {
         /// consensus.timeout_commit of every validator.
         #[arg(long, default_value = "1s")]
         timeout_commit: String,
+        /// Regular builders (each with its own key and store) run by node0.
+        #[arg(long, default_value_t = 0)]
+        builders: usize,
+        /// Builders run by node0 with the trusted-node keys (at most --trusted-nodes).
+        #[arg(long, default_value_t = 0)]
+        trusted_builders: usize,
+        /// Store i of node0 listens on libp2p port BASE+i (store 0 is the node's own).
+        #[arg(long, default_value_t = 44000)]
+        store_port_base: u16,
+        /// Store i of node0 serves its control API on port BASE+i.
+        #[arg(long, default_value_t = 7889)]
+        store_api_base: u16,
         #[command(flatten)]
         comet: CometArgs,
     },
@@ -151,6 +170,35 @@ fn init_network(plan: NetworkPlan<'_>) -> Result<serde_json::Value> {
     }))
 }
 
+/// Writes HOME/config/services.toml: the node's store, `regular` builders
+/// with new keys, and `trusted` builders using the first trusted-node keys
+/// (copied into the home, so the node stays self-contained).
+fn init_services(
+    home: &Path,
+    trusted_keys: &Path,
+    regular: usize,
+    trusted: usize,
+    ports: ServicePorts,
+) -> Result<Services> {
+    let mut keys = Vec::new();
+    for i in 0..regular {
+        let name = format!("regular{i}");
+        let rel = PathBuf::from("builders").join(&name).join("key.json");
+        Keypair::generate().save(&home.join(&rel))?;
+        keys.push((name, rel));
+    }
+    for i in 0..trusted {
+        let name = format!("trusted{i}");
+        let rel = PathBuf::from("builders").join(&name).join("key.json");
+        let key = Keypair::load(&trusted_keys.join(format!("trusted{i}.json")))?;
+        key.save(&home.join(&rel))?;
+        keys.push((name, rel));
+    }
+    let services = Services::embedded(ports, &keys);
+    services.save(home)?;
+    Ok(services)
+}
+
 pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
     let DevnetCommand::Init {
         dir,
@@ -161,9 +209,17 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         threshold,
         trusted_nodes,
         timeout_commit,
+        builders,
+        trusted_builders,
+        store_port_base,
+        store_api_base,
         comet,
     } = cmd;
-    let summary = init_network(NetworkPlan {
+    if trusted_builders > trusted_nodes {
+        bail!("--trusted-builders {trusted_builders} exceeds --trusted-nodes {trusted_nodes}");
+    }
+    let node0 = dir.join("node0");
+    let mut summary = init_network(NetworkPlan {
         homes: (0..validators)
             .map(|i| dir.join(format!("node{i}")))
             .collect(),
@@ -176,6 +232,17 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         timeout_commit: &timeout_commit,
         cometbft: &comet.cometbft,
     })?;
+    let services = init_services(
+        &node0,
+        &dir.join("trusted"),
+        builders,
+        trusted_builders,
+        ServicePorts {
+            libp2p_base: store_port_base,
+            api_base: store_api_base,
+        },
+    )?;
+    summary["services"] = serde_json::to_value(services.names())?;
     ctx.print(&summary, || {
         format!(
             "created {validators} validator homes in {} (chain {chain_id}); start each with `pyrsia --home {}/nodeI node start`",
@@ -244,7 +311,13 @@ async fn stop(child: &mut Child, name: &str, grace: Duration) {
 }
 
 pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
-    let NodeCommand::Start { comet } = cmd;
+    let (comet, validator_only) = match cmd {
+        NodeCommand::Start {
+            comet,
+            validator_only,
+        } => (comet, validator_only),
+        NodeCommand::Service(args) => return crate::services::run_service(ctx, args).await,
+    };
     let home = &ctx.home;
     if !NodeConfig::path(home).exists() {
         if home.join("config").join("genesis.json").exists() {
@@ -268,10 +341,22 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             timeout_commit: "1s",
             cometbft: &comet.cometbft,
         })?;
+        init_services(
+            home,
+            &home.join("trusted"),
+            DEVNET_REGULAR_BUILDERS,
+            DEVNET_TRUSTED_BUILDERS,
+            ServicePorts::default(),
+        )?;
     }
     let cfg = NodeConfig::load(home)?;
+    let services = if validator_only {
+        Services::default()
+    } else {
+        Services::load(home)?
+    };
     let exe = std::env::current_exe().context("locating the pyrsia executable")?;
-    let mut abci_cmd = Command::new(exe);
+    let mut abci_cmd = Command::new(&exe);
     abci_cmd.arg("--home").arg(home).arg("abci");
     let mut abci = spawn_logged(abci_cmd, home, "abci.log")?;
     let mut comet_cmd = Command::new(&comet.cometbft);
@@ -282,23 +367,41 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             comet.cometbft.display()
         )
     })?;
+    let (stop_services, supervised) = supervise(&exe, home, &cfg.rpc_url, services.names());
     let summary = serde_json::json!({
         "chain_id": cfg.chain_id,
         "moniker": cfg.moniker,
         "rpc": cfg.rpc_url,
         "abci": cfg.abci_addr,
+        "store_api": services.store("node").ok().map(|s| s.api_url()),
+        "services": services.names(),
         "home": home,
         "logs": home.join("logs"),
     });
     ctx.print(&summary, || {
-        format!(
-            "node {} of chain {} running\n  RPC  {}\n  ABCI {}\n  logs {}\nCtrl-C stops it; the next start resumes from the same state.",
-            cfg.moniker,
-            cfg.chain_id,
-            cfg.rpc_url,
-            cfg.abci_addr,
+        let mut text = format!(
+            "node {} of chain {} running\n  RPC  {}\n  ABCI {}",
+            cfg.moniker, cfg.chain_id, cfg.rpc_url, cfg.abci_addr,
+        );
+        for s in &services.stores {
+            text.push_str(&format!(
+                "\n  store {:<9} API {}  libp2p {}",
+                s.name,
+                s.api_url(),
+                s.listen
+            ));
+        }
+        for b in &services.builders {
+            text.push_str(&format!(
+                "\n  builder {:<7} uploads to store {}",
+                b.name, b.store
+            ));
+        }
+        text.push_str(&format!(
+            "\n  logs {}\nCtrl-C stops it; the next start resumes from the same state.",
             home.join("logs").display()
-        )
+        ));
+        text
     });
     let mut term = signal(SignalKind::terminate())?;
     let reason = tokio::select! {
@@ -308,8 +411,65 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
         s = cometbft.wait() => format!("cometbft exited ({s:?}); see logs/cometbft.log"),
     };
     eprintln!("stopping: {reason}");
+    let _ = stop_services.send(true);
+    for task in supervised {
+        let _ = task.await;
+    }
     // CometBFT first, so it does not see the app vanish mid-block.
     stop(&mut cometbft, "cometbft", Duration::from_secs(10)).await;
     stop(&mut abci, "ledger app", Duration::from_secs(5)).await;
     Ok(())
+}
+
+const DEVNET_REGULAR_BUILDERS: usize = 3;
+const DEVNET_TRUSTED_BUILDERS: usize = 2;
+
+/// Runs each service as `pyrsia node service NAME`, restarting it (after a
+/// pause) if it exits, until `true` is sent on the returned channel.
+fn supervise(
+    exe: &Path,
+    home: &Path,
+    rpc: &str,
+    names: Vec<String>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = names
+        .into_iter()
+        .map(|name| {
+            let mut stop_rx = stop_rx.clone();
+            let (exe, home, rpc) = (exe.to_owned(), home.to_owned(), rpc.to_owned());
+            tokio::spawn(async move {
+                let log = format!("{}.log", name.replace(':', "-"));
+                loop {
+                    let mut cmd = Command::new(&exe);
+                    cmd.arg("--home").arg(&home).arg("--node").arg(&rpc);
+                    cmd.args(["node", "service", &name]);
+                    let mut child = match spawn_logged(cmd, &home, &log) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!("starting {name}: {e:#}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        status = child.wait() => {
+                            tracing::warn!("{name} exited ({status:?}); restarting in 2s, see logs/{log}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                                _ = stop_rx.changed() => return,
+                            }
+                        }
+                        _ = stop_rx.changed() => {
+                            stop(&mut child, &name, Duration::from_secs(10)).await;
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (stop_tx, tasks)
 }

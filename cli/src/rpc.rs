@@ -50,6 +50,41 @@ impl CommittedTx {
     }
 }
 
+/// One event a block emitted, as builders and clients follow them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerEvent {
+    pub height: u64,
+    pub kind: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl LedgerEvent {
+    fn from_abci(height: u64, e: tendermint::abci::Event) -> LedgerEvent {
+        LedgerEvent {
+            height,
+            attributes: e
+                .attributes
+                .iter()
+                .map(|a| {
+                    (
+                        a.key_str().unwrap_or_default().to_owned(),
+                        a.value_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
+            kind: e.kind,
+        }
+    }
+
+    /// The first value of `attribute`.
+    pub fn attribute(&self, attribute: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == attribute)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A state value proven against the app hash in header `height + 1`.
 #[derive(Clone, Debug)]
 pub struct VerifiedValue {
@@ -105,6 +140,49 @@ impl LedgerClient {
             .await
             .map_err(|e| self.call_err(e))?;
         Ok(results.app_hash.as_bytes().to_vec())
+    }
+
+    /// The events of the transactions that succeeded in block `height`, in
+    /// block order, followed by the block's own events.
+    pub async fn block_events(&self, height: u64) -> Result<Vec<LedgerEvent>, ClientError> {
+        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
+        let results = self
+            .http
+            .block_results(h)
+            .await
+            .map_err(|e| self.call_err(e))?;
+        let tx_events = results
+            .txs_results
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.code.is_ok())
+            .flat_map(|r| r.events);
+        Ok(tx_events
+            .chain(results.finalize_block_events)
+            .map(|e| LedgerEvent::from_abci(height, e))
+            .collect())
+    }
+
+    /// The URL of this node's event websocket.
+    pub fn websocket_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        let base = base
+            .strip_prefix("https://")
+            .map(|rest| format!("wss://{rest}"))
+            .or_else(|| {
+                base.strip_prefix("http://")
+                    .map(|rest| format!("ws://{rest}"))
+            })
+            .unwrap_or_else(|| base.to_owned());
+        format!("{base}/websocket")
+    }
+
+    /// The time in block `height`'s header, in seconds since the epoch.
+    pub async fn block_time(&self, height: u64) -> Result<f64, ClientError> {
+        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
+        let block = self.http.block(h).await.map_err(|e| self.call_err(e))?;
+        let t = block.block.header.time.unix_timestamp_nanos();
+        Ok(t as f64 / 1e9)
     }
 
     /// How many transactions block `height` holds.

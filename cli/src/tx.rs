@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
@@ -85,8 +86,16 @@ pub enum TxCommand {
         repo: String,
         #[arg(long)]
         commit: String,
-        #[arg(long, default_value = "script")]
-        recipe: String,
+        /// Build recipe (default: the ecosystem's own).
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Follow the request until its trust level is final (reproducible or
+        /// disputed): selected builders, attestations, level changes.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 900, requires = "wait")]
+        timeout: u64,
     },
     /// Attest the outputs of a build this node was selected for.
     Attest {
@@ -231,8 +240,11 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
             repo,
             commit,
             recipe,
+            wait,
+            timeout,
         } => {
             let key = key.load(&ctx.home)?;
+            let recipe = recipe.unwrap_or_else(|| package.ecosystem.clone());
             let request = BuildRequest {
                 package: package.id(),
                 source: SourceRef {
@@ -243,12 +255,16 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
             };
             let id = request.id();
             let tx = submit(ctx, &key, TxKind::RequestBuild(request)).await?;
-            report(
-                ctx,
-                &format!("build request {id}"),
-                &tx,
-                serde_json::json!({"request_id": id}),
-            );
+            if wait {
+                crate::progress::follow_request(ctx, id, &tx, Duration::from_secs(timeout)).await?;
+            } else {
+                report(
+                    ctx,
+                    &format!("build request {id}"),
+                    &tx,
+                    serde_json::json!({"request_id": id}),
+                );
+            }
         }
         TxCommand::Attest {
             key,

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: real `cometbft` validators beside real
 //! `pyrsia abci` processes, on 127.0.0.1 with free ports, in a temp dir.
 
+pub mod fixtures;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -56,6 +58,22 @@ fn free_base_port(nodes: usize) -> Result<u16> {
     bail!("no free port range found")
 }
 
+/// The first of `count` consecutive free ports.
+fn free_port_run(count: usize) -> Result<u16> {
+    let seed = u64::from(std::process::id()).wrapping_mul(31)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for attempt in 0..200u64 {
+        let base = 45000 + ((seed.wrapping_mul(6007) + attempt * 7_919) % 15_000) as u16;
+        if (0..count as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no run of {count} free ports found")
+}
+
 #[derive(Debug)]
 pub struct TestNode {
     pub home: PathBuf,
@@ -79,6 +97,17 @@ pub struct Testnet {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
     pub app: AppKind,
+    /// Node 0's stores and builders (`store:NAME`, `builder:NAME`) by name.
+    services: std::collections::BTreeMap<String, Child>,
+}
+
+/// Stores and builders node 0 runs beside its validator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServicePlan {
+    pub regular_builders: usize,
+    pub trusted_builders: usize,
+    /// `consensus.timeout_commit` (default 300ms).
+    pub timeout_commit: Option<&'static str>,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -105,8 +134,31 @@ impl Testnet {
         app: AppKind,
         timeout_commit: &str,
     ) -> Result<Testnet> {
+        Self::start_full(validators, app, timeout_commit, ServicePlan::default()).await
+    }
+
+    /// One validator whose home also declares `plan`'s stores and builders;
+    /// they are not started (see [`Testnet::start_services`]).
+    pub async fn start_with_services(plan: ServicePlan) -> Result<Testnet> {
+        Self::start_full(
+            1,
+            AppKind::Pyrsia,
+            plan.timeout_commit.unwrap_or("300ms"),
+            plan,
+        )
+        .await
+    }
+
+    async fn start_full(
+        validators: usize,
+        app: AppKind,
+        timeout_commit: &str,
+        plan: ServicePlan,
+    ) -> Result<Testnet> {
         let dir = tempfile::tempdir()?;
         let base = free_base_port(validators)?;
+        let stores = 1 + plan.regular_builders + plan.trusted_builders;
+        let store_ports = free_port_run(stores * 2)?;
         let out = Command::new(pyrsia_bin())
             .args(["--json", "devnet", "init", "--dir"])
             .arg(dir.path())
@@ -117,6 +169,13 @@ impl Testnet {
                 "pyrsia-test",
                 "--timeout-commit",
                 timeout_commit,
+            ])
+            .args(["--builders", &plan.regular_builders.to_string()])
+            .args(["--trusted-builders", &plan.trusted_builders.to_string()])
+            .args(["--store-port-base", &store_ports.to_string()])
+            .args([
+                "--store-api-base",
+                &(store_ports + stores as u16).to_string(),
             ])
             .arg("--cometbft")
             .arg(cometbft())
@@ -136,7 +195,12 @@ impl Testnet {
                 comet: None,
             })
             .collect();
-        let mut net = Testnet { dir, nodes, app };
+        let mut net = Testnet {
+            dir,
+            nodes,
+            app,
+            services: Default::default(),
+        };
         for i in 0..validators {
             if app == AppKind::Pyrsia {
                 net.start_abci(i)?;
@@ -149,6 +213,104 @@ impl Testnet {
                 .await?;
         }
         Ok(net)
+    }
+
+    /// Starts node 0's service `name` (`store:NAME` or `builder:NAME`).
+    pub fn start_service(&mut self, name: &str) -> Result<()> {
+        let node = &self.nodes[0];
+        let log = node
+            .home
+            .join("logs")
+            .join(format!("{}.log", name.replace(':', "-")));
+        std::fs::create_dir_all(node.home.join("logs"))?;
+        let child = spawn(
+            Command::new(pyrsia_bin())
+                .arg("--home")
+                .arg(&node.home)
+                .args(["--node", &node.rpc_url, "node", "service", name]),
+            &log,
+        )?;
+        self.services.insert(name.to_owned(), child);
+        Ok(())
+    }
+
+    /// `kill -9` of a service.
+    pub fn kill_service(&mut self, name: &str) -> Result<()> {
+        if let Some(mut child) = self.services.remove(name) {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The names of node 0's services, stores first.
+    pub fn service_names(&self) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(self.nodes[0].home.join("config/services.toml"))?;
+        let doc: toml_edit::DocumentMut = text.parse()?;
+        let names = |table: &str, prefix: &str| -> Vec<String> {
+            doc.get(table)
+                .and_then(|t| t.as_array_of_tables())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.get("name")?.as_str().map(|n| format!("{prefix}:{n}")))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut all = names("store", "store");
+        all.extend(names("builder", "builder"));
+        Ok(all)
+    }
+
+    /// Where builder `name` keeps its state and job log.
+    pub fn builder_dir(&self, name: &str) -> PathBuf {
+        self.nodes[0].home.join("builders").join(name).join("work")
+    }
+
+    /// Builder `name`'s public key.
+    pub fn builder_key(&self, name: &str) -> Result<Keypair> {
+        Self::load_key(
+            &self.nodes[0]
+                .home
+                .join("builders")
+                .join(name)
+                .join("key.json"),
+        )
+    }
+
+    /// The lines of builder `name`'s `jobs.jsonl`.
+    pub fn builder_jobs(&self, name: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.builder_dir(name).join("jobs.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Starts every store, then every builder, and waits until each builder
+    /// follows the ledger (its state file exists, after registration).
+    pub async fn start_services(&mut self) -> Result<()> {
+        for name in self.service_names()? {
+            self.start_service(&name)?;
+        }
+        for name in self.service_names()? {
+            if let Some(b) = name.strip_prefix("builder:") {
+                self.wait_builder_ready(b).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn wait_builder_ready(&self, name: &str) -> Result<()> {
+        let state = self.builder_dir(name).join("state.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !state.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("builder {name} did not start following the ledger within 120s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
     }
 
     pub fn start_abci(&mut self, i: usize) -> Result<()> {
@@ -259,6 +421,10 @@ impl Testnet {
 
 impl Drop for Testnet {
     fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.services) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for node in &mut self.nodes {
             for child in [node.comet.take(), node.abci.take()].into_iter().flatten() {
                 let mut child = child;

@@ -1,0 +1,481 @@
+//! `pyrsia builder start`: follow the ledger, rebuild the requests this node
+//! was selected for (every request in its ecosystems when its key is a
+//! certified trusted node), put the outputs and the log into the local store,
+//! pinned, and attest their digests.
+//!
+//! Progress survives restarts: `state.json` holds the next block to read and
+//! the requests taken but not finished, so a builder killed mid-build catches
+//! up on restart. Every finished job appends a line to `jobs.jsonl`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::Args;
+use pyrsia_chain::{
+    sign_tx, Attest, Digest, Keypair, NodeRecord, PublicKey, RegisterBuilder, RequestOrigin,
+    RequestRecord, TxBody, TxKind,
+};
+use pyrsia_cli::follow::Follower;
+use pyrsia_cli::rpc::{ClientError, LedgerClient, LedgerEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::keys::KeyArgs;
+use crate::store_api::StoreApi;
+use crate::Context;
+
+#[derive(Args, Debug, Clone)]
+pub struct BuilderArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Control API of this builder's store sidecar.
+    #[arg(
+        long,
+        env = "PYRSIA_STORE_API",
+        default_value = crate::store_api::DEFAULT_API_URL
+    )]
+    pub store_api: String,
+    /// Ecosystems to build (default: every one this binary has a recipe for).
+    #[arg(long = "ecosystem", value_delimiter = ',')]
+    pub ecosystems: Vec<String>,
+    /// Work directory: state, job log, build sandboxes (default HOME/builder).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Builds run at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub max_builds: usize,
+    /// Wall-clock limit of one build, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub build_timeout: u64,
+    /// Memory limit of one build (e.g. 4G).
+    #[arg(long, default_value = "4G", value_parser = p2p_store::cli::parse_size)]
+    pub build_memory: u64,
+    /// Disk limit of one build (e.g. 8G).
+    #[arg(long, default_value = "8G", value_parser = p2p_store::cli::parse_size)]
+    pub build_disk: u64,
+}
+
+/// What a builder remembers across restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    next_height: u64,
+    /// Requests taken from the ledger whose job has not finished.
+    pending: BTreeSet<Digest>,
+}
+
+struct StateFile {
+    path: PathBuf,
+    state: State,
+}
+
+impl StateFile {
+    fn load(path: PathBuf) -> Result<Option<StateFile>> {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(Some(StateFile { path, state }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Write-then-rename, so a crash leaves either the old or the new state.
+    fn save(&self) -> Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// One line of `jobs.jsonl`.
+#[derive(Debug, Serialize)]
+struct JobReport<'a> {
+    request_id: Digest,
+    package: String,
+    outcome: &'a str,
+    error: Option<String>,
+    /// The build alone, in its sandbox.
+    build_secs: Option<f64>,
+    /// Everything: ledger reads, build, uploads, attestation.
+    job_secs: f64,
+    outputs: Vec<pyrsia_chain::Output>,
+    log: Option<PathBuf>,
+}
+
+struct Shared {
+    ledger: LedgerClient,
+    store: StoreApi,
+    key: Keypair,
+    chain_id: String,
+    work_dir: PathBuf,
+    limits: builder::Limits,
+    state: Mutex<StateFile>,
+    /// One transaction at a time, so nonces never race.
+    submit: Mutex<()>,
+}
+
+pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
+    let key = args.key.load(&ctx.home)?;
+    let me = key.public();
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| ctx.home.join("builder"));
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let ecosystems = if args.ecosystems.is_empty() {
+        builder::supported_ecosystems()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        for e in &args.ecosystems {
+            if !builder::supported_ecosystems().contains(&e.as_str()) {
+                anyhow::bail!(
+                    "no recipe for ecosystem {e:?}; supported: {}",
+                    builder::supported_ecosystems().join(", ")
+                );
+            }
+        }
+        args.ecosystems.clone()
+    };
+    let ledger = LedgerClient::new(&ctx.node)?;
+    let store = StoreApi::new(&args.store_api);
+    let chain_id = retry_until_up("ledger", || ledger.chain_id()).await;
+    let peer_id = retry_until_up("store", || store.status()).await.peer_id;
+
+    let node: Option<NodeRecord> = ledger.query_value(&format!("node/{me}")).await?;
+    let trusted = node.as_ref().is_some_and(|n| n.is_certified_at(now_unix()));
+    let shared = Arc::new(Shared {
+        ledger: ledger.clone(),
+        store,
+        key,
+        chain_id,
+        work_dir: work_dir.clone(),
+        limits: builder::Limits {
+            time: Duration::from_secs(args.build_timeout),
+            memory_bytes: args.build_memory,
+            disk_bytes: args.build_disk,
+        },
+        state: Mutex::new(StateFile {
+            path: work_dir.join("state.json"),
+            state: State::default(),
+        }),
+        submit: Mutex::new(()),
+    });
+
+    let start_height = if trusted {
+        ledger.latest_height().await? + 1
+    } else {
+        register(&shared, node.as_ref(), &peer_id, &ecosystems).await?
+    };
+    let state = match StateFile::load(work_dir.join("state.json"))? {
+        Some(saved) => saved,
+        None => StateFile {
+            path: work_dir.join("state.json"),
+            state: State {
+                next_height: start_height,
+                pending: BTreeSet::new(),
+            },
+        },
+    };
+    let resume: Vec<Digest> = state.state.pending.iter().copied().collect();
+    let mut follower = Follower::new(ledger, state.state.next_height);
+    state.save()?;
+    *shared.state.lock().await = state;
+    tracing::info!(
+        builder = %me,
+        mode = if trusted { "trusted" } else { "regular" },
+        ecosystems = %ecosystems.join(","),
+        from_height = follower.next_height(),
+        resuming = resume.len(),
+        "builder started"
+    );
+
+    // Bounded: when every worker is busy the follower stops reading blocks.
+    let (jobs, queue) = mpsc::channel::<Digest>(args.max_builds.max(1));
+    let queue = Arc::new(Mutex::new(queue));
+    for _ in 0..args.max_builds.max(1) {
+        let shared = shared.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = queue.lock().await.recv().await;
+                let Some(id) = next else { break };
+                run_job(&shared, id).await;
+            }
+        });
+    }
+    for id in resume {
+        jobs.send(id).await?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let block = tokio::select! {
+            b = follower.next_block() => b,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        let (height, events) = match block {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("reading block {}: {e}", follower.next_height());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mine: Vec<Digest> = events
+            .iter()
+            .filter(|e| is_for_me(e, &me, trusted, &ecosystems))
+            .filter_map(|e| e.attribute("request_id")?.parse().ok())
+            .collect();
+        {
+            let mut state = shared.state.lock().await;
+            state.state.pending.extend(mine.iter().copied());
+            state.state.next_height = height + 1;
+            state.save()?;
+        }
+        for id in mine {
+            tracing::info!(request = %id, height, "selected");
+            jobs.send(id).await?;
+        }
+    }
+    tracing::info!("builder stopping");
+    Ok(())
+}
+
+fn is_for_me(e: &LedgerEvent, me: &PublicKey, trusted: bool, ecosystems: &[String]) -> bool {
+    if e.kind != "build_requested" {
+        return false;
+    }
+    if trusted {
+        return e
+            .attribute("ecosystem")
+            .is_some_and(|eco| ecosystems.iter().any(|x| x == eco));
+    }
+    let me = me.to_string();
+    e.attribute("selected")
+        .is_some_and(|s| s.split(',').any(|k| k == me))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn retry_until_up<T, E, F, Fut>(what: &str, mut call: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut warned = false;
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => {
+                if !warned {
+                    tracing::info!("waiting for the {what}: {e}");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Registers (or re-registers with new ecosystems) and returns the height
+/// from which this builder can have been selected.
+async fn register(
+    shared: &Shared,
+    node: Option<&NodeRecord>,
+    peer_id: &str,
+    ecosystems: &[String],
+) -> Result<u64> {
+    if let Some(info) = node.and_then(|n| n.builder.as_ref()) {
+        let mut have = info.ecosystems.clone();
+        let mut want = ecosystems.to_vec();
+        have.sort();
+        want.sort();
+        if info.peer_id == peer_id && have == want {
+            return Ok(info.registered_height);
+        }
+    }
+    let committed = submit(
+        shared,
+        TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: peer_id.to_owned(),
+            ecosystems: ecosystems.to_vec(),
+        }),
+    )
+    .await
+    .context("registering as a builder")?;
+    tracing::info!(height = committed, "registered as a builder");
+    Ok(committed)
+}
+
+/// Signs with the next nonce and waits for the commit; returns its height.
+async fn submit(shared: &Shared, kind: TxKind) -> Result<u64, ClientError> {
+    let _one_at_a_time = shared.submit.lock().await;
+    let nonce = shared.ledger.next_nonce(&shared.key.public()).await?;
+    let tx = sign_tx(&shared.key, &shared.chain_id, TxBody { nonce, kind });
+    Ok(shared.ledger.submit(&tx).await?.height)
+}
+
+async fn run_job(shared: &Shared, id: Digest) {
+    let started = Instant::now();
+    let result = build_and_attest(shared, id).await;
+    let (outcome, error, outputs, log, build_secs) = match result {
+        Ok(done) => (done.outcome, None, done.outputs, done.log, done.build_secs),
+        Err(e) => {
+            tracing::warn!(request = %id, "build failed: {e:#}");
+            ("failed", Some(format!("{e:#}")), Vec::new(), None, None)
+        }
+    };
+    let package = match shared
+        .ledger
+        .query_value::<RequestRecord>(&format!("request/{id}"))
+        .await
+    {
+        Ok(Some(r)) => r.origin.package().to_string(),
+        _ => String::new(),
+    };
+    let report = JobReport {
+        request_id: id,
+        package,
+        outcome,
+        error,
+        build_secs,
+        job_secs: started.elapsed().as_secs_f64(),
+        outputs,
+        log,
+    };
+    if let Err(e) = append_report(&shared.work_dir, &report) {
+        tracing::warn!("writing jobs.jsonl: {e}");
+    }
+    let mut state = shared.state.lock().await;
+    state.state.pending.remove(&id);
+    if let Err(e) = state.save() {
+        tracing::warn!("saving builder state: {e:#}");
+    }
+}
+
+fn append_report(dir: &Path, report: &JobReport<'_>) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("jobs.jsonl"))?;
+    writeln!(f, "{}", serde_json::to_string(report)?)?;
+    Ok(())
+}
+
+struct Done {
+    outcome: &'static str,
+    build_secs: Option<f64>,
+    outputs: Vec<pyrsia_chain::Output>,
+    log: Option<PathBuf>,
+}
+
+async fn build_and_attest(shared: &Shared, id: Digest) -> Result<Done> {
+    let me = shared.key.public();
+    let record: RequestRecord = shared
+        .ledger
+        .query_value(&format!("request/{id}"))
+        .await?
+        .ok_or_else(|| anyhow!("request {id} is not on the ledger"))?;
+    if record.attestations.iter().any(|a| a.attester == me) {
+        return Ok(Done {
+            outcome: "already_attested",
+            build_secs: None,
+            outputs: Vec::new(),
+            log: None,
+        });
+    }
+    let RequestOrigin::Build(request) = &record.origin else {
+        anyhow::bail!("request {id} is an import, not a build");
+    };
+    let spec = builder::BuildSpec {
+        ecosystem: request.package.ecosystem.clone(),
+        name: request.package.name.clone(),
+        version: request.package.version.clone(),
+        repo_url: request.source.repo_url.clone(),
+        commit: request.source.commit.clone(),
+        recipe: request.recipe.clone(),
+    };
+    let config = builder::BuilderConfig {
+        work_dir: shared.work_dir.join("builds"),
+        limits: shared.limits.clone(),
+        sandbox: builder::SandboxKind::Auto,
+    };
+    tracing::info!(request = %id, package = %request.package, "building");
+    let built = tokio::task::spawn_blocking(move || builder::build(&spec, &config))
+        .await
+        .context("build task")?;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(log) = e.log_path() {
+                keep_log(&shared.work_dir, id, log);
+            }
+            return Err(e.into());
+        }
+    };
+    let uploaded = upload(shared, &built).await;
+    let log = keep_log(&shared.work_dir, id, &built.log_path);
+    if let Err(e) = std::fs::remove_dir_all(&built.build_dir) {
+        tracing::warn!("removing {}: {e}", built.build_dir.display());
+    }
+    let (outputs, log_digest) = uploaded?;
+    let attest = Attest {
+        request_id: id,
+        outputs: outputs.clone(),
+        build_env: built.build_env.clone(),
+        log_digest,
+    };
+    let height = submit(shared, TxKind::Attest(attest)).await?;
+    tracing::info!(request = %id, height, secs = built.duration.as_secs_f64(), "attested");
+    Ok(Done {
+        outcome: "attested",
+        build_secs: Some(built.duration.as_secs_f64()),
+        outputs,
+        log,
+    })
+}
+
+/// Puts every output and the log into the store, pinned.
+async fn upload(
+    shared: &Shared,
+    built: &builder::BuildOutcome,
+) -> Result<(Vec<pyrsia_chain::Output>, Digest)> {
+    let mut outputs = Vec::with_capacity(built.outputs.len());
+    for file in &built.outputs {
+        outputs.push(shared.store.put_pinned(&file.path, &file.name).await?);
+    }
+    let log = shared
+        .store
+        .put_pinned(&built.log_path, "build.log")
+        .await?;
+    Ok((outputs, log.sha256))
+}
+
+/// Copies a build log to `logs/REQUEST.log`, where operators look for it.
+fn keep_log(work_dir: &Path, id: Digest, log: &Path) -> Option<PathBuf> {
+    let dir = work_dir.join("logs");
+    let kept = dir.join(format!("{id}.log"));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(log, &kept)) {
+        Ok(_) => Some(kept),
+        Err(e) => {
+            tracing::warn!("keeping build log {}: {e}", log.display());
+            None
+        }
+    }
+}

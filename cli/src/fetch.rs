@@ -1,0 +1,224 @@
+//! `pyrsia fetch`: by digest, or by package coordinates looked up (with
+//! proofs) on the ledger and refused below a minimum trust level.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use borsh::BorshDeserialize;
+use clap::{Args, ValueEnum};
+use pyrsia_chain::{AttesterRole, Output, PackageId, PackageRecord, RequestRecord, TrustLevel};
+use pyrsia_cli::rpc::LedgerClient;
+
+use crate::Context;
+
+#[derive(Args, Debug)]
+pub struct FetchCmd {
+    /// ECOSYSTEM NAME VERSION: fetch every output of the package's best build
+    /// on the ledger into the directory given by -o.
+    #[arg(num_args = 0..=3, value_names = ["ECOSYSTEM", "NAME", "VERSION"])]
+    pub package: Vec<String>,
+    /// Fetch one artifact by whole-file SHA-256 instead (hex).
+    #[arg(long, requires = "stripe_root", conflicts_with = "package")]
+    pub sha256: Option<String>,
+    /// Its stripe root (hex), as held by the ledger.
+    #[arg(long, requires = "sha256")]
+    pub stripe_root: Option<String>,
+    /// Expected size in bytes (digest mode).
+    #[arg(long, requires = "sha256")]
+    pub size: Option<u64>,
+    /// Expected stripe size (digest mode).
+    #[arg(long, requires = "sha256")]
+    pub stripe_size: Option<u32>,
+    /// Output file (digest mode) or directory (package mode).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Keep what was fetched in the local store (never evicted).
+    #[arg(long)]
+    pub pin: bool,
+    /// Refuse builds below this trust level (package mode).
+    #[arg(long, value_enum, default_value_t = MinTrust::Trusted)]
+    pub min_trust: MinTrust,
+    /// Control API of the local store.
+    #[arg(long, env = "PYRSIA_STORE_API", default_value = crate::store_api::DEFAULT_API_URL)]
+    pub api: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum MinTrust {
+    Pending,
+    QuorumOnly,
+    Trusted,
+    Reproducible,
+}
+
+/// How far a level may be served; a disputed build never is.
+fn served_as(level: TrustLevel) -> Option<MinTrust> {
+    match level {
+        TrustLevel::Disputed => None,
+        TrustLevel::Pending => Some(MinTrust::Pending),
+        TrustLevel::QuorumOnly => Some(MinTrust::QuorumOnly),
+        TrustLevel::Trusted => Some(MinTrust::Trusted),
+        TrustLevel::Reproducible => Some(MinTrust::Reproducible),
+    }
+}
+
+pub async fn run(ctx: &Context, cmd: FetchCmd) -> Result<()> {
+    match (&cmd.sha256, &cmd.stripe_root, cmd.package.len()) {
+        (Some(sha256), Some(stripe_root), 0) => {
+            let (sha256, stripe_root) = (sha256.clone(), stripe_root.clone());
+            let (size, stripe_size, output) = (cmd.size, cmd.stripe_size, cmd.output.clone());
+            fetch_one(ctx, &cmd, sha256, stripe_root, size, stripe_size, output).await
+        }
+        (None, None, 3) => fetch_package(ctx, &cmd).await,
+        _ => bail!("give either ECOSYSTEM NAME VERSION, or --sha256 and --stripe-root"),
+    }
+}
+
+async fn fetch_one(
+    ctx: &Context,
+    cmd: &FetchCmd,
+    sha256: String,
+    stripe_root: String,
+    size: Option<u64>,
+    stripe_size: Option<u32>,
+    output: PathBuf,
+) -> Result<()> {
+    p2p_store::cli::FetchArgs {
+        sha256,
+        stripe_root,
+        size,
+        stripe_size,
+        output,
+        pin: cmd.pin,
+        json: ctx.json,
+        api: cmd.api.clone(),
+    }
+    .run()
+    .await
+}
+
+async fn verified<T: BorshDeserialize>(ledger: &LedgerClient, path: &str) -> Result<Option<T>> {
+    let v = ledger
+        .query_verified(path, 0)
+        .await
+        .with_context(|| format!("reading {path} from the ledger"))?;
+    v.value
+        .map(|bytes| T::try_from_slice(&bytes).map_err(|e| anyhow!("{path} does not decode: {e}")))
+        .transpose()
+}
+
+/// The build to serve: the most trusted one, the latest among equals.
+fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
+    // max_by_key keeps the last of equals: the ledger lists requests oldest first.
+    records
+        .into_iter()
+        .max_by_key(|r| served_as(r.level).map_or(0, |t| t as u8 + 1))
+}
+
+/// An output name becomes a file name under the output directory; it comes
+/// from the ledger, so anything but a plain file name is refused.
+fn safe_name(name: &str) -> Result<&str> {
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(name)
+    } else {
+        bail!("output name {name:?} is not a plain file name")
+    }
+}
+
+async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
+    let [ecosystem, name, version] = [&cmd.package[0], &cmd.package[1], &cmd.package[2]];
+    let package = PackageId {
+        ecosystem: ecosystem.clone(),
+        name: name.clone(),
+        version: version.clone(),
+    };
+    let ledger = LedgerClient::new(&ctx.node)?;
+    let record: PackageRecord = verified(&ledger, &package.state_key())
+        .await?
+        .ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
+    let mut requests = Vec::with_capacity(record.requests.len());
+    for id in &record.requests {
+        let r: RequestRecord = verified(&ledger, &format!("request/{id}"))
+            .await?
+            .ok_or_else(|| anyhow!("the ledger lists request {id} for {package} but lacks it"))?;
+        requests.push(r);
+    }
+    let chosen = best(requests).ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
+    match served_as(chosen.level) {
+        Some(level) if level >= cmd.min_trust => {}
+        _ => bail!(
+            "refusing {package}: its best build {} is {}, below the minimum {} (--min-trust)",
+            chosen.id,
+            chosen.level,
+            cmd.min_trust
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default()
+        ),
+    }
+    let outputs: &[Output] = chosen
+        .attestations
+        .iter()
+        .find(|a| a.role != AttesterRole::Void)
+        .map(|a| a.outputs.as_slice())
+        .ok_or_else(|| anyhow!("{package}: build {} has no attestation", chosen.id))?;
+    std::fs::create_dir_all(&cmd.output)
+        .with_context(|| format!("creating {}", cmd.output.display()))?;
+    if !ctx.json {
+        eprintln!(
+            "{package}: build {} is {} ({} attestation(s)); fetching {} output(s)",
+            chosen.id,
+            chosen.level,
+            chosen.attestations.len(),
+            outputs.len()
+        );
+    }
+    for o in outputs {
+        let file: PathBuf = Path::new(&cmd.output).join(safe_name(&o.name)?);
+        fetch_one(
+            ctx,
+            cmd,
+            o.sha256.to_string(),
+            o.stripe_root.to_string(),
+            Some(o.size),
+            Some(o.stripe_size),
+            file,
+        )
+        .await
+        .with_context(|| format!("fetching {}", o.name))?;
+    }
+    ctx.print(
+        &serde_json::json!({
+            "package": package.to_string(),
+            "request_id": chosen.id,
+            "level": chosen.level,
+            "outputs": outputs,
+            "dir": cmd.output,
+        }),
+        || format!("{package} ({}) -> {}", chosen.level, cmd.output.display()),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disputed_builds_are_never_served() {
+        assert_eq!(served_as(TrustLevel::Disputed), None);
+        assert!(served_as(TrustLevel::Reproducible) > served_as(TrustLevel::Trusted));
+        assert!(served_as(TrustLevel::Pending) < Some(MinTrust::Trusted));
+    }
+
+    #[test]
+    fn output_names_cannot_escape_the_directory() {
+        for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b"] {
+            assert!(safe_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(safe_name("left-pad-1.3.0.tgz").is_ok());
+    }
+}

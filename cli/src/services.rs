@@ -1,0 +1,246 @@
+//! The stores and builders a node runs beside its validator, declared in
+//! `HOME/config/services.toml`. `pyrsia node start` supervises them all;
+//! `pyrsia node service NAME` runs one, so an operator (or a test) can run,
+//! stop and restart each on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::Context;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Services {
+    #[serde(default, rename = "store")]
+    pub stores: Vec<StoreService>,
+    #[serde(default, rename = "builder")]
+    pub builders: Vec<BuilderService>,
+}
+
+/// A store sidecar. Paths are relative to the node home.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreService {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listen: String,
+    pub api: String,
+    /// Name of the store this one bootstraps from (its peer id is read from
+    /// that store's ready file).
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    #[serde(default = "default_quota")]
+    pub quota: String,
+}
+
+fn default_quota() -> String {
+    "10G".to_owned()
+}
+
+/// A builder and the store it uploads to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuilderService {
+    pub name: String,
+    pub key_file: PathBuf,
+    pub store: String,
+    pub work_dir: PathBuf,
+    #[serde(default)]
+    pub ecosystems: Vec<String>,
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout: u64,
+}
+
+fn default_build_timeout() -> u64 {
+    900
+}
+
+/// Ports of the embedded services: store `i` listens on `libp2p_base + i`
+/// and serves its API on `api_base + i`; store 0 is the node's own.
+#[derive(Clone, Copy, Debug)]
+pub struct ServicePorts {
+    pub libp2p_base: u16,
+    pub api_base: u16,
+}
+
+impl Default for ServicePorts {
+    fn default() -> Self {
+        ServicePorts {
+            libp2p_base: 44000,
+            api_base: 7889,
+        }
+    }
+}
+
+impl Services {
+    pub fn path(home: &Path) -> PathBuf {
+        home.join("config").join("services.toml")
+    }
+
+    pub fn load(home: &Path) -> Result<Services> {
+        let path = Self::path(home);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml_edit::de::from_str(&text)
+                .with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Services::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, home: &Path) -> Result<()> {
+        let path = Self::path(home);
+        let text = toml_edit::ser::to_string_pretty(self)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The node's own store plus, for each builder key, a builder with its
+    /// own store. `builder_keys` are (name, key file relative to home).
+    pub fn embedded(ports: ServicePorts, builder_keys: &[(String, PathBuf)]) -> Services {
+        let store = |i: u16, name: &str, dir: PathBuf, bootstrap: Option<String>| StoreService {
+            name: name.to_owned(),
+            dir,
+            listen: format!("/ip4/127.0.0.1/tcp/{}", ports.libp2p_base + i),
+            api: format!("127.0.0.1:{}", ports.api_base + i),
+            bootstrap,
+            quota: default_quota(),
+        };
+        let mut stores = vec![store(0, "node", PathBuf::from("store"), None)];
+        let mut builders = Vec::new();
+        for (i, (name, key_file)) in builder_keys.iter().enumerate() {
+            let dir = PathBuf::from("builders").join(name);
+            let port = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            stores.push(store(
+                port,
+                name,
+                dir.join("store"),
+                Some("node".to_owned()),
+            ));
+            builders.push(BuilderService {
+                name: name.clone(),
+                key_file: key_file.clone(),
+                store: name.clone(),
+                work_dir: dir.join("work"),
+                ecosystems: Vec::new(),
+                build_timeout: default_build_timeout(),
+            });
+        }
+        Services { stores, builders }
+    }
+
+    pub fn store(&self, name: &str) -> Result<&StoreService> {
+        self.stores
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| anyhow!("no store named {name:?} in services.toml"))
+    }
+
+    /// Every service name, stores first: the order to start them in.
+    pub fn names(&self) -> Vec<String> {
+        self.stores
+            .iter()
+            .map(|s| format!("store:{}", s.name))
+            .chain(self.builders.iter().map(|b| format!("builder:{}", b.name)))
+            .collect()
+    }
+}
+
+impl StoreService {
+    fn ready_file(&self, home: &Path) -> PathBuf {
+        home.join(&self.dir).join("ready.json")
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceArgs {
+    /// `store:NAME` or `builder:NAME`, as in HOME/config/services.toml.
+    pub name: String,
+}
+
+/// Runs one service in this process until Ctrl-C / SIGTERM.
+pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
+    let services = Services::load(&ctx.home)?;
+    let home = &ctx.home;
+    match args.name.split_once(':') {
+        Some(("store", name)) => {
+            let s = services.store(name)?;
+            let mut bootstrap = Vec::new();
+            if let Some(from) = &s.bootstrap {
+                bootstrap.push(bootstrap_addr(home, services.store(from)?).await?);
+            }
+            let ready = s.ready_file(home);
+            let _ = std::fs::remove_file(&ready);
+            let start = p2p_store::cli::StartArgs {
+                data_dir: Some(home.join(&s.dir)),
+                listen: vec![s.listen.parse().context("store listen address")?],
+                api: s.api.parse().context("store api address")?,
+                bootstrap,
+                quota: p2p_store::cli::parse_size(&s.quota).map_err(|e| anyhow!(e))?,
+                upload_rate: None,
+                max_uploads: 16,
+                stripe_size: 1 << 20,
+                inflight_per_peer: 4,
+                no_mdns: true,
+                ready_file: Some(ready),
+            };
+            start.run().await
+        }
+        Some(("builder", name)) => {
+            let b = services
+                .builders
+                .iter()
+                .find(|b| b.name == name)
+                .ok_or_else(|| anyhow!("no builder named {name:?} in services.toml"))?;
+            let store = services.store(&b.store)?;
+            let args = crate::builder::BuilderArgs {
+                key: crate::keys::KeyArgs {
+                    key: "default".to_owned(),
+                    key_file: Some(home.join(&b.key_file)),
+                },
+                store_api: store.api_url(),
+                ecosystems: b.ecosystems.clone(),
+                work_dir: Some(home.join(&b.work_dir)),
+                max_builds: 1,
+                build_timeout: b.build_timeout,
+                build_memory: 4 << 30,
+                build_disk: 8 << 30,
+            };
+            crate::builder::run(ctx, args).await
+        }
+        _ => bail!(
+            "service {:?} is neither store:NAME nor builder:NAME (known: {})",
+            args.name,
+            services.names().join(", ")
+        ),
+    }
+}
+
+/// `/ip4/…/tcp/…/p2p/PEER` of a store, once it has written its ready file.
+async fn bootstrap_addr(home: &Path, s: &StoreService) -> Result<libp2p::Multiaddr> {
+    let ready = s.ready_file(home);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let peer_id = loop {
+        if let Ok(bytes) = std::fs::read(&ready) {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", ready.display()))?;
+            if let Some(p) = v["peer_id"].as_str() {
+                break p.to_owned();
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "store {:?} did not become ready ({} missing)",
+                s.name,
+                ready.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    format!("{}/p2p/{peer_id}", s.listen)
+        .parse()
+        .with_context(|| format!("bootstrap address of store {:?}", s.name))
+}

@@ -1,0 +1,368 @@
+//! The whole loop on real processes: a validator (cometbft + `pyrsia abci`),
+//! store sidecars and builders (`pyrsia node service …`), fixture sources
+//! served by `git daemon` on 127.0.0.1, and clients using the `pyrsia` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pyrsia_chain::RequestRecord;
+use pyrsia_e2e::fixtures::{Fixture, GitServer};
+use pyrsia_e2e::{ServicePlan, Testnet};
+
+/// `tx request-build` without waiting; returns the request id and selection.
+fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {
+    net.new_key("requester").ok();
+    let r = net
+        .pyrsia_json(&[
+            "tx",
+            "request-build",
+            "--key",
+            "requester",
+            "--ecosystem",
+            f.ecosystem,
+            "--name",
+            &f.name,
+            "--version",
+            &f.version,
+            "--repo",
+            &f.url,
+            "--commit",
+            &f.commit,
+        ])
+        .unwrap();
+    let id = r["request_id"].as_str().unwrap().to_owned();
+    let selected = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[0] == "build_requested")
+        .and_then(|e| {
+            e[1].as_array()?
+                .iter()
+                .find(|kv| kv[0] == "selected")
+                .map(|kv| kv[1].as_str().unwrap_or_default().to_owned())
+        })
+        .unwrap_or_default();
+    let selected = selected
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (id, selected)
+}
+
+async fn record(net: &Testnet, id: &str) -> RequestRecord {
+    net.client(0)
+        .unwrap()
+        .query_value(&format!("request/{id}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Waits until the request's level is one of `levels`.
+async fn wait_level(net: &Testnet, id: &str, levels: &[&str], timeout: Duration) -> RequestRecord {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = record(net, id).await;
+        if levels.contains(&r.level.as_str()) {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request {id} still {} after {timeout:?} ({} attestations)",
+            r.level,
+            r.attestations.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn builder_names(net: &Testnet) -> Vec<String> {
+    net.service_names()
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("builder:").map(str::to_owned))
+        .collect()
+}
+
+/// The builder whose key is `pubkey`.
+fn builder_named(net: &Testnet, pubkey: &str) -> String {
+    builder_names(net)
+        .into_iter()
+        .find(|b| net.builder_key(b).unwrap().public().to_string() == pubkey)
+        .unwrap()
+}
+
+fn fetch(net: &Testnet, f: &Fixture, dir: &std::path::Path) -> std::process::Output {
+    net.pyrsia(&[
+        "fetch",
+        f.ecosystem,
+        &f.name,
+        &f.version,
+        "-o",
+        dir.to_str().unwrap(),
+        "--api",
+        &store_api(net),
+    ])
+    .unwrap()
+}
+
+/// The control API of node 0's own store (the client's).
+fn store_api(net: &Testnet) -> String {
+    let text = std::fs::read_to_string(net.nodes[0].home.join("config/services.toml")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("api")).unwrap();
+    format!("http://{}", line.split('"').nth(1).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_ecosystem_builds_reproducibly_and_a_fresh_client_fetches_it_from_several_builders() {
+    let git = GitServer::start().unwrap();
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 3,
+        trusted_builders: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    net.start_services().await.unwrap();
+    let fixtures = [
+        git.script_package("blob", "1.0.0", 6).unwrap(),
+        git.npm_package("pyrsia-fixture", "1.0.0").unwrap(),
+        git.cargo_package("pyrsia-fixture", "0.1.0").unwrap(),
+        git.python_package("pyrsia-fixture", "0.1.0").unwrap(),
+    ];
+    let ids: Vec<String> = fixtures.iter().map(|f| request(&net, f).0).collect();
+    for (f, id) in fixtures.iter().zip(&ids) {
+        let r = wait_level(
+            &net,
+            id,
+            &["reproducible", "disputed"],
+            Duration::from_secs(600),
+        )
+        .await;
+        assert_eq!(
+            r.level.as_str(),
+            "reproducible",
+            "{} {}: {:#?}",
+            f.ecosystem,
+            f.name,
+            r.attestations
+        );
+        assert_eq!(r.attestations.len(), 5, "3 regular + 2 trusted builders");
+    }
+
+    // A client whose store has never held these outputs fetches them.
+    for (f, id) in fixtures.iter().zip(&ids) {
+        let dir = net.dir.path().join(format!("fetched-{}", f.ecosystem));
+        let out = fetch(&net, f, &dir);
+        assert!(
+            out.status.success(),
+            "fetch {}: {}",
+            f.ecosystem,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = record(&net, id).await;
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        for o in &r.attestations[0].outputs {
+            let bytes = std::fs::read(dir.join(&o.name)).unwrap();
+            assert_eq!(pyrsia_chain::Digest::of(&bytes), o.sha256, "{}", o.name);
+            assert_eq!(bytes.len() as u64, o.size);
+        }
+        if f.ecosystem == "script" {
+            // Six stripes, five providers: more than one peer served them.
+            let per_file = lines.iter().find(|l| l.get("per_peer").is_some()).unwrap();
+            let peers = per_file["per_peer"].as_object().map_or(0, |m| m.len());
+            assert!(peers >= 2, "stripes came from {peers} peer(s): {per_file}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_that_embeds_the_time_ends_disputed_and_fetch_refuses_it() {
+    let git = GitServer::start().unwrap();
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 3,
+        trusted_builders: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    net.start_services().await.unwrap();
+    let f = git
+        .script_running(
+            "clock",
+            "1.0.0",
+            "date +%s%N > out/result; head -c 16 /dev/urandom >> out/result",
+        )
+        .unwrap();
+    let (id, _) = request(&net, &f);
+    let r = wait_level(
+        &net,
+        &id,
+        &["disputed", "reproducible", "quorum_only"],
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(r.level.as_str(), "disputed", "{:#?}", r.attestations);
+    let out = fetch(&net, &f, &net.dir.path().join("clock"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disputed"), "{err}");
+    assert!(!net.dir.path().join("clock/result").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_restart() {
+    let git = GitServer::start().unwrap();
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 4,
+        trusted_builders: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    net.start_services().await.unwrap();
+    // Slow enough that a builder can be killed in the middle of it.
+    let slow = |v: &str| {
+        git.script_running("slow", v, "sleep 6; echo slow > out/result")
+            .unwrap()
+    };
+    let first = slow("1.0.0");
+    let (id, selected) = request(&net, &first);
+    assert_eq!(selected.len(), 3, "builders_per_request is 3 of 4");
+    let all: BTreeSet<String> = builder_names(&net).into_iter().collect();
+    let chosen: BTreeSet<String> = selected.iter().map(|k| builder_named(&net, k)).collect();
+    let idle = all.difference(&chosen).next().unwrap().clone();
+    let victim = chosen.iter().next().unwrap().clone();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    net.kill_service(&format!("builder:{victim}")).unwrap();
+    let r = wait_level(&net, &id, &["quorum_only"], Duration::from_secs(300)).await;
+    assert_eq!(r.attestations.len(), 2, "the two live selected builders");
+
+    // Requests committed while the victim is down.
+    let mut missed = vec![id.clone()];
+    for v in ["1.0.1", "1.0.2"] {
+        let (id, selected) = request(&net, &slow(v));
+        let victim_key = net.builder_key(&victim).unwrap().public().to_string();
+        if selected.contains(&victim_key) {
+            missed.push(id);
+        }
+    }
+    net.start_service(&format!("builder:{victim}")).unwrap();
+    let victim_key = net.builder_key(&victim).unwrap().public();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    for id in &missed {
+        loop {
+            let r = record(&net, id).await;
+            if r.attestations.iter().any(|a| a.attester == victim_key) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "restarted builder {victim} never attested {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // The builder that was not selected for the first request never built it.
+    let idle_jobs = net.builder_jobs(&idle);
+    assert!(
+        idle_jobs.iter().all(|j| j["request_id"] != id.as_str()),
+        "{idle} built a request it was not selected for: {idle_jobs:?}"
+    );
+    let first_record = record(&net, &id).await;
+    let idle_key = net.builder_key(&idle).unwrap().public();
+    assert!(first_record
+        .attestations
+        .iter()
+        .all(|a| a.attester != idle_key));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_attestation() {
+    let git = GitServer::start().unwrap();
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 1,
+        trusted_builders: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A short time limit for this builder, so the overlong build is cut.
+    let services = net.nodes[0].home.join("config/services.toml");
+    let text = std::fs::read_to_string(&services).unwrap();
+    std::fs::write(
+        &services,
+        text.replace("build_timeout = 900", "build_timeout = 20"),
+    )
+    .unwrap();
+    net.start_services().await.unwrap();
+
+    // The host side of the network probe: reachable from outside the sandbox.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let good = git.npm_package("good", "1.0.0").unwrap();
+    let cases = [
+        (
+            Fixture {
+                url: format!("git://127.0.0.1:{}/no-such-repo.git", git.port),
+                ..good.clone()
+            },
+            "repo",
+        ),
+        (
+            Fixture {
+                commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                version: "1.0.1".to_owned(),
+                ..good.clone()
+            },
+            "commit",
+        ),
+        (
+            git.script_running(
+                "netprobe",
+                "1.0.0",
+                &format!("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=3)'; echo reached > out/result"),
+            )
+            .unwrap(),
+            "",
+        ),
+        (
+            git.script_running("forever", "1.0.0", "sleep 600; echo done > out/result")
+                .unwrap(),
+            "time",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (f, _) in &cases {
+        ids.push(request(&net, f).0);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let builder = builder_names(&net).remove(0);
+    for ((f, expect), id) in cases.iter().zip(&ids) {
+        let job = loop {
+            let jobs = net.builder_jobs(&builder);
+            if let Some(j) = jobs.into_iter().find(|j| j["request_id"] == id.as_str()) {
+                break j;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job report for {}",
+                f.name
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(job["outcome"], "failed", "{}: {job}", f.name);
+        let error = job["error"].as_str().unwrap_or_default().to_lowercase();
+        assert!(error.contains(expect), "{}: {error}", f.name);
+        let r = record(&net, id).await;
+        assert!(r.attestations.is_empty(), "{}: attested anyway", f.name);
+    }
+    drop(listener);
+}

@@ -349,3 +349,28 @@ fn the_disk_limit_bounds_the_build() {
         other => panic!("expected BuildFailed, got {other:?}"),
     }
 }
+
+#[test]
+fn the_memory_limit_stops_a_greedy_build() {
+    let server = GitServer::start();
+    let (url, commit) = server.repo(
+        "greedy",
+        &[(
+            "pyrsia-build.toml",
+            "command = [\"python3\", \"-c\", \"b = bytearray(768 << 20); b[::4096] = b'x' * len(b[::4096]); print('allocated')\"]\noutputs = [\"x\"]\n",
+            false,
+        )],
+    );
+    for sandbox in [SandboxKind::Auto, SandboxKind::Unshare] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path(), sandbox);
+        cfg.limits.memory_bytes = 256 << 20;
+        match builder::build(&spec("script", "greedy", "1", &url, &commit), &cfg) {
+            Err(BuildError::BuildFailed { log_path, .. }) => {
+                let log = std::fs::read_to_string(log_path).unwrap();
+                assert!(!log.contains("\nallocated"), "{sandbox:?}: {log}");
+            }
+            other => panic!("{sandbox:?}: expected BuildFailed, got {other:?}"),
+        }
+    }
+}

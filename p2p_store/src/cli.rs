@@ -73,8 +73,10 @@ pub struct StartArgs {
     /// Stripe requests in flight per peer when downloading.
     #[arg(long, default_value_t = 4)]
     pub inflight_per_peer: usize,
-    /// Disable mDNS discovery.
-    #[arg(long)]
+    /// Disable mDNS discovery of peers on the local network (no multicast is
+    /// sent or answered; peers then come only from --bootstrap and Kademlia).
+    /// Also PYRSIA_STORE_NO_MDNS=1 (or true/yes/on; 0/false/no/off keep it on).
+    #[arg(long, env = "PYRSIA_STORE_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
     /// Write {peer_id, listen_addrs, api} as JSON here once ready.
     #[arg(long)]
@@ -218,6 +220,14 @@ impl StoreCommand {
                     println!(
                         "peers        {}",
                         v["connected_peers"].as_array().map_or(0, |a| a.len())
+                    );
+                    println!(
+                        "mdns         {}",
+                        if v["mdns"].as_bool() == Some(true) {
+                            "on"
+                        } else {
+                            "off"
+                        }
                     );
                     println!(
                         "disk         {} / {} bytes",

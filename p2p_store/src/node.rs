@@ -175,6 +175,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) config: Config,
     pub(crate) peer_id: PeerId,
+    /// mDNS discovery is running.
+    mdns: bool,
     cmd: mpsc::Sender<Command>,
     net: Mutex<NetState>,
     counters: Mutex<Counters>,
@@ -211,6 +213,9 @@ pub struct Status {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
     pub connected_peers: Vec<String>,
+    /// Whether mDNS discovery is running (off by `--no-mdns`/`Config::mdns`,
+    /// or when the OS refused the multicast socket).
+    pub mdns: bool,
     pub disk_used: u64,
     pub disk_quota: u64,
     pub artifacts: Vec<crate::store::ArtifactInfo>,
@@ -300,6 +305,7 @@ impl Node {
                         }
                     }
                 } else {
+                    tracing::info!("mDNS discovery off");
                     None
                 };
                 Ok(Behaviour {
@@ -313,6 +319,7 @@ impl Node {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
 
+        let mdns_on = swarm.behaviour().mdns.is_enabled();
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -371,6 +378,7 @@ impl Node {
         let shared = Arc::new(Shared {
             store,
             peer_id,
+            mdns: mdns_on,
             cmd: tx,
             net: Mutex::new(NetState {
                 listen,
@@ -562,6 +570,7 @@ impl Node {
             peer_id: self.shared.peer_id.to_string(),
             listen_addrs: listen,
             connected_peers: connected,
+            mdns: self.shared.mdns,
             disk_used: self.shared.store.used(),
             disk_quota: self.shared.store.quota(),
             artifacts: self.shared.store.list(),

@@ -286,15 +286,27 @@ enum Event {
         res: Result<bool, StoreError>,
         data: Option<Vec<u8>>,
     },
+    /// An early `fdatasync` of the partial finished.
+    Synced(Result<(), StoreError>),
 }
 
-/// Whole-file SHA-256 computed while the download runs: stripes are fed in
-/// order on a blocking thread; a stripe that completes early is read back
-/// from disk when its turn comes. Bounded channel: back-pressure.
+/// Verified bytes written since the last early `fdatasync` that trigger the
+/// next one: the disk writes overlap the transfer instead of all waiting for
+/// the sync that completes the download.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// Whole-file SHA-256 computed while the download runs: verified stripes are
+/// fed in order on a blocking thread. A stripe that completes ahead of its
+/// turn is kept in memory (up to [`HASH_AHEAD_BYTES`]) rather than read back
+/// from disk later; beyond that bound it is dropped and re-read when its turn
+/// comes. Bounded channel: back-pressure.
 struct InOrderHasher {
     tx: tokio::sync::mpsc::Sender<(u64, Option<Vec<u8>>)>,
     done: tokio::task::JoinHandle<Option<Digest>>,
 }
+
+/// Out-of-order verified stripes the whole-file hasher holds in memory.
+const HASH_AHEAD_BYTES: usize = 24 << 20;
 
 impl InOrderHasher {
     fn start(store: Arc<crate::store::Store>, sha: Digest, count: u64) -> Self {
@@ -303,21 +315,36 @@ impl InOrderHasher {
             use sha2::Digest as _;
             let mut h = sha2::Sha256::new();
             let mut next = 0u64;
-            let mut ready = BTreeSet::new();
+            // Stripes ahead of `next`: with their bytes, or to be re-read.
+            let mut ahead: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+            let mut held = 0usize;
             while let Some((i, data)) = rx.blocking_recv() {
-                match data {
-                    Some(d) if i == next => {
-                        h.update(&d);
-                        next += 1;
-                    }
-                    _ => {
-                        ready.insert(i);
-                    }
+                if i < next {
+                    continue;
                 }
-                while ready.remove(&next) {
-                    match store.read_stripe(&sha, next) {
-                        Ok(d) => h.update(&d),
-                        Err(_) => return None,
+                let data = match data {
+                    Some(d) if i != next && held + d.len() > HASH_AHEAD_BYTES => {
+                        crate::bufpool::give(d);
+                        None
+                    }
+                    d => d,
+                };
+                held += data.as_ref().map_or(0, Vec::len);
+                ahead.insert(i, data);
+                while let Some(d) = ahead.remove(&next) {
+                    match d {
+                        Some(d) => {
+                            held -= d.len();
+                            h.update(&d);
+                            crate::bufpool::give(d);
+                        }
+                        None => match store.read_stripe(&sha, next) {
+                            Ok(d) => {
+                                h.update(&d);
+                                crate::bufpool::give(d);
+                            }
+                            Err(_) => return None,
+                        },
                     }
                     next += 1;
                 }
@@ -360,6 +387,9 @@ struct Downloader {
     /// Stripes whose only request is long overdue (a peer that froze
     /// without closing its connection): duplicated on other peers.
     overdue: BTreeSet<u64>,
+    /// Bytes written since the last early sync was started.
+    unsynced: u64,
+    syncing: bool,
 }
 
 impl Downloader {
@@ -392,7 +422,29 @@ impl Downloader {
             manifest_from: None,
             latency: None,
             overdue: BTreeSet::new(),
+            unsynced: 0,
+            syncing: false,
         }
+    }
+
+    /// Starts an early `fdatasync` of the partial once enough is written.
+    fn maybe_sync(&mut self) {
+        if self.syncing || self.unsynced < SYNC_EVERY {
+            return;
+        }
+        self.syncing = true;
+        self.unsynced = 0;
+        let store = self.node.store().clone();
+        let sha = self.req.sha256;
+        self.events.push(
+            async move {
+                let r = tokio::task::spawn_blocking(move || store.sync_partial(&sha))
+                    .await
+                    .unwrap_or(Ok(()));
+                Event::Synced(r)
+            }
+            .boxed(),
+        );
     }
 
     fn publish(&self, outcome: Option<Result<(), FetchError>>) {
@@ -479,6 +531,7 @@ impl Downloader {
         }
         self.phase = Phase::Verifying;
         self.publish(None);
+        let stripes_ms = self.started.elapsed().as_millis() as u64;
         let sha = self.req.sha256;
         let digest = match self.hasher.take() {
             Some(h) => {
@@ -487,6 +540,7 @@ impl Downloader {
             }
             None => None,
         };
+        let hashed_ms = self.started.elapsed().as_millis() as u64;
         let st = store.clone();
         let r = tokio::task::spawn_blocking(move || st.finish_partial_with(&sha, digest))
             .await
@@ -500,6 +554,8 @@ impl Downloader {
             sha256 = %hex::encode(sha),
             fetched = self.fetched,
             resumed = self.resumed,
+            stripes_ms,
+            hashed_ms,
             ms = self.started.elapsed().as_millis() as u64,
             "download complete"
         );
@@ -855,6 +911,13 @@ impl Downloader {
 
     async fn handle(&mut self, ev: Event) -> Result<(), FetchError> {
         match ev {
+            Event::Synced(r) => {
+                self.syncing = false;
+                if let Err(e) = r {
+                    // The sync that completes the download reports it for real.
+                    tracing::debug!(%e, "early sync failed");
+                }
+            }
             Event::Providers(res) => {
                 self.providers_inflight = false;
                 match res {
@@ -1061,6 +1124,10 @@ impl Downloader {
                             if let Some(h) = &self.hasher {
                                 let _ = h.tx.send((index, data)).await;
                             }
+                            self.unsynced += bytes;
+                            self.maybe_sync();
+                        } else if let Some(d) = data {
+                            crate::bufpool::give(d);
                         }
                         self.publish(None);
                     }

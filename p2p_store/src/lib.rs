@@ -3,6 +3,7 @@
 //! local control API. See README.md for the wire protocol and disk layout.
 
 pub mod api;
+mod bufpool;
 pub mod cli;
 pub mod download;
 pub mod limiter;

@@ -354,16 +354,21 @@ impl libp2p::request_response::Codec for StoreCodec {
             if len > MAX_STRIPE_SIZE {
                 return Err(invalid(DecodeError::TooLarge(MAX_STRIPE_SIZE as usize)));
             }
-            let mut data = Vec::with_capacity(len as usize);
-            (&mut *io)
-                .take(u64::from(len))
-                .read_to_end(&mut data)
-                .await?;
-            if data.len() != len as usize {
-                return Err(invalid(DecodeError::BadLength {
-                    expected: len.to_string(),
-                    got: data.len(),
-                }));
+            // A recycled buffer (no zero-fill, no fresh pages), overwritten
+            // in full before anyone sees it; a short frame is an error and
+            // the buffer is dropped.
+            let mut data = crate::bufpool::take(len as usize);
+            let mut got = 0;
+            while got < data.len() {
+                match io.read(&mut data[got..]).await? {
+                    0 => {
+                        return Err(invalid(DecodeError::BadLength {
+                            expected: len.to_string(),
+                            got,
+                        }))
+                    }
+                    n => got += n,
+                }
             }
             let mut extra = [0u8; 1];
             if io.read(&mut extra).await? != 0 {
@@ -398,10 +403,11 @@ impl libp2p::request_response::Codec for StoreCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        if let Response::Stripe { index, data } = &r {
+        if let Response::Stripe { index, data } = r {
             // Header then the stripe's own buffer: no copy of the bytes.
-            io.write_all(&stripe_header(*index, data.len())).await?;
-            io.write_all(data).await?;
+            io.write_all(&stripe_header(index, data.len())).await?;
+            io.write_all(&data).await?;
+            crate::bufpool::give(data);
         } else {
             io.write_all(&r.encode()).await?;
         }

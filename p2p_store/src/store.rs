@@ -129,7 +129,15 @@ pub struct Store {
     root: PathBuf,
     quota: u64,
     inner: Mutex<Inner>,
+    /// Held while verified stripe bytes are copied into the page cache: one
+    /// writer at a time (concurrent buffered writes to one file only spin on
+    /// the inode lock).
+    writer: Mutex<()>,
 }
+
+/// Stripes are written to the page cache in pieces of this size (a copy
+/// that stays in the CPU caches; measurably faster than one 1 MiB+ write).
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Outcome of `begin_partial`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +187,7 @@ impl Store {
             root,
             quota,
             inner: Mutex::new(inner),
+            writer: Mutex::new(()),
         })
     }
 
@@ -445,7 +454,14 @@ impl Store {
         }
         let off = index * u64::from(manifest.stripe_size);
         let path = self.obj_dir(sha).join("data");
-        file.write_all_at(data, off).map_err(io_err(&path))?;
+        {
+            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut at = off;
+            for piece in data.chunks(WRITE_CHUNK) {
+                file.write_all_at(piece, at).map_err(io_err(&path))?;
+                at += piece.len() as u64;
+            }
+        }
         let mut inner = self.lock();
         if let Some(e) = inner.entries.get_mut(sha) {
             if !e.have[index as usize] {
@@ -485,10 +501,23 @@ impl Store {
                 e.manifest.stripe_len(index),
             )
         };
-        let mut buf = vec![0u8; len as usize];
+        // A recycled buffer: `read_exact_at` overwrites all of it (or fails).
+        let mut buf = crate::bufpool::take(len as usize);
         let path = self.obj_dir(sha).join("data");
         file.read_exact_at(&mut buf, off).map_err(io_err(&path))?;
         Ok(buf)
+    }
+
+    /// Starts writing a partial artifact's verified stripes to disk and waits
+    /// for it (`fdatasync`), so that the sync which completes the download
+    /// has only the tail left. Blocking; a no-op for unknown artifacts.
+    pub fn sync_partial(&self, sha: &Digest) -> Result<(), StoreError> {
+        let file = match self.lock().entries.get(sha) {
+            Some(e) if !e.complete => e.file.clone(),
+            _ => return Ok(()),
+        };
+        file.sync_data()
+            .map_err(io_err(&self.obj_dir(sha).join("data")))
     }
 
     /// The manifest and root of a stored (complete or partial) artifact.

@@ -323,12 +323,41 @@ async fn register(
 }
 
 /// Signs with the next nonce and waits for the commit; returns its height.
+/// A node that cannot be reached, or a commit not seen in time, is retried
+/// a few times; a rejection is final.
 async fn submit(shared: &Shared, kind: TxKind) -> Result<u64, ClientError> {
     let _one_at_a_time = shared.submit.lock().await;
-    let nonce = shared.ledger.next_nonce(&shared.key.public()).await?;
-    let tx = sign_tx(&shared.key, &shared.chain_id, TxBody { nonce, kind });
-    Ok(shared.ledger.submit(&tx).await?.height)
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let nonce = shared.ledger.next_nonce(&shared.key.public()).await?;
+            let tx = sign_tx(
+                &shared.key,
+                &shared.chain_id,
+                TxBody {
+                    nonce,
+                    kind: kind.clone(),
+                },
+            );
+            Ok(shared.ledger.submit(&tx).await?.height)
+        }
+        .await;
+        match result {
+            Err(e @ (ClientError::Rpc { .. } | ClientError::Timeout(..))) if attempt < RETRIES => {
+                attempt += 1;
+                tracing::warn!(
+                    "{} transaction: {e}; retrying ({attempt}/{RETRIES})",
+                    kind.name()
+                );
+                tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How often a transient failure (ledger or store unreachable) is retried.
+const RETRIES: u32 = 3;
 
 async fn run_job(shared: &Shared, id: Digest) {
     let started = Instant::now();
@@ -441,8 +470,18 @@ async fn build_and_attest(shared: &Shared, id: Digest) -> Result<Done> {
         build_env: built.build_env.clone(),
         log_digest,
     };
-    let height = submit(shared, TxKind::Attest(attest)).await?;
-    tracing::info!(request = %id, height, secs = built.duration.as_secs_f64(), "attested");
+    match submit(shared, TxKind::Attest(attest)).await {
+        Ok(height) => {
+            tracing::info!(request = %id, height, secs = built.duration.as_secs_f64(), "attested");
+        }
+        // A retry after a commit we did not see in time.
+        Err(ClientError::Rejected { code, .. })
+            if code == pyrsia_chain::code::DUPLICATE_ATTESTATION =>
+        {
+            tracing::info!(request = %id, "attestation already committed");
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(Done {
         outcome: "attested",
         build_secs: Some(built.duration.as_secs_f64()),
@@ -456,15 +495,29 @@ async fn upload(
     shared: &Shared,
     built: &builder::BuildOutcome,
 ) -> Result<(Vec<pyrsia_chain::Output>, Digest)> {
-    let mut outputs = Vec::with_capacity(built.outputs.len());
-    for file in &built.outputs {
-        outputs.push(shared.store.put_pinned(&file.path, &file.name).await?);
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut outputs = Vec::with_capacity(built.outputs.len());
+            for file in &built.outputs {
+                outputs.push(shared.store.put_pinned(&file.path, &file.name).await?);
+            }
+            let log = shared
+                .store
+                .put_pinned(&built.log_path, "build.log")
+                .await?;
+            anyhow::Ok((outputs, log.sha256))
+        }
+        .await;
+        match result {
+            Err(e) if attempt < RETRIES => {
+                attempt += 1;
+                tracing::warn!("uploading to the store: {e:#}; retrying ({attempt}/{RETRIES})");
+                tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
+            }
+            other => return other,
+        }
     }
-    let log = shared
-        .store
-        .put_pinned(&built.log_path, "build.log")
-        .await?;
-    Ok((outputs, log.sha256))
 }
 
 /// Copies a build log to `logs/REQUEST.log`, where operators look for it.

@@ -41,7 +41,7 @@ pub fn pyrsia_bin() -> PathBuf {
 }
 
 /// A base port such that BASE+10i .. BASE+10i+2 are free for `nodes` nodes.
-fn free_base_port(nodes: usize) -> Result<u16> {
+pub fn free_base_port(nodes: usize) -> Result<u16> {
     let seed = u64::from(std::process::id())
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -59,7 +59,7 @@ fn free_base_port(nodes: usize) -> Result<u16> {
 }
 
 /// The first of `count` consecutive free ports.
-fn free_port_run(count: usize) -> Result<u16> {
+pub fn free_port_run(count: usize) -> Result<u16> {
     let seed = u64::from(std::process::id()).wrapping_mul(31)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

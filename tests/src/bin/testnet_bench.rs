@@ -3,7 +3,14 @@
 //! `kvstore` app on an identically configured testnet. Prints both and the ratio.
 //!
 //! Run with `./scripts/bench-testnet.sh` (release build). `BENCH_TXS` sets the
-//! load (default 3000), `BENCH_TIMEOUT_COMMIT` the block interval (default 1s).
+//! load (default 3000), `BENCH_TIMEOUT_COMMIT` the block interval (default 1s),
+//! `BENCH_SENDERS` the concurrent senders (default 64, one per signer).
+//!
+//! Each sender waits for CheckTx before its next tx. CometBFT's socket ABCI
+//! client flushes queued CheckTx requests on a 20 ms throttle
+//! (`flushThrottleMS` in abci/client/socket_client.go), while `kvstore` runs
+//! in-process without one: with few senders the figure measures that latency,
+//! not the network's capacity. Every signer's txs stay in one sender, in nonce order.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +23,8 @@ use pyrsia_chain::{
 use pyrsia_cli::rpc::LedgerClient;
 use pyrsia_e2e::{AppKind, Testnet};
 
-const WORKERS: usize = 8;
+/// At most one sender per builder key, so nonces stay in order.
+const MAX_SENDERS: usize = 64;
 
 /// Sends each lane's txs in order to its node, lanes concurrently; returns
 /// the committed rate measured from the first send to the block that holds
@@ -70,10 +78,12 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usi
 
 /// Registers builders and requests, then signs one Attest per selected
 /// builder per request: `count` txs in lanes by signer.
-async fn attest_lanes(net: &Testnet, count: usize) -> Result<Vec<Vec<Vec<u8>>>> {
+async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec<Vec<Vec<u8>>>> {
     let client = net.client(0)?;
     let chain_id = client.chain_id().await?;
-    let builders: Vec<Keypair> = (0..64u8).map(|i| Keypair::from_seed([i + 1; 32])).collect();
+    let builders: Vec<Keypair> = (0..MAX_SENDERS as u8)
+        .map(|i| Keypair::from_seed([i + 1; 32]))
+        .collect();
     let mut hashes = Vec::new();
     for (i, b) in builders.iter().enumerate() {
         let kind = TxKind::RegisterBuilder(RegisterBuilder {
@@ -123,7 +133,7 @@ async fn attest_lanes(net: &Testnet, count: usize) -> Result<Vec<Vec<Vec<u8>>>> 
         client.wait_tx(h, Duration::from_secs(120)).await?;
     }
     let mut nonces = vec![1u64; builders.len()];
-    let mut lanes = vec![Vec::new(); WORKERS];
+    let mut lanes = vec![Vec::new(); senders];
     let mut made = 0;
     'outer: for id in &ids {
         let record: RequestRecord = client
@@ -156,7 +166,7 @@ async fn attest_lanes(net: &Testnet, count: usize) -> Result<Vec<Vec<Vec<u8>>>> 
                     kind,
                 },
             );
-            lanes[i % WORKERS].push(borsh::to_vec(&tx)?);
+            lanes[i % senders].push(borsh::to_vec(&tx)?);
             made += 1;
             if made == count {
                 break 'outer;
@@ -173,9 +183,14 @@ async fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
     let timeout_commit = std::env::var("BENCH_TIMEOUT_COMMIT").unwrap_or_else(|_| "1s".into());
+    let senders: usize = std::env::var("BENCH_SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_SENDERS)
+        .clamp(1, MAX_SENDERS);
 
     let net = Testnet::start_with(4, AppKind::Pyrsia, &timeout_commit).await?;
-    let lanes = attest_lanes(&net, count).await?;
+    let lanes = attest_lanes(&net, count, senders).await?;
     let tx_size = lanes.iter().flatten().map(Vec::len).max().unwrap_or(0);
     let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i)).collect::<Result<_>>()?;
     let (pyrsia_n, pyrsia_rate) = load(&clients, lanes).await?;
@@ -183,15 +198,15 @@ async fn main() -> Result<()> {
 
     let kv = Testnet::start_with(4, AppKind::Kvstore, &timeout_commit).await?;
     let clients: Vec<LedgerClient> = (0..4).map(|i| kv.client(i)).collect::<Result<_>>()?;
-    let mut lanes = vec![Vec::new(); WORKERS];
+    let mut lanes = vec![Vec::new(); senders];
     for i in 0..count {
         let mut tx = format!("key{i:08}=").into_bytes();
         tx.resize(tx_size, b'v');
-        lanes[i % WORKERS].push(tx);
+        lanes[i % senders].push(tx);
     }
     let (kv_n, kv_rate) = load(&clients, lanes).await?;
 
-    println!("testnet_bench: 4 validators on one host, timeout_commit {timeout_commit}, {WORKERS} concurrent senders");
+    println!("testnet_bench: 4 validators on one host, timeout_commit {timeout_commit}, {senders} concurrent senders");
     println!("  pyrsia Attest:  {pyrsia_n} txs of {tx_size} B committed, {pyrsia_rate:.0} tx/s");
     println!("  kvstore:        {kv_n} txs of {tx_size} B committed, {kv_rate:.0} tx/s");
     println!(

@@ -1,11 +1,3 @@
 #!/usr/bin/env bash
 # Blocks and seconds from RequestBuild to Reproducible, minus the build itself.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-./scripts/setup.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pyrsia-target}"
-# The same target selection as `cargo bench --workspace`, so both share one release build.
-cargo build --release -q --workspace --bins --benches
-export PYRSIA_COMETBFT="$root/.tools/bin/cometbft" PYRSIA_BIN="$CARGO_TARGET_DIR/release/pyrsia"
-exec "$CARGO_TARGET_DIR/release/build_overhead"
+exec "$(dirname "$0")/run-release.sh" build_overhead "$@"

@@ -133,24 +133,35 @@ impl LedgerClient {
 
     /// The app hash this node's ledger returned when it executed block `height`.
     pub async fn block_app_hash(&self, height: u64) -> Result<Vec<u8>, ClientError> {
+        Ok(self
+            .block_results(height)
+            .await?
+            .app_hash
+            .as_bytes()
+            .to_vec())
+    }
+
+    async fn block_results(
+        &self,
+        height: u64,
+    ) -> Result<tendermint_rpc::endpoint::block_results::Response, ClientError> {
         let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
-        let results = self
-            .http
+        self.http
             .block_results(h)
             .await
-            .map_err(|e| self.call_err(e))?;
-        Ok(results.app_hash.as_bytes().to_vec())
+            .map_err(|e| self.call_err(e))
+    }
+
+    async fn block(&self, height: u64) -> Result<tendermint::Block, ClientError> {
+        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
+        let response = self.http.block(h).await.map_err(|e| self.call_err(e))?;
+        Ok(response.block)
     }
 
     /// The events of the transactions that succeeded in block `height`, in
     /// block order, followed by the block's own events.
     pub async fn block_events(&self, height: u64) -> Result<Vec<LedgerEvent>, ClientError> {
-        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
-        let results = self
-            .http
-            .block_results(h)
-            .await
-            .map_err(|e| self.call_err(e))?;
+        let results = self.block_results(height).await?;
         let tx_events = results
             .txs_results
             .unwrap_or_default()
@@ -179,17 +190,13 @@ impl LedgerClient {
 
     /// The time in block `height`'s header, in seconds since the epoch.
     pub async fn block_time(&self, height: u64) -> Result<f64, ClientError> {
-        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
-        let block = self.http.block(h).await.map_err(|e| self.call_err(e))?;
-        let t = block.block.header.time.unix_timestamp_nanos();
+        let t = self.block(height).await?.header.time.unix_timestamp_nanos();
         Ok(t as f64 / 1e9)
     }
 
     /// How many transactions block `height` holds.
     pub async fn block_tx_count(&self, height: u64) -> Result<usize, ClientError> {
-        let h: tendermint::block::Height = height.try_into().map_err(|e| self.rpc_err(e))?;
-        let block = self.http.block(h).await.map_err(|e| self.call_err(e))?;
-        Ok(block.block.data.len())
+        Ok(self.block(height).await?.data.len())
     }
 
     /// The chain id, as the node reports it.

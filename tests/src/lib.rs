@@ -41,7 +41,7 @@ pub fn pyrsia_bin() -> PathBuf {
 }
 
 /// A base port such that BASE+10i .. BASE+10i+2 are free for `nodes` nodes.
-pub fn free_base_port(nodes: usize) -> Result<u16> {
+fn free_base_port(nodes: usize) -> Result<u16> {
     let seed = u64::from(std::process::id())
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -59,7 +59,7 @@ pub fn free_base_port(nodes: usize) -> Result<u16> {
 }
 
 /// The first of `count` consecutive free ports.
-pub fn free_port_run(count: usize) -> Result<u16> {
+fn free_port_run(count: usize) -> Result<u16> {
     let seed = u64::from(std::process::id()).wrapping_mul(31)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +123,44 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
         .spawn()?)
 }
 
+/// `pyrsia devnet init` in `dir` on free ports, node 0 declaring `plan`'s
+/// stores and builders; returns the base port (node i's RPC is BASE+10i+1).
+pub fn devnet_init(
+    dir: &Path,
+    validators: usize,
+    timeout_commit: &str,
+    plan: ServicePlan,
+) -> Result<u16> {
+    let base = free_base_port(validators)?;
+    let stores = 1 + plan.regular_builders + plan.trusted_builders;
+    let store_ports = free_port_run(stores * 2)?;
+    let out = Command::new(pyrsia_bin())
+        .args(["--json", "devnet", "init", "--dir"])
+        .arg(dir)
+        .args(["--validators", &validators.to_string()])
+        .args(["--base-port", &base.to_string()])
+        .args(["--chain-id", "pyrsia-test"])
+        .args(["--timeout-commit", timeout_commit])
+        .args(["--builders", &plan.regular_builders.to_string()])
+        .args(["--trusted-builders", &plan.trusted_builders.to_string()])
+        .args(["--store-port-base", &store_ports.to_string()])
+        .args([
+            "--store-api-base",
+            &(store_ports + stores as u16).to_string(),
+        ])
+        .arg("--cometbft")
+        .arg(cometbft())
+        .output()
+        .context("running pyrsia devnet init")?;
+    if !out.status.success() {
+        bail!(
+            "devnet init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(base)
+}
+
 impl Testnet {
     /// Creates `validators` homes with `pyrsia devnet init` and starts them.
     pub async fn start(validators: usize) -> Result<Testnet> {
@@ -156,37 +194,7 @@ impl Testnet {
         plan: ServicePlan,
     ) -> Result<Testnet> {
         let dir = tempfile::tempdir()?;
-        let base = free_base_port(validators)?;
-        let stores = 1 + plan.regular_builders + plan.trusted_builders;
-        let store_ports = free_port_run(stores * 2)?;
-        let out = Command::new(pyrsia_bin())
-            .args(["--json", "devnet", "init", "--dir"])
-            .arg(dir.path())
-            .args(["--validators", &validators.to_string()])
-            .args(["--base-port", &base.to_string()])
-            .args([
-                "--chain-id",
-                "pyrsia-test",
-                "--timeout-commit",
-                timeout_commit,
-            ])
-            .args(["--builders", &plan.regular_builders.to_string()])
-            .args(["--trusted-builders", &plan.trusted_builders.to_string()])
-            .args(["--store-port-base", &store_ports.to_string()])
-            .args([
-                "--store-api-base",
-                &(store_ports + stores as u16).to_string(),
-            ])
-            .arg("--cometbft")
-            .arg(cometbft())
-            .output()
-            .context("running pyrsia devnet init")?;
-        if !out.status.success() {
-            bail!(
-                "devnet init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let base = devnet_init(dir.path(), validators, timeout_commit, plan)?;
         let nodes = (0..validators)
             .map(|i| TestNode {
                 home: dir.path().join(format!("node{i}")),
@@ -402,6 +410,37 @@ impl Testnet {
             .args(["--node", &self.nodes[0].rpc_url, "--json"])
             .args(args)
             .output()?)
+    }
+
+    /// `tx request-build` of `fixture`, signed by key `requester` (created
+    /// if missing), plus `extra` arguments (e.g. `--wait`).
+    pub fn request_build(
+        &self,
+        fixture: &fixtures::Fixture,
+        extra: &[&str],
+    ) -> Result<serde_json::Value> {
+        let key = self.nodes[0].home.join("keys").join("requester.json");
+        if !key.exists() {
+            self.new_key("requester")?;
+        }
+        let mut args = vec![
+            "tx",
+            "request-build",
+            "--key",
+            "requester",
+            "--ecosystem",
+            fixture.ecosystem,
+            "--name",
+            &fixture.name,
+            "--version",
+            &fixture.version,
+            "--repo",
+            &fixture.url,
+            "--commit",
+            &fixture.commit,
+        ];
+        args.extend_from_slice(extra);
+        self.pyrsia_json(&args)
     }
 
     /// Like [`Testnet::pyrsia`], but fails unless the command succeeds, and

@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use pyrsia_chain::RequestRecord;
 use pyrsia_cli::rpc::LedgerClient;
 use pyrsia_e2e::fixtures::GitServer;
-use pyrsia_e2e::{cometbft, free_base_port, free_port_run, pyrsia_bin};
+use pyrsia_e2e::{cometbft, devnet_init, pyrsia_bin, ServicePlan};
 
 /// Processes whose command line mentions `needle` (the test's temp dir).
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -30,33 +30,12 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn node_start_runs_the_whole_network_and_ctrl_c_stops_every_process() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(1).unwrap();
-    let stores = 5;
-    let store_ports = free_port_run(stores * 2).unwrap();
-    let init = Command::new(pyrsia_bin())
-        .args(["--json", "devnet", "init", "--validators", "1", "--dir"])
-        .arg(dir.path())
-        .args([
-            "--base-port",
-            &base.to_string(),
-            "--timeout-commit",
-            "300ms",
-        ])
-        .args(["--builders", "2", "--trusted-builders", "2"])
-        .args(["--store-port-base", &store_ports.to_string()])
-        .args([
-            "--store-api-base",
-            &(store_ports + stores as u16).to_string(),
-        ])
-        .arg("--cometbft")
-        .arg(cometbft())
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let plan = ServicePlan {
+        regular_builders: 2,
+        trusted_builders: 2,
+        timeout_commit: None,
+    };
+    let base = devnet_init(dir.path(), 1, "300ms", plan).unwrap();
     let home = dir.path().join("node0");
     let rpc = format!("http://127.0.0.1:{}", base + 1);
     let mut node = Command::new(pyrsia_bin())

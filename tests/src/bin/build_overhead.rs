@@ -28,7 +28,6 @@ async fn main() -> Result<()> {
     })
     .await?;
     net.start_services().await?;
-    net.new_key("requester")?;
     let client = net.client(0)?;
     let builders: Vec<String> = net
         .service_names()?
@@ -42,25 +41,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     for i in 0..builds {
         let f = git.script_package("bench", &format!("1.0.{i}"), 2)?;
-        let r = net.pyrsia_json(&[
-            "tx",
-            "request-build",
-            "--key",
-            "requester",
-            "--ecosystem",
-            f.ecosystem,
-            "--name",
-            &f.name,
-            "--version",
-            &f.version,
-            "--repo",
-            &f.url,
-            "--commit",
-            &f.commit,
-            "--wait",
-            "--timeout",
-            "600",
-        ])?;
+        let r = net.request_build(&f, &["--wait", "--timeout", "600"])?;
         if r["level"] != "reproducible" {
             bail!("build {i} ended {}", r["level"]);
         }

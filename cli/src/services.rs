@@ -33,10 +33,22 @@ pub struct StoreService {
     pub bootstrap: Option<String>,
     #[serde(default = "default_quota")]
     pub quota: String,
+    /// Upload cap per second (e.g. "20M"); unlimited when absent.
+    #[serde(default)]
+    pub upload_rate: Option<String>,
+    #[serde(default = "default_max_uploads")]
+    pub max_uploads: usize,
+    /// Same-LAN discovery; off in the embedded devnet, whose stores bootstrap.
+    #[serde(default)]
+    pub mdns: bool,
 }
 
 fn default_quota() -> String {
     "10G".to_owned()
+}
+
+fn default_max_uploads() -> usize {
+    16
 }
 
 /// A builder and the store it uploads to.
@@ -48,12 +60,35 @@ pub struct BuilderService {
     pub work_dir: PathBuf,
     #[serde(default)]
     pub ecosystems: Vec<String>,
+    /// Seconds one build may take.
     #[serde(default = "default_build_timeout")]
     pub build_timeout: u64,
+    #[serde(default = "default_max_builds")]
+    pub max_builds: usize,
+    #[serde(default = "default_build_memory")]
+    pub build_memory: String,
+    #[serde(default = "default_build_disk")]
+    pub build_disk: String,
 }
 
 fn default_build_timeout() -> u64 {
     900
+}
+
+fn default_max_builds() -> usize {
+    1
+}
+
+fn default_build_memory() -> String {
+    "4G".to_owned()
+}
+
+fn default_build_disk() -> String {
+    "8G".to_owned()
+}
+
+fn size(key: &str, text: &str) -> Result<u64> {
+    p2p_store::cli::parse_size(text).map_err(|e| anyhow!("{key} = {text:?}: {e}"))
 }
 
 /// Ports of the embedded services: store `i` listens on `libp2p_base + i`
@@ -104,6 +139,9 @@ impl Services {
             api: format!("127.0.0.1:{}", ports.api_base + i),
             bootstrap,
             quota: default_quota(),
+            upload_rate: None,
+            max_uploads: default_max_uploads(),
+            mdns: false,
         };
         let mut stores = vec![store(0, "node", PathBuf::from("store"), None)];
         let mut builders = Vec::new();
@@ -123,6 +161,9 @@ impl Services {
                 work_dir: dir.join("work"),
                 ecosystems: Vec::new(),
                 build_timeout: default_build_timeout(),
+                max_builds: default_max_builds(),
+                build_memory: default_build_memory(),
+                build_disk: default_build_disk(),
             });
         }
         Services { stores, builders }
@@ -179,12 +220,16 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
                 listen: vec![s.listen.parse().context("store listen address")?],
                 api: s.api.parse().context("store api address")?,
                 bootstrap,
-                quota: p2p_store::cli::parse_size(&s.quota).map_err(|e| anyhow!(e))?,
-                upload_rate: None,
-                max_uploads: 16,
+                quota: size("quota", &s.quota)?,
+                upload_rate: s
+                    .upload_rate
+                    .as_deref()
+                    .map(|r| size("upload_rate", r))
+                    .transpose()?,
+                max_uploads: s.max_uploads,
                 stripe_size: 1 << 20,
                 inflight_per_peer: 4,
-                no_mdns: true,
+                no_mdns: !s.mdns,
                 ready_file: Some(ready),
             };
             start.run().await
@@ -204,10 +249,10 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
                 store_api: store.api_url(),
                 ecosystems: b.ecosystems.clone(),
                 work_dir: Some(home.join(&b.work_dir)),
-                max_builds: 1,
+                max_builds: b.max_builds,
                 build_timeout: b.build_timeout,
-                build_memory: 4 << 30,
-                build_disk: 8 << 30,
+                build_memory: size("build_memory", &b.build_memory)?,
+                build_disk: size("build_disk", &b.build_disk)?,
             };
             crate::builder::run(ctx, args).await
         }
@@ -243,4 +288,50 @@ async fn bootstrap_addr(home: &Path, s: &StoreService) -> Result<libp2p::Multiad
     format!("{}/p2p/{peer_id}", s.listen)
         .parse()
         .with_context(|| format!("bootstrap address of store {:?}", s.name))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_embedded_layout_survives_a_round_trip_through_services_toml() {
+        let keys = [(
+            "regular0".to_owned(),
+            PathBuf::from("builders/regular0/key.json"),
+        )];
+        let services = Services::embedded(ServicePorts::default(), &keys);
+        let text = toml_edit::ser::to_string_pretty(&services).unwrap();
+        let back: Services = toml_edit::de::from_str(&text).unwrap();
+        assert_eq!(
+            back.names(),
+            ["store:node", "store:regular0", "builder:regular0"]
+        );
+        assert_eq!(back.store("regular0").unwrap().api, "127.0.0.1:7890");
+        assert_eq!(
+            back.store("regular0").unwrap().bootstrap.as_deref(),
+            Some("node")
+        );
+    }
+
+    #[test]
+    fn omitted_limits_take_their_defaults_and_bad_sizes_are_named() {
+        let text = r#"
+[[builder]]
+name = "b"
+key_file = "k.json"
+store = "s"
+work_dir = "w"
+build_memory = "lots"
+"#;
+        let services: Services = toml_edit::de::from_str(text).unwrap();
+        let b = &services.builders[0];
+        assert_eq!((b.build_timeout, b.max_builds), (900, 1));
+        assert_eq!(size("build_disk", &b.build_disk).unwrap(), 8 << 30);
+        let err = size("build_memory", &b.build_memory)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("build_memory = \"lots\""), "{err}");
+    }
 }

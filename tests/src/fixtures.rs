@@ -53,13 +53,11 @@ impl GitServer {
     pub fn start() -> Result<GitServer> {
         let root = tempfile::tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let daemon = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
+        // `git daemon` forks git-daemon and killing `git` would leave the
+        // daemon behind: run the daemon itself, so Drop stops it.
+        let exec_path = git(root.path(), &["--exec-path"])?;
+        let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.path().display()))
             .arg(root.path())

@@ -40,6 +40,10 @@ pub fn pyrsia_bin() -> PathBuf {
     dir.join("pyrsia")
 }
 
+// Ports are picked below Linux's ephemeral range (32768 and up): a port
+// found free there could be taken by any outgoing connection before the
+// process that should listen on it binds it.
+
 /// A base port such that BASE+10i .. BASE+10i+2 are free for `nodes` nodes.
 fn free_base_port(nodes: usize) -> Result<u16> {
     let seed = u64::from(std::process::id())
@@ -48,7 +52,7 @@ fn free_base_port(nodes: usize) -> Result<u16> {
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
     for attempt in 0..200u64 {
-        let base = 20000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 4000) as u16 * 10;
+        let base = 20000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 1200) as u16 * 10;
         let all_free = (0..nodes as u16)
             .all(|i| (0..3).all(|k| TcpListener::bind(("127.0.0.1", base + 10 * i + k)).is_ok()));
         if all_free {
@@ -66,7 +70,7 @@ fn free_port_run(count: usize) -> Result<u16> {
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
     for attempt in 0..200u64 {
-        let base = 45000 + ((seed.wrapping_mul(6007) + attempt * 7_919) % 15_000) as u16;
+        let base = 10000 + ((seed.wrapping_mul(6007) + attempt * 7_919) % 9_000) as u16;
         if (0..count as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }

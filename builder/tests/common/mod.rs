@@ -20,8 +20,11 @@ impl GitServer {
     pub fn start() -> GitServer {
         let base = tempfile::tempdir().unwrap();
         let port = free_port();
-        let daemon = Command::new("git")
-            .arg("daemon")
+        // `git daemon` forks git-daemon and killing `git` would leave the
+        // daemon behind: run the daemon itself, so Drop stops it.
+        let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+        let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+        let daemon = Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
             .arg("--reuseaddr")
             .arg("--export-all")
             .arg("--informative-errors")

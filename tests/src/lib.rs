@@ -12,6 +12,24 @@ use anyhow::{bail, Context as _, Result};
 use pyrsia_chain::Keypair;
 use pyrsia_cli::rpc::LedgerClient;
 
+/// Request number `i` of a synthetic load: package `pkg{i}` 1.0.0 of
+/// `ecosystem`, from a made-up repository at a made-up commit (nothing builds
+/// it; ledger tests and benches only need distinct, valid requests).
+pub fn synthetic_request(i: usize, ecosystem: &str) -> pyrsia_chain::BuildRequest {
+    pyrsia_chain::BuildRequest {
+        package: pyrsia_chain::PackageId {
+            ecosystem: ecosystem.into(),
+            name: format!("pkg{i}"),
+            version: "1.0.0".into(),
+        },
+        source: pyrsia_chain::SourceRef {
+            repo_url: format!("https://example.org/pkg{i}.git"),
+            commit: format!("{i:040x}"),
+        },
+        recipe: "npm".into(),
+    }
+}
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

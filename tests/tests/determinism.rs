@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use pyrsia_chain::crypto::{approve, sign_tx};
 use pyrsia_chain::{
-    Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId, Params,
-    RegisterBuilder, RequestRecord, SourceRef, TxBody, TxKind,
+    Attest, Digest, GovAction, Governance, Keypair, Output, Params, RegisterBuilder, RequestRecord,
+    TxBody, TxKind,
 };
 use pyrsia_cli::rpc::LedgerClient;
-use pyrsia_e2e::Testnet;
+use pyrsia_e2e::{synthetic_request, Testnet};
 use tendermint::Hash;
 
 struct Signer {
@@ -130,18 +130,7 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
     let mut ids = Vec::new();
     for i in 0..200 {
         let r = &mut requesters[i % 5];
-        let request = BuildRequest {
-            package: PackageId {
-                ecosystem: if i % 3 == 0 { "python" } else { "npm" }.into(),
-                name: format!("pkg{i}"),
-                version: "1.0.0".into(),
-            },
-            source: SourceRef {
-                repo_url: format!("https://example.org/pkg{i}.git"),
-                commit: format!("{i:040x}"),
-            },
-            recipe: "npm".into(),
-        };
+        let request = synthetic_request(i, if i % 3 == 0 { "python" } else { "npm" });
         ids.push(request.id());
         batch.push((r.node, r.tx(&chain_id, TxKind::RequestBuild(request))));
     }

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use pyrsia_chain::crypto::sign_tx;
 use pyrsia_chain::{
-    Attest, BuildRequest, Digest, Keypair, Output, PackageId, RegisterBuilder, RequestRecord,
-    SignedTx, SourceRef, TxBody, TxKind,
+    Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
 use pyrsia_cli::rpc::LedgerClient;
-use pyrsia_e2e::{AppKind, Testnet};
+use pyrsia_e2e::{synthetic_request, AppKind, Testnet};
 
 /// At most one sender per builder key, so nonces stay in order.
 const MAX_SENDERS: usize = 64;
@@ -102,18 +101,7 @@ async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec
     let requester = Keypair::from_seed([200; 32]);
     let mut ids = Vec::new();
     for i in 0..count.div_ceil(3) {
-        let request = BuildRequest {
-            package: PackageId {
-                ecosystem: "npm".into(),
-                name: format!("pkg{i}"),
-                version: "1.0.0".into(),
-            },
-            source: SourceRef {
-                repo_url: format!("https://example.org/pkg{i}.git"),
-                commit: format!("{i:040x}"),
-            },
-            recipe: "npm".into(),
-        };
+        let request = synthetic_request(i, "npm");
         ids.push(request.id());
         let kind = TxKind::RequestBuild(request);
         hashes.push(

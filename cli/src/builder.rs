@@ -361,21 +361,26 @@ const RETRIES: u32 = 3;
 
 async fn run_job(shared: &Shared, id: Digest) {
     let started = Instant::now();
-    let result = build_and_attest(shared, id).await;
+    let record = shared
+        .ledger
+        .query_value::<RequestRecord>(&format!("request/{id}"))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.ok_or_else(|| anyhow!("request {id} is not on the ledger")));
+    let package = record
+        .as_ref()
+        .map(|r| r.origin.package().to_string())
+        .unwrap_or_default();
+    let result = match record {
+        Ok(record) => build_and_attest(shared, record).await,
+        Err(e) => Err(e),
+    };
     let (outcome, error, outputs, log, build_secs) = match result {
         Ok(done) => (done.outcome, None, done.outputs, done.log, done.build_secs),
         Err(e) => {
             tracing::warn!(request = %id, "build failed: {e:#}");
             ("failed", Some(format!("{e:#}")), Vec::new(), None, None)
         }
-    };
-    let package = match shared
-        .ledger
-        .query_value::<RequestRecord>(&format!("request/{id}"))
-        .await
-    {
-        Ok(Some(r)) => r.origin.package().to_string(),
-        _ => String::new(),
     };
     let report = JobReport {
         request_id: id,
@@ -414,13 +419,9 @@ struct Done {
     log: Option<PathBuf>,
 }
 
-async fn build_and_attest(shared: &Shared, id: Digest) -> Result<Done> {
+async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done> {
     let me = shared.key.public();
-    let record: RequestRecord = shared
-        .ledger
-        .query_value(&format!("request/{id}"))
-        .await?
-        .ok_or_else(|| anyhow!("request {id} is not on the ledger"))?;
+    let id = record.id;
     if record.attestations.iter().any(|a| a.attester == me) {
         return Ok(Done {
             outcome: "already_attested",

@@ -91,6 +91,9 @@ struct Entry {
     have: Vec<bool>,
     have_count: u64,
     file: Arc<File>,
+    /// The same data file opened with `O_DIRECT`, while the artifact is a
+    /// partial download on a filesystem that allows it.
+    direct: Option<Arc<File>>,
 }
 
 /// Public summary of one stored artifact.
@@ -129,15 +132,54 @@ pub struct Store {
     root: PathBuf,
     quota: u64,
     inner: Mutex<Inner>,
-    /// Held while verified stripe bytes are copied into the page cache: one
-    /// writer at a time (concurrent buffered writes to one file only spin on
-    /// the inode lock).
-    writer: Mutex<()>,
+    /// Held while a verified stripe is written: one writer at a time
+    /// (concurrent buffered writes to one file only spin on the inode lock),
+    /// which also owns the staging buffer of direct writes.
+    writer: Mutex<StagingBuf>,
 }
 
 /// Stripes are written to the page cache in pieces of this size (a copy
 /// that stays in the CPU caches; measurably faster than one 1 MiB+ write).
 const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Downloaded stripes go to disk with `O_DIRECT` where the filesystem allows
+/// it: on the loopback benchmark the copy into the page cache cost the
+/// downloader more CPU than a SHA-256 pass over the same bytes, while the
+/// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
+/// writes are multiples of this; an unaligned tail is written buffered.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Opens `path` for direct writes, or `None` where `O_DIRECT` is refused
+/// (the store then writes through the page cache).
+fn open_direct(path: &Path) -> Option<Arc<File>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Some(Arc::new(f)),
+        Err(err) => {
+            tracing::debug!(path = %path.display(), %err, "O_DIRECT unavailable; buffered writes");
+            None
+        }
+    }
+}
+
+/// A reusable buffer for direct writes, which need aligned memory.
+#[derive(Debug, Default)]
+struct StagingBuf(Vec<u8>);
+
+impl StagingBuf {
+    /// `len` bytes starting on a [`DIRECT_ALIGN`] boundary.
+    fn aligned(&mut self, len: usize) -> &mut [u8] {
+        if self.0.len() < len + DIRECT_ALIGN {
+            self.0.resize(len + DIRECT_ALIGN, 0);
+        }
+        let start = (DIRECT_ALIGN - self.0.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
+        &mut self.0[start..start + len]
+    }
+}
 
 /// Outcome of `begin_partial`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +229,7 @@ impl Store {
             root,
             quota,
             inner: Mutex::new(inner),
-            writer: Mutex::new(()),
+            writer: Mutex::new(StagingBuf::default()),
         })
     }
 
@@ -327,6 +369,7 @@ impl Store {
             have: vec![true; count as usize],
             have_count: count,
             file: Arc::new(file),
+            direct: None,
         };
         write_meta(&dir, &meta_of(&entry))?;
         inner.used += entry.manifest.size;
@@ -412,6 +455,7 @@ impl Store {
             have: vec![false; count],
             have_count: 0,
             file: Arc::new(file),
+            direct: open_direct(&data),
         };
         write_meta(&dir, &meta_of(&entry))?;
         inner.used += entry.manifest.size;
@@ -422,7 +466,7 @@ impl Store {
     /// Verifies `data` against the manifest digest of stripe `index` and,
     /// only if it matches, writes it. Blocking: call from a blocking context.
     pub fn write_stripe(&self, sha: &Digest, index: u64, data: &[u8]) -> Result<bool, StoreError> {
-        let (file, manifest) = {
+        let (file, direct, manifest) = {
             let inner = self.lock();
             let e = inner
                 .entries
@@ -437,7 +481,7 @@ impl Store {
             if e.have[index as usize] {
                 return Ok(false);
             }
-            (e.file.clone(), e.manifest.clone())
+            (e.file.clone(), e.direct.clone(), e.manifest.clone())
         };
         let len = manifest.stripe_len(index);
         if sha256(data) != manifest.digests[index as usize] {
@@ -455,9 +499,29 @@ impl Store {
         let off = index * u64::from(manifest.stripe_size);
         let path = self.obj_dir(sha).join("data");
         {
-            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut at = off;
-            for piece in data.chunks(WRITE_CHUNK) {
+            let mut staging = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut direct_len = 0;
+            if let Some(direct) = direct.filter(|_| off.is_multiple_of(DIRECT_ALIGN as u64)) {
+                let n = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+                if n > 0 {
+                    let buf = staging.aligned(n);
+                    buf.copy_from_slice(&data[..n]);
+                    match direct.write_all_at(buf, off) {
+                        Ok(()) => direct_len = n,
+                        // The filesystem opened the file direct but refuses
+                        // the write: buffered from now on.
+                        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                            tracing::debug!(path = %path.display(), %err, "O_DIRECT write refused");
+                            if let Some(e) = self.lock().entries.get_mut(sha) {
+                                e.direct = None;
+                            }
+                        }
+                        Err(err) => return Err(io_err(&path)(err)),
+                    }
+                }
+            }
+            let mut at = off + direct_len as u64;
+            for piece in data[direct_len..].chunks(WRITE_CHUNK) {
                 file.write_all_at(piece, at).map_err(io_err(&path))?;
                 at += piece.len() as u64;
             }
@@ -615,6 +679,7 @@ impl Store {
                 return Err(StoreError::NotFound(hex::encode(sha)));
             };
             e.complete = true;
+            e.direct = None;
             e.last_access = clock;
             meta_of(e)
         };
@@ -813,6 +878,11 @@ fn load_entry(dir: &Path) -> Result<Entry, StoreError> {
         have,
         have_count,
         file: Arc::new(file),
+        direct: if meta.complete {
+            None
+        } else {
+            open_direct(&data)
+        },
     })
 }
 
@@ -921,5 +991,71 @@ mod tests {
         let s = Store::open(dir.path(), 1 << 30).unwrap();
         assert!(s.is_complete(&whole, &root));
         assert_eq!(s.read_stripe(&whole, 2).unwrap(), &data[2 * 4096..3 * 4096]);
+    }
+
+    /// Three 16 KiB stripes and a 1000-byte tail, with what each write
+    /// path leaves in the data file.
+    fn unaligned_artifact() -> (Vec<u8>, Digest, Manifest) {
+        let data: Vec<u8> = (0..3 * 16384 + 1000u32)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut b = manifest::ManifestBuilder::new(16384).unwrap();
+        b.update(&data);
+        let (whole, m) = b.finish().unwrap();
+        (data, whole, m)
+    }
+
+    fn download_out_of_order(s: &Store, data: &[u8], whole: Digest, m: &Manifest) {
+        for i in [3u64, 1, 0, 2] {
+            let st = (i * 16384) as usize;
+            let end = (st + 16384).min(data.len());
+            assert!(s.write_stripe(&whole, i, &data[st..end]).unwrap());
+            assert_eq!(s.read_stripe(&whole, i).unwrap(), &data[st..end]);
+        }
+        assert_eq!(s.have(&whole).unwrap(), vec![true; m.count() as usize]);
+        // `None`: the whole file is read back from disk and hashed.
+        s.finish_partial(&whole).unwrap();
+    }
+
+    #[test]
+    fn direct_writes_read_back_identical_including_an_unaligned_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, whole, m) = unaligned_artifact();
+        let root = m.root();
+        let s = Store::open(dir.path(), 1 << 30).unwrap();
+        s.begin_partial(whole, root, m.clone(), false).unwrap();
+        assert!(
+            s.lock().entries[&whole].direct.is_some(),
+            "the test directory's filesystem refused O_DIRECT"
+        );
+        download_out_of_order(&s, &data, whole, &m);
+        assert!(s.lock().entries[&whole].direct.is_none());
+        let (mut f, size) = s.open_complete(&whole, &root).unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn buffered_writes_where_o_direct_is_unavailable_give_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, whole, m) = unaligned_artifact();
+        let root = m.root();
+        let s = Store::open(dir.path(), 1 << 30).unwrap();
+        s.begin_partial(whole, root, m.clone(), false).unwrap();
+        s.lock().entries.get_mut(&whole).unwrap().direct = None;
+        download_out_of_order(&s, &data, whole, &m);
+        assert_eq!(fs::read(s.obj_dir(&whole).join("data")).unwrap(), data);
+    }
+
+    #[test]
+    fn staging_buffer_slices_start_on_the_direct_alignment() {
+        let mut b = StagingBuf::default();
+        for len in [4096, 1 << 20, 8192, 3 << 20] {
+            let s = b.aligned(len);
+            assert_eq!(s.len(), len);
+            assert_eq!(s.as_ptr().addr() % DIRECT_ALIGN, 0);
+        }
     }
 }

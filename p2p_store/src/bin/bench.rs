@@ -37,6 +37,9 @@ enum Bench {
         /// Stripe requests in flight per peer.
         #[arg(long, default_value_t = 4)]
         inflight: usize,
+        /// Store and curl fetches, alternated; the median ratio is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// Work directory (needs about (seeders + 3) × size of disk).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -252,6 +255,7 @@ async fn loopback(
     k: usize,
     ss: u64,
     inflight: usize,
+    rounds: usize,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
     let work = dir.join(format!("pyrsia-bench-{}", std::process::id()));
@@ -272,41 +276,55 @@ async fn loopback(
     }
     let put = seeder_put(&seeders[0], &file, ss)?;
     let refs: Vec<&Seeder> = seeders.iter().collect();
-    eprintln!("fetching from {k} seeder(s)…");
-    let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, inflight).await?;
-    let store_rate = mib_s(size, secs);
-    drop(seeders);
-
     let (addr, server) = serve_file(file.clone()).await?;
     let out = work.join("curl.out");
-    let t = Instant::now();
-    let st = Command::new("curl")
-        .args(["-s", "-o"])
-        .arg(&out)
-        .arg(format!("http://{addr}/file"))
-        .status()?;
-    let curl_secs = t.elapsed().as_secs_f64();
-    server.abort();
-    if !st.success() || std::fs::metadata(&out)?.len() != size {
-        bail!("curl failed");
+    // The two sides alternate, so that a burst of load from elsewhere on the
+    // machine lands on both; the median ratio is the figure.
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 1..=rounds.max(1) {
+        eprintln!("round {round}: fetching from {k} seeder(s)…");
+        let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, inflight).await?;
+        let store_rate = mib_s(size, secs);
+        let t = Instant::now();
+        let st = Command::new("curl")
+            .args(["-s", "-o"])
+            .arg(&out)
+            .arg(format!("http://{addr}/file"))
+            .status()?;
+        let curl_secs = t.elapsed().as_secs_f64();
+        if !st.success() || std::fs::metadata(&out)?.len() != size {
+            bail!("curl failed");
+        }
+        std::fs::remove_file(&out)?;
+        let curl_rate = mib_s(size, curl_secs);
+        let ratio = store_rate / curl_rate;
+        ratios.push(ratio);
+        println!(
+            "loopback round {round} size={}MiB seeders={k} stripe={}KiB inflight={inflight}: store {:.1} MiB/s ({:.2}s, stripes/peer {:?}), curl {:.1} MiB/s ({:.2}s), ratio {:.2}",
+            size >> 20,
+            ss >> 10,
+            store_rate,
+            secs,
+            p.per_peer.values().collect::<Vec<_>>(),
+            curl_rate,
+            curl_secs,
+            ratio
+        );
     }
-    let curl_rate = mib_s(size, curl_secs);
+    server.abort();
+    drop(seeders);
     let _ = std::fs::remove_dir_all(&work);
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
     println!(
-        "loopback size={}MiB seeders={k} stripe={}KiB: store {:.1} MiB/s ({:.2}s, stripes/peer {:?}), curl {:.1} MiB/s ({:.2}s), ratio {:.2}",
-        size >> 20,
-        ss >> 10,
-        store_rate,
-        secs,
-        p.per_peer.values().collect::<Vec<_>>(),
-        curl_rate,
-        curl_secs,
-        store_rate / curl_rate
+        "loopback median ratio {median:.2} over {} rounds",
+        sorted.len()
     );
     println!(
         "{}",
         serde_json::json!({"bench": "loopback", "size": size, "seeders": k, "stripe_size": ss,
-            "store_mib_s": store_rate, "curl_mib_s": curl_rate, "ratio": store_rate / curl_rate})
+            "inflight": inflight, "ratios": ratios, "median_ratio": median})
     );
     Ok(())
 }
@@ -492,6 +510,7 @@ async fn main() -> anyhow::Result<()> {
             seeders,
             stripe_size,
             inflight,
+            rounds,
             dir,
         } => {
             loopback(
@@ -499,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
                 seeders.max(1),
                 stripe_size,
                 inflight.max(1),
+                rounds,
                 dir.unwrap_or_else(std::env::temp_dir),
             )
             .await

@@ -23,6 +23,7 @@ use crate::manifest::{Digest, Manifest};
 use crate::node::{lock, Node, NodeError, RequestError};
 use crate::protocol::{ErrorCode, Request, Response};
 use crate::store::{Begin, StoreError};
+use crate::twin_sha::Sha256State;
 
 /// At most this many peers serve one download at a time.
 pub const MAX_ACTIVE_PEERS: usize = 16;
@@ -285,6 +286,8 @@ enum Event {
         bytes: u64,
         res: Result<bool, StoreError>,
         data: Option<Vec<u8>>,
+        /// Verified by the in-order hasher, which has hashed it in already.
+        hashed: bool,
     },
     /// An early `fdatasync` of the partial finished.
     Synced(Result<(), StoreError>),
@@ -295,63 +298,144 @@ enum Event {
 /// the sync that completes the download.
 const SYNC_EVERY: u64 = 64 << 20;
 
-/// Whole-file SHA-256 computed while the download runs: verified stripes are
-/// fed in order on a blocking thread. A stripe that completes ahead of its
-/// turn is kept in memory (up to [`HASH_AHEAD_BYTES`]) rather than read back
-/// from disk later; beyond that bound it is dropped and re-read when its turn
-/// comes. Bounded channel: back-pressure.
+/// Whole-file SHA-256 computed while the download runs, on a blocking
+/// thread that takes stripes in order. A stripe still to be verified
+/// ([`ToHasher::Unverified`]) is checked here when its turn comes, its own
+/// digest and the whole-file digest computed in one pass
+/// ([`Sha256State::update_and_digest`]); one verified elsewhere
+/// ([`ToHasher::Verified`]) only feeds the whole-file digest. Stripes that
+/// complete ahead of their turn are held in memory: unverified ones up to
+/// [`HASH_AHEAD_BYTES`] (the downloader routes the rest to be verified
+/// alone), verified ones up to the same bound, beyond which they are re-read
+/// from disk when their turn comes. Bounded channel: back-pressure.
 struct InOrderHasher {
-    tx: tokio::sync::mpsc::Sender<(u64, Option<Vec<u8>>)>,
+    tx: tokio::sync::mpsc::Sender<ToHasher>,
     done: tokio::task::JoinHandle<Option<Digest>>,
 }
 
-/// Out-of-order verified stripes the whole-file hasher holds in memory.
+enum ToHasher {
+    Verified {
+        index: u64,
+        data: Option<Vec<u8>>,
+    },
+    Unverified {
+        index: u64,
+        data: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Checked>,
+    },
+}
+
+/// The hasher's verdict on an unverified stripe.
+enum Checked {
+    /// The bytes match the manifest; to be written.
+    Good(Vec<u8>),
+    Bad(StoreError),
+    /// Already hashed in: this copy is not needed.
+    Duplicate,
+}
+
+enum Held {
+    Verified(Option<Vec<u8>>),
+    Unverified(Vec<u8>, tokio::sync::oneshot::Sender<Checked>),
+}
+
+/// Out-of-order stripes the whole-file hasher holds in memory, of each kind.
 const HASH_AHEAD_BYTES: usize = 24 << 20;
 
 impl InOrderHasher {
-    fn start(store: Arc<crate::store::Store>, sha: Digest, count: u64) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Option<Vec<u8>>)>(8);
+    fn start(store: Arc<crate::store::Store>, sha: Digest, manifest: Arc<Manifest>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ToHasher>(8);
         let done = tokio::task::spawn_blocking(move || {
-            use sha2::Digest as _;
-            let mut h = sha2::Sha256::new();
+            let count = manifest.count();
+            let mut whole = Sha256State::default();
             let mut next = 0u64;
-            // Stripes ahead of `next`: with their bytes, or to be re-read.
-            let mut ahead: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
-            let mut held = 0usize;
-            while let Some((i, data)) = rx.blocking_recv() {
-                if i < next {
-                    continue;
-                }
-                let data = match data {
-                    Some(d) if i != next && held + d.len() > HASH_AHEAD_BYTES => {
-                        crate::bufpool::give(d);
-                        None
+            let mut ahead: BTreeMap<u64, Held> = BTreeMap::new();
+            let mut held_verified = 0usize;
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    ToHasher::Verified { index, .. } if index < next => {}
+                    ToHasher::Verified { index, data } => {
+                        let data = match data {
+                            Some(d)
+                                if index != next && held_verified + d.len() > HASH_AHEAD_BYTES =>
+                            {
+                                crate::bufpool::give(d);
+                                None
+                            }
+                            d => d,
+                        };
+                        held_verified += data.as_ref().map_or(0, Vec::len);
+                        ahead.insert(index, Held::Verified(data));
                     }
-                    d => d,
-                };
-                held += data.as_ref().map_or(0, Vec::len);
-                ahead.insert(i, data);
-                while let Some(d) = ahead.remove(&next) {
-                    match d {
-                        Some(d) => {
-                            held -= d.len();
-                            h.update(&d);
+                    ToHasher::Unverified { index, data, reply } => {
+                        if index < next || ahead.contains_key(&index) {
+                            crate::bufpool::give(data);
+                            let _ = reply.send(Checked::Duplicate);
+                        } else {
+                            ahead.insert(index, Held::Unverified(data, reply));
+                        }
+                    }
+                }
+                while let Some(held) = ahead.remove(&next) {
+                    match held {
+                        Held::Verified(Some(d)) => {
+                            held_verified -= d.len();
+                            whole.update(&d);
                             crate::bufpool::give(d);
                         }
-                        None => match store.read_stripe(&sha, next) {
+                        Held::Verified(None) => match store.read_stripe(&sha, next) {
                             Ok(d) => {
-                                h.update(&d);
+                                whole.update(&d);
                                 crate::bufpool::give(d);
                             }
                             Err(_) => return None,
+                        },
+                        Held::Unverified(d, reply) => match check(&manifest, next, &mut whole, d) {
+                            Checked::Good(d) => {
+                                let _ = reply.send(Checked::Good(d));
+                            }
+                            verdict => {
+                                // `next` stays: another copy is on its way.
+                                let _ = reply.send(verdict);
+                                break;
+                            }
                         },
                     }
                     next += 1;
                 }
             }
-            (next == count).then(|| h.finalize().into())
+            (next == count).then(|| whole.finalize())
         });
         Self { tx, done }
+    }
+}
+
+/// Checks stripe `index` against the manifest, advancing `whole` over it
+/// only if it matches.
+fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: Vec<u8>) -> Checked {
+    let expected = manifest.digests[index as usize];
+    let len = manifest.stripe_len(index);
+    if data.len() as u64 != len {
+        let verdict = if crate::manifest::sha256(&data) == expected {
+            // The right bytes at a length the manifest's geometry contradicts.
+            StoreError::GeometryMismatch {
+                index,
+                expected: len,
+                got: data.len() as u64,
+            }
+        } else {
+            StoreError::BadStripe { index }
+        };
+        crate::bufpool::give(data);
+        return Checked::Bad(verdict);
+    }
+    let mut advanced = whole.clone();
+    if advanced.update_and_digest(&data) == expected {
+        *whole = advanced;
+        Checked::Good(data)
+    } else {
+        crate::bufpool::give(data);
+        Checked::Bad(StoreError::BadStripe { index })
     }
 }
 
@@ -380,6 +464,8 @@ struct Downloader {
     phase: Phase,
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     hasher: Option<InOrderHasher>,
+    /// Bytes of unverified stripes handed to the hasher and not yet answered.
+    hasher_held: usize,
     /// The peer whose manifest was adopted.
     manifest_from: Option<PeerId>,
     /// EWMA of stripe request latency, seconds.
@@ -419,6 +505,7 @@ impl Downloader {
             phase: Phase::Discovering,
             events: FuturesUnordered::new(),
             hasher: None,
+            hasher_held: 0,
             manifest_from: None,
             latency: None,
             overdue: BTreeSet::new(),
@@ -770,12 +857,19 @@ impl Downloader {
         self.done = have.iter().filter(|h| **h).count() as u64;
         self.resumed = self.done;
         self.missing = (0..n).filter(|i| !have[*i as usize]).collect();
-        let hasher = InOrderHasher::start(self.node.store().clone(), self.req.sha256, n);
+        let m = Arc::new(m);
+        let hasher = InOrderHasher::start(self.node.store().clone(), self.req.sha256, m.clone());
         for i in (0..n).filter(|i| have[*i as usize]) {
-            let _ = hasher.tx.send((i, None)).await;
+            let _ = hasher
+                .tx
+                .send(ToHasher::Verified {
+                    index: i,
+                    data: None,
+                })
+                .await;
         }
         self.hasher = Some(hasher);
-        self.manifest = Some(Arc::new(m));
+        self.manifest = Some(m);
         self.phase = Phase::Stripes;
         self.last_progress = Instant::now();
         // Serve what we have (and will have) while downloading.
@@ -909,6 +1003,77 @@ impl Downloader {
         }
     }
 
+    /// Verifies a received stripe and writes it: in the in-order hasher
+    /// while it has room (one pass for both digests), otherwise alone on a
+    /// blocking thread. Either way an [`Event::Stored`] follows.
+    async fn verify_and_store(&mut self, peer: PeerId, index: u64, data: Vec<u8>) {
+        let store = self.node.store().clone();
+        let sha = self.req.sha256;
+        let bytes = data.len() as u64;
+        let mut data = Some(data);
+        let mut checked = None;
+        if let Some(h) = &self.hasher {
+            if self.hasher_held + bytes as usize <= HASH_AHEAD_BYTES {
+                let (reply, verdict) = tokio::sync::oneshot::channel();
+                let msg = ToHasher::Unverified {
+                    index,
+                    data: data.take().unwrap_or_default(),
+                    reply,
+                };
+                match h.tx.send(msg).await {
+                    Ok(()) => {
+                        self.hasher_held += bytes as usize;
+                        checked = Some(verdict);
+                    }
+                    // The hasher has stopped: verify alone.
+                    Err(e) => {
+                        if let ToHasher::Unverified { data: d, .. } = e.0 {
+                            data = Some(d);
+                        }
+                    }
+                }
+            }
+        }
+        let stopped = || StoreError::Io {
+            path: Default::default(),
+            source: std::io::Error::other("stripe verification stopped"),
+        };
+        let hashed = checked.is_some();
+        let fut = async move {
+            let verified = match checked {
+                Some(verdict) => match verdict.await {
+                    Ok(Checked::Good(d)) => Ok(d),
+                    Ok(Checked::Bad(e)) => Err(Err(e)),
+                    Ok(Checked::Duplicate) => Err(Ok(false)),
+                    Err(_) => Err(Err(stopped())),
+                },
+                None => Ok(data.unwrap_or_default()),
+            };
+            let (res, data) = match verified {
+                Ok(d) => tokio::task::spawn_blocking(move || {
+                    let r = if hashed {
+                        store.write_checked(&sha, index, &d)
+                    } else {
+                        store.write_stripe(&sha, index, &d)
+                    };
+                    (r, Some(d))
+                })
+                .await
+                .unwrap_or_else(|_| (Err(stopped()), None)),
+                Err(res) => (res, None),
+            };
+            Event::Stored {
+                peer,
+                index,
+                bytes,
+                res,
+                data,
+                hashed,
+            }
+        };
+        self.events.push(fut.boxed());
+    }
+
     async fn handle(&mut self, ev: Event) -> Result<(), FetchError> {
         match ev {
             Event::Synced(r) => {
@@ -1027,35 +1192,9 @@ impl Downloader {
                             let s = &mut self.stripes[index as usize];
                             if !s.done && !s.verifying {
                                 s.verifying = true;
-                                let store = self.node.store().clone();
-                                let sha = self.req.sha256;
-                                let bytes = data.len() as u64;
-                                self.events.push(
-                                    async move {
-                                        let (res, data) = tokio::task::spawn_blocking(move || {
-                                            let r = store.write_stripe(&sha, index, &data);
-                                            (r, Some(data))
-                                        })
-                                        .await
-                                        .unwrap_or_else(|e| {
-                                            (
-                                                Err(StoreError::Io {
-                                                    path: Default::default(),
-                                                    source: std::io::Error::other(e.to_string()),
-                                                }),
-                                                None,
-                                            )
-                                        });
-                                        Event::Stored {
-                                            peer,
-                                            index,
-                                            bytes,
-                                            res,
-                                            data,
-                                        }
-                                    }
-                                    .boxed(),
-                                );
+                                self.verify_and_store(peer, index, data).await;
+                            } else {
+                                crate::bufpool::give(data);
                             }
                         }
                     }
@@ -1102,9 +1241,13 @@ impl Downloader {
                 bytes,
                 res,
                 data,
+                hashed,
             } => {
                 if let Some(s) = self.stripes.get_mut(index as usize) {
                     s.verifying = false;
+                }
+                if hashed {
+                    self.hasher_held -= bytes as usize;
                 }
                 match res {
                     Ok(_) => {
@@ -1120,9 +1263,9 @@ impl Downloader {
                                 self.last_progress = Instant::now();
                             }
                         }
-                        if newly {
+                        if newly && !hashed {
                             if let Some(h) = &self.hasher {
-                                let _ = h.tx.send((index, data)).await;
+                                let _ = h.tx.send(ToHasher::Verified { index, data }).await;
                             }
                             self.unsynced += bytes;
                             self.maybe_sync();

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod node;
 pub mod protocol;
 pub mod store;
+mod twin_sha;
 
 pub use download::{DownloadHandle, FetchError, FetchRequest, Phase, Progress};
 pub use manifest::{Digest, Manifest, DEFAULT_STRIPE_SIZE};

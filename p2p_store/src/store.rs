@@ -466,6 +466,30 @@ impl Store {
     /// Verifies `data` against the manifest digest of stripe `index` and,
     /// only if it matches, writes it. Blocking: call from a blocking context.
     pub fn write_stripe(&self, sha: &Digest, index: u64, data: &[u8]) -> Result<bool, StoreError> {
+        let manifest = self
+            .manifest(sha)
+            .map(|(m, _)| m)
+            .ok_or_else(|| StoreError::NotFound(hex::encode(sha)))?;
+        let Some(expected) = manifest.digests.get(index as usize) else {
+            return Err(StoreError::StripeOutOfRange {
+                index,
+                count: manifest.count(),
+            });
+        };
+        if &sha256(data) != expected {
+            return Err(StoreError::BadStripe { index });
+        }
+        self.write_checked(sha, index, data)
+    }
+
+    /// Writes stripe `index` whose bytes the caller has already hashed to
+    /// the manifest's digest. Blocking.
+    pub(crate) fn write_checked(
+        &self,
+        sha: &Digest,
+        index: u64,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
         let (file, direct, manifest) = {
             let inner = self.lock();
             let e = inner
@@ -484,9 +508,6 @@ impl Store {
             (e.file.clone(), e.direct.clone(), e.manifest.clone())
         };
         let len = manifest.stripe_len(index);
-        if sha256(data) != manifest.digests[index as usize] {
-            return Err(StoreError::BadStripe { index });
-        }
         if data.len() as u64 != len {
             // The right bytes, but the manifest's size/stripe size put a
             // different length here: the manifest lied, not the sender.

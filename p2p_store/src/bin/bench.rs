@@ -83,6 +83,23 @@ fn make_file(path: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes and deletes `size` bytes of scratch. Run before every timed
+/// transfer: in this VM, page-cache pages the guest freed a moment ago are
+/// backed by host memory while long-idle free pages are not, and a writer
+/// that must fault fresh pages in ran up to 2× slower. Without it, `curl`
+/// after a store fetch (which bypasses the page cache) was penalised.
+fn warm_free_pages(dir: &Path, size: u64) -> anyhow::Result<()> {
+    let scratch = dir.join("scratch");
+    let mut f = std::fs::File::create(&scratch)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..size.div_ceil(chunk.len() as u64) {
+        f.write_all(&chunk)?;
+    }
+    drop(f);
+    std::fs::remove_file(&scratch)?;
+    Ok(())
+}
+
 fn store_exe() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.parent().context("exe dir")?.join("pyrsia-store");
@@ -283,8 +300,10 @@ async fn loopback(
     let mut ratios = Vec::with_capacity(rounds);
     for round in 1..=rounds.max(1) {
         eprintln!("round {round}: fetching from {k} seeder(s)…");
+        warm_free_pages(&work, size)?;
         let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, inflight).await?;
         let store_rate = mib_s(size, secs);
+        warm_free_pages(&work, size)?;
         let t = Instant::now();
         let st = Command::new("curl")
             .args(["-s", "-o"])

@@ -1298,3 +1298,63 @@ impl Downloader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_in_order_check_advances_the_whole_file_digest_only_over_good_stripes() {
+        let data: Vec<u8> = (0..2 * 4096 + 10u32)
+            .map(|i| (i * 13 % 256) as u8)
+            .collect();
+        let mut b = crate::manifest::ManifestBuilder::new(4096).unwrap();
+        b.update(&data);
+        let (whole_sha, m) = b.finish().unwrap();
+        let mut whole = Sha256State::default();
+
+        let mut bad = data[..4096].to_vec();
+        bad[7] ^= 1;
+        assert!(matches!(
+            check(&m, 0, &mut whole, bad),
+            Checked::Bad(StoreError::BadStripe { index: 0 })
+        ));
+        // The right bytes of stripe 0 cut short: they match no digest.
+        assert!(matches!(
+            check(&m, 0, &mut whole, data[..4000].to_vec()),
+            Checked::Bad(StoreError::BadStripe { index: 0 })
+        ));
+        for (i, chunk) in data.chunks(4096).enumerate() {
+            assert!(matches!(
+                check(&m, i as u64, &mut whole, chunk.to_vec()),
+                Checked::Good(d) if d == chunk
+            ));
+        }
+        assert_eq!(whole.finalize(), whole_sha);
+    }
+
+    #[test]
+    fn right_bytes_at_a_length_the_manifest_contradicts_are_a_geometry_mismatch() {
+        let data = vec![9u8; 4096 + 100];
+        let mut b = crate::manifest::ManifestBuilder::new(4096).unwrap();
+        b.update(&data);
+        let (_, mut m) = b.finish().unwrap();
+        // A manifest whose last digest is that of 50 bytes, while its size
+        // says the last stripe holds 100.
+        m.digests[1] = crate::manifest::sha256(&data[4096..4146]);
+        let mut whole = Sha256State::default();
+        assert!(matches!(
+            check(&m, 0, &mut whole, data[..4096].to_vec()),
+            Checked::Good(_)
+        ));
+        assert!(matches!(
+            check(&m, 1, &mut whole, data[4096..4146].to_vec()),
+            Checked::Bad(StoreError::GeometryMismatch {
+                index: 1,
+                expected: 100,
+                got: 50
+            })
+        ));
+    }
+}

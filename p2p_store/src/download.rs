@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::manifest::{Digest, Manifest};
 use crate::node::{lock, Node, NodeError, RequestError};
 use crate::protocol::{ErrorCode, Request, Response};
-use crate::store::{Begin, StoreError};
+use crate::store::{AlignedBuf, Begin, StoreError};
 use crate::twin_sha::Sha256State;
 
 /// At most this many peers serve one download at a time.
@@ -327,8 +327,8 @@ enum ToHasher {
 
 /// The hasher's verdict on an unverified stripe.
 enum Checked {
-    /// The bytes match the manifest; to be written.
-    Good(Vec<u8>),
+    /// The bytes match the manifest: copied to aligned memory, to be written.
+    Good(AlignedBuf),
     Bad(StoreError),
     /// Already hashed in: this copy is not needed.
     Duplicate,
@@ -430,11 +430,14 @@ fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: Vec<u8>
         return Checked::Bad(verdict);
     }
     let mut advanced = whole.clone();
-    if advanced.update_and_digest(&data) == expected {
+    let mut copy = AlignedBuf::take(data.len());
+    let digest = advanced.update_and_digest(&data, copy.as_mut_slice());
+    crate::bufpool::give(data);
+    if digest == expected {
         *whole = advanced;
-        Checked::Good(data)
+        Checked::Good(copy)
     } else {
-        crate::bufpool::give(data);
+        copy.give();
         Checked::Bad(StoreError::BadStripe { index })
     }
 }
@@ -1040,27 +1043,27 @@ impl Downloader {
         };
         let hashed = checked.is_some();
         let fut = async move {
-            let verified = match checked {
+            let (res, data) = match checked {
                 Some(verdict) => match verdict.await {
-                    Ok(Checked::Good(d)) => Ok(d),
-                    Ok(Checked::Bad(e)) => Err(Err(e)),
-                    Ok(Checked::Duplicate) => Err(Ok(false)),
-                    Err(_) => Err(Err(stopped())),
+                    Ok(Checked::Good(staged)) => tokio::task::spawn_blocking(move || {
+                        let r = store.write_checked(&sha, index, staged.as_slice());
+                        staged.give();
+                        (r, None)
+                    })
+                    .await
+                    .unwrap_or_else(|_| (Err(stopped()), None)),
+                    Ok(Checked::Bad(e)) => (Err(e), None),
+                    Ok(Checked::Duplicate) => (Ok(false), None),
+                    Err(_) => (Err(stopped()), None),
                 },
-                None => Ok(data.unwrap_or_default()),
-            };
-            let (res, data) = match verified {
-                Ok(d) => tokio::task::spawn_blocking(move || {
-                    let r = if hashed {
-                        store.write_checked(&sha, index, &d)
-                    } else {
-                        store.write_stripe(&sha, index, &d)
-                    };
-                    (r, Some(d))
-                })
-                .await
-                .unwrap_or_else(|_| (Err(stopped()), None)),
-                Err(res) => (res, None),
+                None => {
+                    let d = data.unwrap_or_default();
+                    tokio::task::spawn_blocking(move || {
+                        (store.write_stripe(&sha, index, &d), Some(d))
+                    })
+                    .await
+                    .unwrap_or_else(|_| (Err(stopped()), None))
+                }
             };
             Event::Stored {
                 peer,
@@ -1328,7 +1331,7 @@ mod tests {
         for (i, chunk) in data.chunks(4096).enumerate() {
             assert!(matches!(
                 check(&m, i as u64, &mut whole, chunk.to_vec()),
-                Checked::Good(d) if d == chunk
+                Checked::Good(d) if d.as_slice() == chunk
             ));
         }
         assert_eq!(whole.finalize(), whole_sha);

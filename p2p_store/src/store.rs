@@ -133,9 +133,8 @@ pub struct Store {
     quota: u64,
     inner: Mutex<Inner>,
     /// Held while a verified stripe is written: one writer at a time
-    /// (concurrent buffered writes to one file only spin on the inode lock),
-    /// which also owns the staging buffer of direct writes.
-    writer: Mutex<StagingBuf>,
+    /// (concurrent buffered writes to one file only spin on the inode lock).
+    writer: Mutex<()>,
 }
 
 /// Stripes are written to the page cache in pieces of this size (a copy
@@ -147,7 +146,7 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// downloader more CPU than a SHA-256 pass over the same bytes, while the
 /// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
 /// writes are multiples of this; an unaligned tail is written buffered.
-const DIRECT_ALIGN: usize = 4096;
+pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 /// Opens `path` for direct writes, or `None` where `O_DIRECT` is refused
 /// (the store then writes through the page cache).
@@ -166,18 +165,33 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
     }
 }
 
-/// A reusable buffer for direct writes, which need aligned memory.
-#[derive(Debug, Default)]
-struct StagingBuf(Vec<u8>);
+/// Bytes at a [`DIRECT_ALIGN`]ed address, in a recycled buffer: a direct
+/// write takes them without a copy.
+#[derive(Debug)]
+pub(crate) struct AlignedBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
 
-impl StagingBuf {
-    /// `len` bytes starting on a [`DIRECT_ALIGN`] boundary.
-    fn aligned(&mut self, len: usize) -> &mut [u8] {
-        if self.0.len() < len + DIRECT_ALIGN {
-            self.0.resize(len + DIRECT_ALIGN, 0);
-        }
-        let start = (DIRECT_ALIGN - self.0.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        &mut self.0[start..start + len]
+impl AlignedBuf {
+    /// `len` bytes whose contents are unspecified: the caller overwrites them.
+    pub(crate) fn take(len: usize) -> Self {
+        let buf = crate::bufpool::take(len + DIRECT_ALIGN);
+        let start = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
+        Self { buf, start, len }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    pub(crate) fn give(self) {
+        crate::bufpool::give(self.buf);
     }
 }
 
@@ -229,7 +243,7 @@ impl Store {
             root,
             quota,
             inner: Mutex::new(inner),
-            writer: Mutex::new(StagingBuf::default()),
+            writer: Mutex::new(()),
         })
     }
 
@@ -520,14 +534,24 @@ impl Store {
         let off = index * u64::from(manifest.stripe_size);
         let path = self.obj_dir(sha).join("data");
         {
-            let mut staging = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut direct_len = 0;
             if let Some(direct) = direct.filter(|_| off.is_multiple_of(DIRECT_ALIGN as u64)) {
                 let n = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
                 if n > 0 {
-                    let buf = staging.aligned(n);
-                    buf.copy_from_slice(&data[..n]);
-                    match direct.write_all_at(buf, off) {
+                    // Bytes the downloader's hasher staged come aligned;
+                    // others are copied to aligned memory first.
+                    let staged = (!data.as_ptr().addr().is_multiple_of(DIRECT_ALIGN)).then(|| {
+                        let mut b = AlignedBuf::take(n);
+                        b.as_mut_slice().copy_from_slice(&data[..n]);
+                        b
+                    });
+                    let buf = staged.as_ref().map_or(&data[..n], AlignedBuf::as_slice);
+                    let written = direct.write_all_at(buf, off);
+                    if let Some(b) = staged {
+                        b.give();
+                    }
+                    match written {
                         Ok(()) => direct_len = n,
                         // The filesystem opened the file direct but refuses
                         // the write: buffered from now on.
@@ -1071,12 +1095,12 @@ mod tests {
     }
 
     #[test]
-    fn staging_buffer_slices_start_on_the_direct_alignment() {
-        let mut b = StagingBuf::default();
-        for len in [4096, 1 << 20, 8192, 3 << 20] {
-            let s = b.aligned(len);
-            assert_eq!(s.len(), len);
-            assert_eq!(s.as_ptr().addr() % DIRECT_ALIGN, 0);
+    fn aligned_buffers_start_on_the_direct_alignment() {
+        for len in [4096, 1 << 20, 8192, 3 << 20, 100] {
+            let mut b = AlignedBuf::take(len);
+            assert_eq!(b.as_mut_slice().len(), len);
+            assert_eq!(b.as_slice().as_ptr().addr() % DIRECT_ALIGN, 0);
+            b.give();
         }
     }
 }

@@ -299,8 +299,8 @@ async fn loopback(
     // machine lands on both; the median ratio is the figure.
     let mut ratios = Vec::with_capacity(rounds);
     for round in 1..=rounds.max(1) {
-        eprintln!("round {round}: fetching from {k} seeder(s)…");
         warm_free_pages(&work, size)?;
+        eprintln!("round {round}: fetching from {k} seeder(s)…");
         let (secs, p) = fetch_from(&work.join("downloader"), &refs, &put, inflight).await?;
         let store_rate = mib_s(size, secs);
         warm_free_pages(&work, size)?;

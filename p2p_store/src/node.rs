@@ -777,6 +777,19 @@ async fn run_swarm(
                 }
             }
             _ = announce.tick() => {
+                // A LAN peer whose first dial failed would otherwise wait for
+                // mDNS's next query (5 min): dial it again while its record lives.
+                let lan: Vec<PeerId> = swarm
+                    .behaviour()
+                    .mdns
+                    .as_ref()
+                    .map(|m| m.discovered_nodes().copied().collect())
+                    .unwrap_or_default();
+                for peer in lan {
+                    if !swarm.is_connected(&peer) {
+                        let _ = swarm.dial(peer);
+                    }
+                }
                 if peers_changed && last_announce.is_none_or(|t| t.elapsed() >= REANNOUNCE_EVERY) {
                     let Some(sh) = shared.upgrade() else { break };
                     for key in sh.store.provided() {

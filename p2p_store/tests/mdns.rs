@@ -126,7 +126,9 @@ fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str,
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
+        .env("RUST_LOG", "info,libp2p_mdns=debug,libp2p_swarm=debug")
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let mut p = Proc {
@@ -258,10 +260,17 @@ fn same_lan_peers_find_each_other_by_mdns_without_bootstrap_and_no_mdns_turns_it
     );
     let b = spawn_store(b_ns, &dir.join("b"), "/ip4/10.231.0.2/tcp/44000", &[], &[]);
     let took = wait_found(&a, &b, 30).unwrap_or_else(|| {
+        let log = |who: &str| {
+            let text = std::fs::read_to_string(dir.join(who).join("stderr.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
         panic!(
-            "B did not find A by mDNS within 30 s (B sees {:?}, A sees {:?})",
+            "B did not find A by mDNS within 30 s (B sees {:?}, A sees {:?})\n--- A's log ---\n{}\n--- B's log ---\n{}",
             connected_peers(&b),
-            connected_peers(&a)
+            connected_peers(&a),
+            log("a"),
+            log("b")
         )
     });
     eprintln!("mDNS discovery took {took:?}");

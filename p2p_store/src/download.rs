@@ -1013,38 +1013,35 @@ impl Downloader {
         let store = self.node.store().clone();
         let sha = self.req.sha256;
         let bytes = data.len() as u64;
-        let mut data = Some(data);
-        let mut checked = None;
-        if let Some(h) = &self.hasher {
-            if self.hasher_held + bytes as usize <= HASH_AHEAD_BYTES {
+        enum Route {
+            Hasher(tokio::sync::oneshot::Receiver<Checked>),
+            Alone(Vec<u8>),
+        }
+        let route = match &self.hasher {
+            Some(h) if self.hasher_held + data.len() <= HASH_AHEAD_BYTES => {
                 let (reply, verdict) = tokio::sync::oneshot::channel();
-                let msg = ToHasher::Unverified {
-                    index,
-                    data: data.take().unwrap_or_default(),
-                    reply,
-                };
-                match h.tx.send(msg).await {
+                match h.tx.send(ToHasher::Unverified { index, data, reply }).await {
                     Ok(()) => {
                         self.hasher_held += bytes as usize;
-                        checked = Some(verdict);
+                        Route::Hasher(verdict)
                     }
                     // The hasher has stopped: verify alone.
-                    Err(e) => {
-                        if let ToHasher::Unverified { data: d, .. } = e.0 {
-                            data = Some(d);
-                        }
-                    }
+                    Err(e) => match e.0 {
+                        ToHasher::Unverified { data, .. } => Route::Alone(data),
+                        ToHasher::Verified { .. } => return,
+                    },
                 }
             }
-        }
+            _ => Route::Alone(data),
+        };
         let stopped = || StoreError::Io {
             path: Default::default(),
             source: std::io::Error::other("stripe verification stopped"),
         };
-        let hashed = checked.is_some();
+        let hashed = matches!(route, Route::Hasher(_));
         let fut = async move {
-            let (res, data) = match checked {
-                Some(verdict) => match verdict.await {
+            let (res, data) = match route {
+                Route::Hasher(verdict) => match verdict.await {
                     Ok(Checked::Good(staged)) => tokio::task::spawn_blocking(move || {
                         let r = store.write_checked(&sha, index, staged.as_slice());
                         staged.give();
@@ -1056,14 +1053,11 @@ impl Downloader {
                     Ok(Checked::Duplicate) => (Ok(false), None),
                     Err(_) => (Err(stopped()), None),
                 },
-                None => {
-                    let d = data.unwrap_or_default();
-                    tokio::task::spawn_blocking(move || {
-                        (store.write_stripe(&sha, index, &d), Some(d))
-                    })
-                    .await
-                    .unwrap_or_else(|_| (Err(stopped()), None))
-                }
+                Route::Alone(d) => tokio::task::spawn_blocking(move || {
+                    (store.write_stripe(&sha, index, &d), Some(d))
+                })
+                .await
+                .unwrap_or_else(|_| (Err(stopped()), None)),
             };
             Event::Stored {
                 peer,

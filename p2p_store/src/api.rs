@@ -267,7 +267,7 @@ async fn stream_while_fetching(node: Node, req: FetchRequest) -> Response {
                     let st = node.store().clone();
                     let r = tokio::task::spawn_blocking(move || st.read_stripe(&sha, next)).await;
                     return Some(match r {
-                        Ok(Ok(d)) => (Ok(bytes::Bytes::from(d)), next + 1),
+                        Ok(Ok(d)) => (Ok(bytes::Bytes::from_owner(d)), next + 1),
                         Ok(Err(e)) => (Err(std::io::Error::other(e.to_string())), total),
                         Err(e) => (Err(std::io::Error::other(e.to_string())), total),
                     });

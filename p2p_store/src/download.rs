@@ -19,10 +19,11 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::bufpool::StripeBuf;
 use crate::manifest::{Digest, Manifest};
 use crate::node::{lock, Node, NodeError, RequestError};
 use crate::protocol::{ErrorCode, Request, Response};
-use crate::store::{AlignedBuf, Begin, StoreError};
+use crate::store::{Begin, StoreError};
 use crate::twin_sha::Sha256State;
 
 /// At most this many peers serve one download at a time.
@@ -285,7 +286,7 @@ enum Event {
         index: u64,
         bytes: u64,
         res: Result<bool, StoreError>,
-        data: Option<Vec<u8>>,
+        data: Option<StripeBuf>,
         /// Verified by the in-order hasher, which has hashed it in already.
         hashed: bool,
     },
@@ -316,27 +317,27 @@ struct InOrderHasher {
 enum ToHasher {
     Verified {
         index: u64,
-        data: Option<Vec<u8>>,
+        data: Option<StripeBuf>,
     },
     Unverified {
         index: u64,
-        data: Vec<u8>,
+        data: StripeBuf,
         reply: tokio::sync::oneshot::Sender<Checked>,
     },
 }
 
 /// The hasher's verdict on an unverified stripe.
 enum Checked {
-    /// The bytes match the manifest: copied to aligned memory, to be written.
-    Good(AlignedBuf),
+    /// The bytes match the manifest: to be written.
+    Good(StripeBuf),
     Bad(StoreError),
     /// Already hashed in: this copy is not needed.
     Duplicate,
 }
 
 enum Held {
-    Verified(Option<Vec<u8>>),
-    Unverified(Vec<u8>, tokio::sync::oneshot::Sender<Checked>),
+    Verified(Option<StripeBuf>),
+    Unverified(StripeBuf, tokio::sync::oneshot::Sender<Checked>),
 }
 
 /// Out-of-order stripes the whole-file hasher holds in memory, of each kind.
@@ -359,17 +360,15 @@ impl InOrderHasher {
                             Some(d)
                                 if index != next && held_verified + d.len() > HASH_AHEAD_BYTES =>
                             {
-                                crate::bufpool::give(d);
                                 None
                             }
                             d => d,
                         };
-                        held_verified += data.as_ref().map_or(0, Vec::len);
+                        held_verified += data.as_ref().map_or(0, |d| d.len());
                         ahead.insert(index, Held::Verified(data));
                     }
                     ToHasher::Unverified { index, data, reply } => {
                         if index < next || ahead.contains_key(&index) {
-                            crate::bufpool::give(data);
                             let _ = reply.send(Checked::Duplicate);
                         } else {
                             ahead.insert(index, Held::Unverified(data, reply));
@@ -381,13 +380,9 @@ impl InOrderHasher {
                         Held::Verified(Some(d)) => {
                             held_verified -= d.len();
                             whole.update(&d);
-                            crate::bufpool::give(d);
                         }
                         Held::Verified(None) => match store.read_stripe(&sha, next) {
-                            Ok(d) => {
-                                whole.update(&d);
-                                crate::bufpool::give(d);
-                            }
+                            Ok(d) => whole.update(&d),
                             Err(_) => return None,
                         },
                         Held::Unverified(d, reply) => match check(&manifest, next, &mut whole, d) {
@@ -412,7 +407,7 @@ impl InOrderHasher {
 
 /// Checks stripe `index` against the manifest, advancing `whole` over it
 /// only if it matches.
-fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: Vec<u8>) -> Checked {
+fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: StripeBuf) -> Checked {
     let expected = manifest.digests[index as usize];
     let len = manifest.stripe_len(index);
     if data.len() as u64 != len {
@@ -426,18 +421,13 @@ fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: Vec<u8>
         } else {
             StoreError::BadStripe { index }
         };
-        crate::bufpool::give(data);
         return Checked::Bad(verdict);
     }
     let mut advanced = whole.clone();
-    let mut copy = AlignedBuf::take(data.len());
-    let digest = advanced.update_and_digest(&data, copy.as_mut_slice());
-    crate::bufpool::give(data);
-    if digest == expected {
+    if advanced.update_and_digest(&data) == expected {
         *whole = advanced;
-        Checked::Good(copy)
+        Checked::Good(data)
     } else {
-        copy.give();
         Checked::Bad(StoreError::BadStripe { index })
     }
 }
@@ -1009,13 +999,13 @@ impl Downloader {
     /// Verifies a received stripe and writes it: in the in-order hasher
     /// while it has room (one pass for both digests), otherwise alone on a
     /// blocking thread. Either way an [`Event::Stored`] follows.
-    async fn verify_and_store(&mut self, peer: PeerId, index: u64, data: Vec<u8>) {
+    async fn verify_and_store(&mut self, peer: PeerId, index: u64, data: StripeBuf) {
         let store = self.node.store().clone();
         let sha = self.req.sha256;
         let bytes = data.len() as u64;
         enum Route {
             Hasher(tokio::sync::oneshot::Receiver<Checked>),
-            Alone(Vec<u8>),
+            Alone(StripeBuf),
         }
         let route = match &self.hasher {
             Some(h) if self.hasher_held + data.len() <= HASH_AHEAD_BYTES => {
@@ -1042,10 +1032,8 @@ impl Downloader {
         let fut = async move {
             let (res, data) = match route {
                 Route::Hasher(verdict) => match verdict.await {
-                    Ok(Checked::Good(staged)) => tokio::task::spawn_blocking(move || {
-                        let r = store.write_checked(&sha, index, staged.as_slice());
-                        staged.give();
-                        (r, None)
+                    Ok(Checked::Good(d)) => tokio::task::spawn_blocking(move || {
+                        (store.write_checked(&sha, index, &d), None)
                     })
                     .await
                     .unwrap_or_else(|_| (Err(stopped()), None)),
@@ -1190,8 +1178,6 @@ impl Downloader {
                             if !s.done && !s.verifying {
                                 s.verifying = true;
                                 self.verify_and_store(peer, index, data).await;
-                            } else {
-                                crate::bufpool::give(data);
                             }
                         }
                     }
@@ -1266,8 +1252,6 @@ impl Downloader {
                             }
                             self.unsynced += bytes;
                             self.maybe_sync();
-                        } else if let Some(d) = data {
-                            crate::bufpool::give(d);
                         }
                         self.publish(None);
                     }
@@ -1311,20 +1295,20 @@ mod tests {
         let (whole_sha, m) = b.finish().unwrap();
         let mut whole = Sha256State::default();
 
-        let mut bad = data[..4096].to_vec();
-        bad[7] ^= 1;
+        let mut bad = StripeBuf::from(&data[..4096]);
+        bad.as_mut_slice()[7] ^= 1;
         assert!(matches!(
             check(&m, 0, &mut whole, bad),
             Checked::Bad(StoreError::BadStripe { index: 0 })
         ));
         // The right bytes of stripe 0 cut short: they match no digest.
         assert!(matches!(
-            check(&m, 0, &mut whole, data[..4000].to_vec()),
+            check(&m, 0, &mut whole, StripeBuf::from(&data[..4000])),
             Checked::Bad(StoreError::BadStripe { index: 0 })
         ));
         for (i, chunk) in data.chunks(4096).enumerate() {
             assert!(matches!(
-                check(&m, i as u64, &mut whole, chunk.to_vec()),
+                check(&m, i as u64, &mut whole, StripeBuf::from(chunk)),
                 Checked::Good(d) if d.as_slice() == chunk
             ));
         }
@@ -1342,11 +1326,11 @@ mod tests {
         m.digests[1] = crate::manifest::sha256(&data[4096..4146]);
         let mut whole = Sha256State::default();
         assert!(matches!(
-            check(&m, 0, &mut whole, data[..4096].to_vec()),
+            check(&m, 0, &mut whole, StripeBuf::from(&data[..4096])),
             Checked::Good(_)
         ));
         assert!(matches!(
-            check(&m, 1, &mut whole, data[4096..4146].to_vec()),
+            check(&m, 1, &mut whole, StripeBuf::from(&data[4096..4146])),
             Checked::Bad(StoreError::GeometryMismatch {
                 index: 1,
                 expected: 100,

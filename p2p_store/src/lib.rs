@@ -11,8 +11,10 @@ pub mod manifest;
 pub mod node;
 pub mod protocol;
 pub mod store;
+pub mod tls;
 mod twin_sha;
 
+pub use bufpool::StripeBuf;
 pub use download::{DownloadHandle, FetchError, FetchRequest, Phase, Progress};
 pub use manifest::{Digest, Manifest, DEFAULT_STRIPE_SIZE};
 pub use node::{Config, Node, NodeError, Status};

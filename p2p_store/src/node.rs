@@ -268,7 +268,7 @@ impl Node {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
+                (crate::tls::Config::new, noise::Config::new),
                 yamux::Config::default,
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?

@@ -15,6 +15,7 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
+use crate::bufpool::StripeBuf;
 use crate::manifest::{Digest, Manifest, MAX_STRIPES, MAX_STRIPE_SIZE};
 
 /// Protocol id.
@@ -90,7 +91,7 @@ pub enum Response {
     },
     Stripe {
         index: u64,
-        data: Vec<u8>,
+        data: StripeBuf,
     },
     Error {
         code: ErrorCode,
@@ -219,7 +220,7 @@ impl Response {
         }
     }
 
-    pub fn decode(mut b: Vec<u8>) -> Result<Self, DecodeError> {
+    pub fn decode(b: Vec<u8>) -> Result<Self, DecodeError> {
         let tag = *b.first().ok_or(DecodeError::Empty)?;
         match tag {
             0x10 => {
@@ -270,8 +271,10 @@ impl Response {
                         got: b.len(),
                     });
                 }
-                b.drain(..STRIPE_HEADER);
-                Ok(Response::Stripe { index, data: b })
+                Ok(Response::Stripe {
+                    index,
+                    data: StripeBuf::from(&b[STRIPE_HEADER..]),
+                })
             }
             0x1f => {
                 if b.len() < 2 || b.len() > 2 + MAX_REASON {
@@ -346,7 +349,8 @@ impl libp2p::request_response::Codec for StoreCodec {
         io.read_exact(&mut tag).await?;
         if tag[0] == 0x11 {
             // Stripe: the length comes first, so the buffer is allocated once
-            // at its exact (bounded) size and the bytes are never moved.
+            // at its exact (bounded) size, aligned, and the bytes are never
+            // moved: the hasher and the direct write take them where they land.
             let mut h = [0u8; STRIPE_HEADER - 1];
             io.read_exact(&mut h).await?;
             let index = be_u64(&h);
@@ -357,10 +361,10 @@ impl libp2p::request_response::Codec for StoreCodec {
             // A recycled buffer (no zero-fill, no fresh pages), overwritten
             // in full before anyone sees it; a short frame is an error and
             // the buffer is dropped.
-            let mut data = crate::bufpool::take(len as usize);
+            let mut data = StripeBuf::take(len as usize);
             let mut got = 0;
             while got < data.len() {
-                match io.read(&mut data[got..]).await? {
+                match io.read(&mut data.as_mut_slice()[got..]).await? {
                     0 => {
                         return Err(invalid(DecodeError::BadLength {
                             expected: len.to_string(),
@@ -407,7 +411,6 @@ impl libp2p::request_response::Codec for StoreCodec {
             // Header then the stripe's own buffer: no copy of the bytes.
             io.write_all(&stripe_header(index, data.len())).await?;
             io.write_all(&data).await?;
-            crate::bufpool::give(data);
         } else {
             io.write_all(&r.encode()).await?;
         }
@@ -481,7 +484,7 @@ mod tests {
         };
         let st = Response::Stripe {
             index: 3,
-            data: vec![5; 100],
+            data: StripeBuf::from(&[5u8; 100][..]),
         };
         assert_eq!(Response::decode(st.encode()).unwrap(), st);
         let mut short = st.encode();

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::bufpool::{StripeBuf, DIRECT_ALIGN};
 use crate::manifest::{self, sha256, Digest, Manifest, ManifestError};
 
 /// Store errors.
@@ -141,12 +142,12 @@ pub struct Store {
 /// that stays in the CPU caches; measurably faster than one 1 MiB+ write).
 const WRITE_CHUNK: usize = 256 * 1024;
 
-/// Downloaded stripes go to disk with `O_DIRECT` where the filesystem allows
-/// it: on the loopback benchmark the copy into the page cache cost the
-/// downloader more CPU than a SHA-256 pass over the same bytes, while the
-/// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
-/// writes are multiples of this; an unaligned tail is written buffered.
-pub(crate) const DIRECT_ALIGN: usize = 4096;
+// Downloaded stripes go to disk with `O_DIRECT` where the filesystem allows
+// it: on the loopback benchmark the copy into the page cache cost the
+// downloader more CPU than a SHA-256 pass over the same bytes, while the
+// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
+// writes are multiples of `DIRECT_ALIGN`; an unaligned tail is written
+// buffered.
 
 /// Opens `path` for direct writes, or `None` where `O_DIRECT` is refused
 /// (the store then writes through the page cache).
@@ -162,36 +163,6 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
             tracing::debug!(path = %path.display(), %err, "O_DIRECT unavailable; buffered writes");
             None
         }
-    }
-}
-
-/// Bytes at a [`DIRECT_ALIGN`]ed address, in a recycled buffer: a direct
-/// write takes them without a copy.
-#[derive(Debug)]
-pub(crate) struct AlignedBuf {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// `len` bytes whose contents are unspecified: the caller overwrites them.
-    pub(crate) fn take(len: usize) -> Self {
-        let buf = crate::bufpool::take(len + DIRECT_ALIGN);
-        let start = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        Self { buf, start, len }
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-
-    pub(crate) fn give(self) {
-        crate::bufpool::give(self.buf);
     }
 }
 
@@ -541,17 +512,10 @@ impl Store {
                 if n > 0 {
                     // Bytes the downloader's hasher staged come aligned;
                     // others are copied to aligned memory first.
-                    let staged = (!data.as_ptr().addr().is_multiple_of(DIRECT_ALIGN)).then(|| {
-                        let mut b = AlignedBuf::take(n);
-                        b.as_mut_slice().copy_from_slice(&data[..n]);
-                        b
-                    });
-                    let buf = staged.as_ref().map_or(&data[..n], AlignedBuf::as_slice);
-                    let written = direct.write_all_at(buf, off);
-                    if let Some(b) = staged {
-                        b.give();
-                    }
-                    match written {
+                    let staged = (!data.as_ptr().addr().is_multiple_of(DIRECT_ALIGN))
+                        .then(|| StripeBuf::from(&data[..n]));
+                    let buf = staged.as_deref().unwrap_or(&data[..n]);
+                    match direct.write_all_at(buf, off) {
                         Ok(()) => direct_len = n,
                         // The filesystem opened the file direct but refuses
                         // the write: buffered from now on.
@@ -583,7 +547,7 @@ impl Store {
 
     /// Reads stripe `index` if present (complete or verified partial).
     /// Blocking. The bytes are not re-hashed here: the downloader verifies.
-    pub fn read_stripe(&self, sha: &Digest, index: u64) -> Result<Vec<u8>, StoreError> {
+    pub fn read_stripe(&self, sha: &Digest, index: u64) -> Result<StripeBuf, StoreError> {
         let (file, off, len) = {
             let mut inner = self.lock();
             let clock = inner.clock;
@@ -611,9 +575,10 @@ impl Store {
             )
         };
         // A recycled buffer: `read_exact_at` overwrites all of it (or fails).
-        let mut buf = crate::bufpool::take(len as usize);
+        let mut buf = StripeBuf::take(len as usize);
         let path = self.obj_dir(sha).join("data");
-        file.read_exact_at(&mut buf, off).map_err(io_err(&path))?;
+        file.read_exact_at(buf.as_mut_slice(), off)
+            .map_err(io_err(&path))?;
         Ok(buf)
     }
 
@@ -1035,7 +1000,10 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path(), 1 << 30).unwrap();
         assert!(s.is_complete(&whole, &root));
-        assert_eq!(s.read_stripe(&whole, 2).unwrap(), &data[2 * 4096..3 * 4096]);
+        assert_eq!(
+            s.read_stripe(&whole, 2).unwrap().as_slice(),
+            &data[2 * 4096..3 * 4096]
+        );
     }
 
     /// Three 16 KiB stripes and a 1000-byte tail, with what each write
@@ -1057,14 +1025,12 @@ mod tests {
             let st = (i * 16384) as usize;
             let end = (st + 16384).min(data.len());
             if i % 2 == 0 {
-                let mut a = AlignedBuf::take(end - st);
-                a.as_mut_slice().copy_from_slice(&data[st..end]);
-                assert!(s.write_stripe(&whole, i, a.as_slice()).unwrap());
-                a.give();
+                let a = StripeBuf::from(&data[st..end]);
+                assert!(s.write_stripe(&whole, i, &a).unwrap());
             } else {
                 assert!(s.write_stripe(&whole, i, &data[st..end]).unwrap());
             }
-            assert_eq!(s.read_stripe(&whole, i).unwrap(), &data[st..end]);
+            assert_eq!(s.read_stripe(&whole, i).unwrap().as_slice(), &data[st..end]);
         }
         assert_eq!(s.have(&whole).unwrap(), vec![true; m.count() as usize]);
         // `None`: the whole file is read back from disk and hashed.
@@ -1101,15 +1067,5 @@ mod tests {
         s.lock().entries.get_mut(&whole).unwrap().direct = None;
         download_out_of_order(&s, &data, whole, &m);
         assert_eq!(fs::read(s.obj_dir(&whole).join("data")).unwrap(), data);
-    }
-
-    #[test]
-    fn aligned_buffers_start_on_the_direct_alignment() {
-        for len in [4096, 1 << 20, 8192, 3 << 20, 100] {
-            let mut b = AlignedBuf::take(len);
-            assert_eq!(b.as_mut_slice().len(), len);
-            assert_eq!(b.as_slice().as_ptr().addr() % DIRECT_ALIGN, 0);
-            b.give();
-        }
     }
 }

@@ -61,22 +61,15 @@ impl Sha256State {
     }
 
     /// Absorbs `data` and returns the SHA-256 of `data` alone, reading the
-    /// bytes once when `self` is at a block boundary; `copy` (as long as
-    /// `data`) receives the bytes on the way, while they are in registers.
-    pub(crate) fn update_and_digest(&mut self, data: &[u8], copy: &mut [u8]) -> Digest {
+    /// bytes once when `self` is at a block boundary.
+    pub(crate) fn update_and_digest(&mut self, data: &[u8]) -> Digest {
         let mut own = Sha256State::default();
         let full = if self.pending_len == 0 {
             data.len() / 64 * 64
         } else {
             0
         };
-        compress_twin(
-            &mut own.state,
-            &mut self.state,
-            &data[..full],
-            &mut copy[..full],
-        );
-        copy[full..].copy_from_slice(&data[full..]);
+        compress_twin(&mut own.state, &mut self.state, &data[..full]);
         own.len = full as u64;
         self.len += full as u64;
         own.update(&data[full..]);
@@ -107,9 +100,8 @@ fn compress(state: &mut [u32; 8], blocks: &[u8]) {
     }
 }
 
-/// Compresses the same whole 64-byte blocks into two states, copying them
-/// to `out`.
-fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8], out: &mut [u8]) {
+/// Compresses the same whole 64-byte blocks into two states.
+fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sha")
         && std::arch::is_x86_feature_detected!("sse4.1")
@@ -119,13 +111,12 @@ fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8], out: &mut [u
         // were detected just above; it has no other precondition.
         #[allow(unsafe_code)]
         unsafe {
-            shani::compress_twin(a, b, blocks, out)
+            shani::compress_twin(a, b, blocks)
         };
         return;
     }
     compress(a, blocks);
     compress(b, blocks);
-    out.copy_from_slice(blocks);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -179,11 +170,10 @@ mod shani {
     }
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-    pub(super) fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8], out: &mut [u8]) {
+    pub(super) fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) {
         let (mut a_abef, mut a_cdgh) = load(a);
         let (mut b_abef, mut b_cdgh) = load(b);
-        for (block, out) in blocks.chunks_exact(64).zip(out.chunks_exact_mut(64)) {
-            out.copy_from_slice(block);
+        for block in blocks.chunks_exact(64) {
             let saved = (a_abef, a_cdgh, b_abef, b_cdgh);
             let mut words = [0u32; 16];
             for (w, bytes) in words.iter_mut().zip(block.chunks_exact(4)) {
@@ -255,10 +245,8 @@ mod tests {
             let data = bytes(size, 3);
             let mut whole = Sha256State::default();
             for chunk in data.chunks(stripe) {
-                let mut copy = vec![0u8; chunk.len()];
-                let own = whole.update_and_digest(chunk, &mut copy);
+                let own = whole.update_and_digest(chunk);
                 assert_eq!(own, <[u8; 32]>::from(sha2::Sha256::digest(chunk)));
-                assert_eq!(copy, chunk);
             }
             assert_eq!(
                 whole.finalize(),
@@ -273,11 +261,9 @@ mod tests {
         let (mut a, mut b) = (IV, IV);
         b[3] ^= 0xdead_beef;
         let (mut a2, mut b2) = (a, b);
-        let mut copy = vec![0u8; data.len()];
-        compress_twin(&mut a, &mut b, &data, &mut copy);
+        compress_twin(&mut a, &mut b, &data);
         compress(&mut a2, &data);
         compress(&mut b2, &data);
         assert_eq!((a, b), (a2, b2));
-        assert_eq!(copy, data);
     }
 }

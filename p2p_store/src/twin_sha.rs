@@ -179,29 +179,48 @@ mod shani {
             for (w, bytes) in words.iter_mut().zip(block.chunks_exact(4)) {
                 *w = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             }
-            // Message words of four consecutive round groups, rolling.
-            let mut m = [
-                vec4(&words[0..4]),
-                vec4(&words[4..8]),
-                vec4(&words[8..12]),
-                vec4(&words[12..16]),
-            ];
-            for g in 0..16 {
-                let wk = _mm_add_epi32(m[g % 4], vec4(&K[4 * g..4 * g + 4]));
-                a_cdgh = _mm_sha256rnds2_epu32(a_cdgh, a_abef, wk);
-                b_cdgh = _mm_sha256rnds2_epu32(b_cdgh, b_abef, wk);
-                let wk_high = _mm_shuffle_epi32(wk, 0x0E);
-                a_abef = _mm_sha256rnds2_epu32(a_abef, a_cdgh, wk_high);
-                b_abef = _mm_sha256rnds2_epu32(b_abef, b_cdgh, wk_high);
-                if g < 12 {
-                    // W[g+4] from W[g..g+4], in the slot W[g] leaves.
-                    let x = _mm_add_epi32(
-                        _mm_sha256msg1_epu32(m[g % 4], m[(g + 1) % 4]),
-                        _mm_alignr_epi8(m[(g + 3) % 4], m[(g + 2) % 4], 4),
-                    );
-                    m[g % 4] = _mm_sha256msg2_epu32(x, m[(g + 3) % 4]);
-                }
+            // Message words of four consecutive round groups, rolling: each
+            // group's words are replaced by those of the group four ahead.
+            // Spelled out (not a loop over an array) so the four vectors
+            // stay in registers.
+            let mut m0 = vec4(&words[0..4]);
+            let mut m1 = vec4(&words[4..8]);
+            let mut m2 = vec4(&words[8..12]);
+            let mut m3 = vec4(&words[12..16]);
+            macro_rules! group {
+                ($g:literal, $w:ident, $w1:ident, $w2:ident, $w3:ident) => {
+                    let wk = _mm_add_epi32($w, vec4(&K[4 * $g..4 * $g + 4]));
+                    a_cdgh = _mm_sha256rnds2_epu32(a_cdgh, a_abef, wk);
+                    b_cdgh = _mm_sha256rnds2_epu32(b_cdgh, b_abef, wk);
+                    let wk_high = _mm_shuffle_epi32(wk, 0x0E);
+                    a_abef = _mm_sha256rnds2_epu32(a_abef, a_cdgh, wk_high);
+                    b_abef = _mm_sha256rnds2_epu32(b_abef, b_cdgh, wk_high);
+                    if $g < 12 {
+                        // W[g+4] from W[g..g+4], in the slot W[g] leaves.
+                        let x = _mm_add_epi32(
+                            _mm_sha256msg1_epu32($w, $w1),
+                            _mm_alignr_epi8($w3, $w2, 4),
+                        );
+                        $w = _mm_sha256msg2_epu32(x, $w3);
+                    }
+                };
             }
+            group!(0, m0, m1, m2, m3);
+            group!(1, m1, m2, m3, m0);
+            group!(2, m2, m3, m0, m1);
+            group!(3, m3, m0, m1, m2);
+            group!(4, m0, m1, m2, m3);
+            group!(5, m1, m2, m3, m0);
+            group!(6, m2, m3, m0, m1);
+            group!(7, m3, m0, m1, m2);
+            group!(8, m0, m1, m2, m3);
+            group!(9, m1, m2, m3, m0);
+            group!(10, m2, m3, m0, m1);
+            group!(11, m3, m0, m1, m2);
+            group!(12, m0, m1, m2, m3);
+            group!(13, m1, m2, m3, m0);
+            group!(14, m2, m3, m0, m1);
+            group!(15, m3, m0, m1, m2);
             a_abef = _mm_add_epi32(a_abef, saved.0);
             a_cdgh = _mm_add_epi32(a_cdgh, saved.1);
             b_abef = _mm_add_epi32(b_abef, saved.2);

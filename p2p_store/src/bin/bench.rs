@@ -267,6 +267,30 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1048576.0 / secs
 }
 
+/// The bench's scratch directory (gigabytes of artifact copies), removed
+/// however the bench ends, also on an error.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(path: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl std::ops::Deref for WorkDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn loopback(
     size: u64,
     k: usize,
@@ -275,8 +299,7 @@ async fn loopback(
     rounds: usize,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let work = dir.join(format!("pyrsia-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = WorkDir::create(dir.join(format!("pyrsia-bench-{}", std::process::id())))?;
     let file = work.join("artifact");
     eprintln!("writing {} MiB test file…", size >> 20);
     make_file(&file, size)?;
@@ -332,7 +355,6 @@ async fn loopback(
     }
     server.abort();
     drop(seeders);
-    let _ = std::fs::remove_dir_all(&work);
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -462,8 +484,7 @@ async fn netns(
     dir: PathBuf,
 ) -> anyhow::Result<()> {
     let nmax = ks.iter().copied().max().unwrap_or(1);
-    let work = dir.join(format!("pyrsia-bench-ns-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = WorkDir::create(dir.join(format!("pyrsia-bench-ns-{}", std::process::id())))?;
     let file = work.join("artifact");
     make_file(&file, size)?;
     let nss = setup_netns(nmax, cap_mbit, delay_ms)?;
@@ -506,7 +527,6 @@ async fn netns(
     }
     drop(seeders);
     drop(nss);
-    let _ = std::fs::remove_dir_all(&work);
     println!(
         "{}",
         serde_json::json!({"bench": "netns", "size": size, "cap_mbit": cap_mbit, "delay_ms": delay_ms, "rows": rows})

@@ -5,7 +5,7 @@
 //! noise handshake fixes ChaCha20-Poly1305, and libp2p-tls puts it first
 //! too; on a CPU with AES instructions AES-128-GCM costs a fraction of that
 //! (on the loopback benchmark the cipher went from about a fifth of all CPU
-//! to a twentieth). This upgrade speaks the same protocol as libp2p-tls and
+//! to under a tenth). This upgrade speaks the same protocol as libp2p-tls and
 //! reuses its certificates (a self-signed certificate carrying the libp2p
 //! identity key's signature); only the order of the TLS 1.3 cipher suites
 //! differs, and the listener applies its own order, so a stock libp2p-tls

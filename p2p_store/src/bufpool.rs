@@ -6,8 +6,8 @@
 //! `read_to_end`) or page-faulted in from the kernel, per stripe. A dropped
 //! [`StripeBuf`] hands its buffer back here with its initialised bytes, so
 //! the next stripe reuses it as it is: it is always fully overwritten
-//! (`read_exact`) before anyone looks at it. The pool is bounded in count and bytes; anything
-//! beyond is simply freed.
+//! (`read_exact`) before anyone looks at it. The pool is bounded in count
+//! and bytes; anything beyond is simply freed.
 
 use std::sync::Mutex;
 

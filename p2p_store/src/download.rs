@@ -294,9 +294,9 @@ enum Event {
     Synced(Result<(), StoreError>),
 }
 
-/// Verified bytes written since the last early `fdatasync` that trigger the
-/// next one: the disk writes overlap the transfer instead of all waiting for
-/// the sync that completes the download.
+/// Verified bytes written through the page cache since the last early
+/// `fdatasync` that trigger the next one: the disk writes overlap the
+/// transfer instead of all waiting for the sync that completes the download.
 const SYNC_EVERY: u64 = 64 << 20;
 
 /// Whole-file SHA-256 computed while the download runs, on a blocking
@@ -1246,12 +1246,18 @@ impl Downloader {
                                 self.last_progress = Instant::now();
                             }
                         }
-                        if newly && !hashed {
-                            if let Some(h) = &self.hasher {
-                                let _ = h.tx.send(ToHasher::Verified { index, data }).await;
+                        if newly {
+                            if !hashed {
+                                if let Some(h) = &self.hasher {
+                                    let _ = h.tx.send(ToHasher::Verified { index, data }).await;
+                                }
                             }
-                            self.unsynced += bytes;
-                            self.maybe_sync();
+                            // Direct writes are on the device already; only
+                            // page-cache writes want the early writeback.
+                            if !self.node.store().writes_direct(&self.req.sha256) {
+                                self.unsynced += bytes;
+                                self.maybe_sync();
+                            }
                         }
                         self.publish(None);
                     }

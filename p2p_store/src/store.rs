@@ -142,15 +142,15 @@ pub struct Store {
 /// that stays in the CPU caches; measurably faster than one 1 MiB+ write).
 const WRITE_CHUNK: usize = 256 * 1024;
 
-// Downloaded stripes go to disk with `O_DIRECT` where the filesystem allows
-// it: on the loopback benchmark the copy into the page cache cost the
-// downloader more CPU than a SHA-256 pass over the same bytes, while the
-// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
-// writes are multiples of `DIRECT_ALIGN`; an unaligned tail is written
-// buffered.
-
 /// Opens `path` for direct writes, or `None` where `O_DIRECT` is refused
 /// (the store then writes through the page cache).
+///
+/// Downloaded stripes go to disk with `O_DIRECT` where the filesystem allows
+/// it: on the loopback benchmark the copy into the page cache cost the
+/// downloader more CPU than a SHA-256 pass over the same bytes, while the
+/// device took the DMA at 2 GB/s. Offsets, lengths and memory of direct
+/// writes are multiples of `DIRECT_ALIGN`; an unaligned tail is written
+/// buffered.
 fn open_direct(path: &Path) -> Option<Arc<File>> {
     use std::os::unix::fs::OpenOptionsExt as _;
     match OpenOptions::new()
@@ -510,8 +510,8 @@ impl Store {
             if let Some(direct) = direct.filter(|_| off.is_multiple_of(DIRECT_ALIGN as u64)) {
                 let n = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
                 if n > 0 {
-                    // Bytes the downloader's hasher staged come aligned;
-                    // others are copied to aligned memory first.
+                    // Stripes received off the wire come aligned; other
+                    // bytes are copied to aligned memory first.
                     let staged = (!data.as_ptr().addr().is_multiple_of(DIRECT_ALIGN))
                         .then(|| StripeBuf::from(&data[..n]));
                     let buf = staged.as_deref().unwrap_or(&data[..n]);
@@ -543,6 +543,14 @@ impl Store {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the partial `sha` is written with `O_DIRECT`.
+    pub(crate) fn writes_direct(&self, sha: &Digest) -> bool {
+        self.lock()
+            .entries
+            .get(sha)
+            .is_some_and(|e| e.direct.is_some())
     }
 
     /// Reads stripe `index` if present (complete or verified partial).

@@ -1,3 +1,7 @@
 #!/usr/bin/env bash
 # Blocks and seconds from RequestBuild to Reproducible, minus the build itself.
-exec "$(dirname "$0")/run-release.sh" build_overhead "$@"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pyrsia-target}"
+exec cargo bench -q -p pyrsia-cli --bench build_overhead

@@ -1,3 +1,7 @@
 #!/usr/bin/env bash
 # Committed Attest tx/s on a 4-validator testnet vs CometBFT's kvstore, same run.
-exec "$(dirname "$0")/run-release.sh" testnet_bench "$@"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pyrsia-target}"
+exec cargo bench -q -p pyrsia-cli --bench testnet_bench

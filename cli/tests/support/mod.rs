@@ -1,5 +1,8 @@
-//! Harness for end-to-end tests: real `cometbft` validators beside real
-//! `pyrsia abci` processes, on 127.0.0.1 with free ports, in a temp dir.
+//! Harness for end-to-end tests and benches: real `cometbft` validators
+//! beside real `pyrsia abci` processes, on 127.0.0.1 with free ports, in a
+//! temp dir. Each test and bench target includes it as a module and uses a
+//! part of it.
+#![allow(dead_code)]
 
 pub mod fixtures;
 
@@ -30,7 +33,7 @@ pub fn synthetic_request(i: usize, ecosystem: &str) -> pyrsia_chain::BuildReques
     }
 }
 
-/// The repository root (this crate lives in `tests/`).
+/// The repository root (this package lives in `cli/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -45,17 +48,10 @@ pub fn cometbft() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".tools/bin/cometbft"))
 }
 
-/// The `pyrsia` binary cargo built beside this test (`target/<profile>/pyrsia`).
+/// The `pyrsia` binary cargo built for this test or bench target, in the
+/// same profile.
 pub fn pyrsia_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYRSIA_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("pyrsia")
+    PathBuf::from(env!("CARGO_BIN_EXE_pyrsia"))
 }
 
 // Ports are picked below Linux's ephemeral range (32768 and up): a port

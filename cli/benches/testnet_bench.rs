@@ -12,6 +12,9 @@
 //! in-process without one: with few senders the figure measures that latency,
 //! not the network's capacity. Every signer's txs stay in one sender, in nonce order.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -20,7 +23,7 @@ use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
 use pyrsia_cli::rpc::LedgerClient;
-use pyrsia_e2e::{synthetic_request, AppKind, Testnet};
+use support::{synthetic_request, AppKind, Testnet};
 
 /// At most one sender per builder key, so nonces stay in order.
 const MAX_SENDERS: usize = 64;

@@ -3,12 +3,14 @@
 //! served by `git daemon` on 127.0.0.1, and clients using the `pyrsia` CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pyrsia_chain::RequestRecord;
-use pyrsia_e2e::fixtures::{Fixture, GitServer};
-use pyrsia_e2e::{ServicePlan, Testnet};
+use support::fixtures::{Fixture, GitServer};
+use support::{ServicePlan, Testnet};
 
 /// `tx request-build` without waiting; returns the request id and selection.
 fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {

@@ -2,6 +2,8 @@
 //! validator, the stores and the builders of `config/services.toml`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pyrsia_chain::RequestRecord;
 use pyrsia_cli::rpc::LedgerClient;
-use pyrsia_e2e::fixtures::GitServer;
-use pyrsia_e2e::{cometbft, devnet_init, pyrsia_bin, ServicePlan};
+use support::fixtures::GitServer;
+use support::{cometbft, devnet_init, pyrsia_bin, ServicePlan};
 
 /// Processes whose command line mentions `needle` (the test's temp dir).
 fn processes_mentioning(needle: &str) -> Vec<String> {

@@ -7,12 +7,15 @@
 //! Run with `./scripts/bench-build-overhead.sh`; `BENCH_BUILDS` sets how many
 //! builds (default 5), one after another.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use pyrsia_chain::RequestRecord;
-use pyrsia_e2e::fixtures::GitServer;
-use pyrsia_e2e::{ServicePlan, Testnet};
+use support::fixtures::GitServer;
+use support::{ServicePlan, Testnet};
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -2,6 +2,8 @@
 //! must report the same app hash at every height.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use pyrsia_chain::crypto::{approve, sign_tx};
@@ -10,7 +12,7 @@ use pyrsia_chain::{
     TxBody, TxKind,
 };
 use pyrsia_cli::rpc::LedgerClient;
-use pyrsia_e2e::{synthetic_request, Testnet};
+use support::{synthetic_request, Testnet};
 use tendermint::Hash;
 
 struct Signer {

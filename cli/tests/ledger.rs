@@ -2,6 +2,8 @@
 //! RPC), on real cometbft validators beside real `pyrsia abci` processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use pyrsia_chain::crypto::{approve, sign_tx};
@@ -10,7 +12,7 @@ use pyrsia_chain::{
     code, Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId,
     RegisterBuilder, RequestRecord, SourceRef, TrustLevel, TxBody, TxKind,
 };
-use pyrsia_e2e::Testnet;
+use support::Testnet;
 
 fn output_arg(seed: u8) -> String {
     format!(

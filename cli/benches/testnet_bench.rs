@@ -22,7 +22,7 @@ use pyrsia_chain::crypto::sign_tx;
 use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_ledger_client::rpc::LedgerClient;
 use support::{synthetic_request, AppKind, Testnet};
 
 /// At most one sender per builder key, so nonces stay in order.
@@ -44,7 +44,7 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usi
                 loop {
                     match client.broadcast_bytes(tx.clone()).await {
                         Ok(_) => break,
-                        Err(pyrsia_cli::rpc::ClientError::Rejected { code, log }) => {
+                        Err(pyrsia_ledger_client::rpc::ClientError::Rejected { code, log }) => {
                             anyhow::bail!("tx rejected by CheckTx (code {code}): {log}")
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

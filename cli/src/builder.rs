@@ -18,8 +18,8 @@ use pyrsia_chain::{
     sign_tx, Attest, Digest, Keypair, NodeRecord, PublicKey, RegisterBuilder, RequestOrigin,
     RequestRecord, TxBody, TxKind,
 };
-use pyrsia_cli::follow::Follower;
-use pyrsia_cli::rpc::{ClientError, LedgerClient, LedgerEvent};
+use pyrsia_ledger_client::follow::Follower;
+use pyrsia_ledger_client::rpc::{ClientError, LedgerClient, LedgerEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 

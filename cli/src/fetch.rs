@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use borsh::BorshDeserialize;
 use clap::{Args, ValueEnum};
-use pyrsia_chain::{AttesterRole, Output, PackageId, PackageRecord, RequestRecord, TrustLevel};
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_chain::{AttesterRole, Output, PackageId, RequestRecord, TrustLevel};
+use pyrsia_ledger_client::verified::At;
 
 use crate::Context;
 
@@ -53,7 +52,7 @@ pub enum MinTrust {
 }
 
 /// How far a level may be served; a disputed build never is.
-fn served_as(level: TrustLevel) -> Option<MinTrust> {
+pub fn served_as(level: TrustLevel) -> Option<MinTrust> {
     match level {
         TrustLevel::Disputed => None,
         TrustLevel::Pending => Some(MinTrust::Pending),
@@ -98,18 +97,8 @@ async fn fetch_one(
     .await
 }
 
-async fn verified<T: BorshDeserialize>(ledger: &LedgerClient, path: &str) -> Result<Option<T>> {
-    let v = ledger
-        .query_verified(path, 0)
-        .await
-        .with_context(|| format!("reading {path} from the ledger"))?;
-    v.value
-        .map(|bytes| T::try_from_slice(&bytes).map_err(|e| anyhow!("{path} does not decode: {e}")))
-        .transpose()
-}
-
 /// The build to serve: the most trusted one, the latest among equals.
-fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
+pub fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
     // max_by_key keeps the last of equals: the ledger lists requests oldest first.
     records
         .into_iter()
@@ -135,18 +124,13 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
         name: name.clone(),
         version: version.clone(),
     };
-    let ledger = LedgerClient::new(&ctx.node)?;
-    let record: PackageRecord = verified(&ledger, &package.state_key())
-        .await?
-        .ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
-    let mut requests = Vec::with_capacity(record.requests.len());
-    for id in &record.requests {
-        let r: RequestRecord = verified(&ledger, &format!("request/{id}"))
-            .await?
-            .ok_or_else(|| anyhow!("the ledger lists request {id} for {package} but lacks it"))?;
-        requests.push(r);
-    }
-    let chosen = best(requests).ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
+    let builds = ctx
+        .verified_ledger()?
+        .package_builds(&package, At::Latest)
+        .await
+        .with_context(|| format!("reading {package} from the ledger"))?
+        .builds;
+    let chosen = best(builds).ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
     match served_as(chosen.level) {
         Some(level) if level >= cmd.min_trust => {}
         _ => bail!(

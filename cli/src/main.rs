@@ -1,19 +1,24 @@
 //! `pyrsia`: one binary for every role of a Pyrsia node.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use pyrsia_ledger_client::light::TrustAnchor;
+use pyrsia_ledger_client::verified::{VerifiedLedger, VerifyError};
 
 mod builder;
 mod fetch;
 mod keys;
+mod light;
 mod node;
 mod progress;
 mod query;
 mod services;
 mod store_api;
 mod tx;
+mod verify;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +41,14 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust anchor HEIGHT:HASH (a header hash, hex) for verified reads,
+    /// instead of the home's config/light.toml or config/genesis.json.
+    #[arg(long, global = true, env = "PYRSIA_TRUST_ANCHOR")]
+    pub trust_anchor: Option<String>,
+    /// How old, in seconds, the header of a verified "latest" read may be
+    /// (default: config/light.toml max_age_secs, else 60).
+    #[arg(long, global = true, value_name = "SECS")]
+    pub max_age: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,9 +79,15 @@ pub enum Command {
     /// Submit a governance action with board members' approvals.
     #[command(subcommand)]
     Gov(tx::GovCommand),
-    /// Read ledger state, optionally verified by a proof.
+    /// Read ledger state, verified from the trust anchor.
     #[command(subcommand)]
     Query(query::QueryCommand),
+    /// Prove a package's builds, their trust levels and attesters from the
+    /// trust anchor alone, and optionally that local files match them.
+    Verify(verify::VerifyCmd),
+    /// Serve CometBFT RPC locally with every answer verified from the trust
+    /// anchor (abci_query, commit, validators, status); refuse the rest.
+    Light(light::LightArgs),
     /// The artifact store sidecar: striped, verified distribution over libp2p.
     #[command(subcommand)]
     Store(p2p_store::cli::StoreCommand),
@@ -111,6 +130,8 @@ async fn run(cli: Cli) -> Result<()> {
         home: cli.home,
         node: cli.node,
         json: cli.json,
+        trust_anchor: cli.trust_anchor,
+        max_age: cli.max_age.map(Duration::from_secs),
     };
     match cli.command {
         Command::Keys(c) => keys::run(&ctx, c),
@@ -123,6 +144,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Store(c) => c.with_json(ctx.json).run().await,
         Command::Builder(BuilderCommand::Start(a)) => builder::run(&ctx, a).await,
         Command::Fetch(c) => fetch::run(&ctx, c).await,
+        Command::Verify(c) => verify::run(&ctx, c).await,
+        Command::Light(a) => light::run(&ctx, a).await,
     }
 }
 
@@ -132,9 +155,22 @@ pub struct Context {
     pub home: PathBuf,
     pub node: String,
     pub json: bool,
+    pub trust_anchor: Option<String>,
+    pub max_age: Option<Duration>,
 }
 
 impl Context {
+    /// The node's answers, verified from the trust anchor this home (or
+    /// --trust-anchor) configures.
+    pub fn verified_ledger(&self) -> Result<VerifiedLedger, VerifyError> {
+        let anchor = self
+            .trust_anchor
+            .as_deref()
+            .map(TrustAnchor::parse_pinned)
+            .transpose()?;
+        VerifiedLedger::for_home(&self.node, &self.home, anchor, self.max_age)
+    }
+
     /// Prints `value` as JSON with `--json`, else the human text.
     pub fn print(&self, value: &serde_json::Value, human: impl FnOnce() -> String) {
         if self.json {

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use pyrsia_chain::{Digest, TrustLevel};
-use pyrsia_cli::follow::Follower;
-use pyrsia_cli::rpc::{CommittedTx, LedgerClient};
+use pyrsia_ledger_client::follow::Follower;
+use pyrsia_ledger_client::rpc::{CommittedTx, LedgerClient};
+use pyrsia_ledger_client::verified::At;
 
 use crate::Context;
 
@@ -80,8 +81,23 @@ pub async fn follow_request(
             }
         }
     }
+    // The events above came from one node; the level reported is the one
+    // the record proves at the height it became final.
+    let mut verified = ctx.verified_ledger()?;
+    let snapshot = verified.snapshot(At::Height(final_height)).await?;
+    let record = verified
+        .request(&snapshot, &id)
+        .await?
+        .ok_or_else(|| anyhow!("request {id_hex} is proven absent at height {final_height}"))?;
+    if record.level.as_str() != level {
+        bail!(
+            "the node's events put request {id_hex} at {level}, but its verified record is {} at height {final_height}",
+            record.level
+        );
+    }
     ctx.print(
         &serde_json::json!({
+            "verified": true,
             "request_id": id_hex,
             "request_height": tx.height,
             "level": level,
@@ -93,7 +109,7 @@ pub async fn follow_request(
         }),
         || {
             format!(
-                "request {id_hex}: {level} at height {final_height} ({} blocks after the request)",
+                "request {id_hex}: {level} at height {final_height} ({} blocks after the request; verified)",
                 final_height - tx.height
             )
         },

@@ -4,13 +4,15 @@ use pyrsia_chain::render::value_to_json;
 use pyrsia_chain::{Digest, PublicKey};
 
 use crate::Context;
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_ledger_client::rpc::LedgerClient;
+use pyrsia_ledger_client::verified::At;
 
 #[derive(Args, Debug, Clone)]
 pub struct QueryOpts {
-    /// Verify the answer with its proof against the next block's app hash.
+    /// Print what the node says without verifying it (for debugging a node;
+    /// never act on it).
     #[arg(long)]
-    pub prove: bool,
+    pub unverified: bool,
     /// Read the state as of this height (0 = latest).
     #[arg(long, default_value_t = 0)]
     pub height: u64,
@@ -64,13 +66,19 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
         QueryCommand::Node { pubkey, opts } => (format!("node/{pubkey}"), opts),
         QueryCommand::Params { opts } => ("params".to_owned(), opts),
     };
-    let client = LedgerClient::new(&ctx.node)?;
-    let (height, value, verified) = if opts.prove {
-        let v = client.query_verified(&path, opts.height).await?;
-        (v.height, v.value, Some(hex::encode(v.app_hash)))
-    } else {
+    let (height, value, verified) = if opts.unverified {
+        let client = LedgerClient::new(&ctx.node)?;
         let (height, value) = client.query_raw(&path, opts.height).await?;
         (height, value, None)
+    } else {
+        let mut ledger = ctx.verified_ledger()?;
+        let at = match opts.height {
+            0 => At::Latest,
+            h => At::Height(h),
+        };
+        let snapshot = ledger.snapshot(at).await?;
+        let value = ledger.get(&snapshot, &path).await?;
+        (snapshot.height, value, Some(hex::encode(snapshot.app_hash)))
     };
     let decoded = value
         .as_deref()
@@ -81,6 +89,7 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
         "height": height,
         "value": decoded,
         "verified_against_app_hash": verified,
+        "verified": verified.is_some(),
     });
     ctx.print(&json, || {
         let mut text = match &decoded {
@@ -90,9 +99,11 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
         text.push_str(&format!("\n(state at height {height}"));
         if let Some(hash) = &verified {
             text.push_str(&format!(
-                ", proof verified against app hash {hash} in header {}",
+                ", proven against app hash {hash} in header {}, verified from the trust anchor",
                 height + 1
             ));
+        } else {
+            text.push_str(", UNVERIFIED: as the node claims it");
         }
         text.push(')');
         text

@@ -11,7 +11,8 @@ use pyrsia_chain::{
 
 use crate::keys::KeyArgs;
 use crate::Context;
-use pyrsia_cli::rpc::{CommittedTx, LedgerClient};
+use pyrsia_ledger_client::rpc::{CommittedTx, LedgerClient};
+use pyrsia_ledger_client::verified::At;
 
 #[derive(Args, Debug, Clone)]
 pub struct PackageArgs {
@@ -359,9 +360,13 @@ pub async fn run_gov(ctx: &Context, cmd: GovCommand) -> Result<()> {
             board,
         ),
     };
-    let client = LedgerClient::new(&ctx.node)?;
-    let chain_id = client.chain_id().await?;
-    let seq: u64 = client.query_value("gov/seq").await?.unwrap_or(0);
+    // Board members sign over the chain id and sequence: both come from
+    // verified state, so a lying node cannot make them approve an action for
+    // another chain or a replayable sequence.
+    let mut ledger = ctx.verified_ledger()?;
+    let snapshot = ledger.snapshot(At::Latest).await?;
+    let chain_id = snapshot.chain_id.clone();
+    let seq: u64 = ledger.get_decoded(&snapshot, "gov/seq").await?.unwrap_or(0);
     let approvals = board
         .board_keys
         .iter()

@@ -11,7 +11,7 @@ use pyrsia_chain::{
     Attest, Digest, GovAction, Governance, Keypair, Output, Params, RegisterBuilder, RequestRecord,
     TxBody, TxKind,
 };
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_ledger_client::rpc::LedgerClient;
 use support::{synthetic_request, Testnet};
 use tendermint::Hash;
 
@@ -64,7 +64,10 @@ async fn send_all(
     hashes
 }
 
-async fn wait_all(client: &LedgerClient, hashes: &[Hash]) -> Vec<pyrsia_cli::rpc::CommittedTx> {
+async fn wait_all(
+    client: &LedgerClient,
+    hashes: &[Hash],
+) -> Vec<pyrsia_ledger_client::rpc::CommittedTx> {
     let mut out = Vec::new();
     for h in hashes {
         let tx = client.wait_tx(*h, Duration::from_secs(120)).await.unwrap();

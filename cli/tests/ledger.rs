@@ -12,6 +12,7 @@ use pyrsia_chain::{
     code, Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId,
     RegisterBuilder, RequestRecord, SourceRef, TrustLevel, TxBody, TxKind,
 };
+use pyrsia_ledger_client::verified::At;
 use support::Testnet;
 
 fn output_arg(seed: u8) -> String {
@@ -152,7 +153,7 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
         .unwrap();
     assert_eq!(artifact["value"]["requests"][0], request.as_str());
     let package = net
-        .pyrsia_json(&["query", "package", "npm", "left-pad", "1.0.0", "--prove"])
+        .pyrsia_json(&["query", "package", "npm", "left-pad", "1.0.0"])
         .unwrap();
     assert_eq!(package["value"]["requests"][0], request.as_str());
     assert!(package["verified_against_app_hash"].is_string());
@@ -303,8 +304,8 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
             },
         )
     };
-    let rejected_code = |r: Result<_, pyrsia_cli::rpc::ClientError>| match r {
-        Err(pyrsia_cli::rpc::ClientError::Rejected { code, .. }) => code,
+    let rejected_code = |r: Result<_, pyrsia_ledger_client::rpc::ClientError>| match r {
+        Err(pyrsia_ledger_client::rpc::ClientError::Rejected { code, .. }) => code,
         other => panic!("expected a rejection, got {other:?}"),
     };
 
@@ -423,28 +424,32 @@ async fn query_proofs_verify_against_the_next_header_and_tampering_fails() {
         .unwrap();
 
     let path = format!("request/{id}");
-    let verified = client.query_verified(&path, 0).await.unwrap();
-    let value = verified.value.clone().expect("request exists");
+    let mut verified = net.verified(0).unwrap();
+    let snapshot = verified.snapshot(At::Latest).await.unwrap();
+    let value = verified
+        .get(&snapshot, &path)
+        .await
+        .unwrap()
+        .expect("request exists");
     let record: RequestRecord = borsh::from_slice(&value).unwrap();
     assert_eq!(record.id, id);
 
     // Re-check by hand: the same proof fails for a tampered value, and the
     // absence proof of a missing key verifies while a claimed value does not.
-    let raw = client_proof(&net, &path, verified.height).await;
-    verify_value(&verified.app_hash, path.as_bytes(), Some(&value), &raw).unwrap();
+    let raw = client_proof(&net, &path, snapshot.height).await;
+    verify_value(&snapshot.app_hash, path.as_bytes(), Some(&value), &raw).unwrap();
     let mut tampered = value.clone();
     tampered[40] ^= 1;
-    assert!(verify_value(&verified.app_hash, path.as_bytes(), Some(&tampered), &raw).is_err());
-    let mut wrong_root = verified.app_hash.clone();
+    assert!(verify_value(&snapshot.app_hash, path.as_bytes(), Some(&tampered), &raw).is_err());
+    let mut wrong_root = snapshot.app_hash.clone();
     wrong_root[0] ^= 1;
     assert!(verify_value(&wrong_root, path.as_bytes(), Some(&value), &raw).is_err());
 
     let missing = format!("request/{}", Digest([0xee; 32]));
-    let absent = client.query_verified(&missing, 0).await.unwrap();
-    assert!(absent.value.is_none());
-    let absence_proof = client_proof(&net, &missing, absent.height).await;
+    assert!(verified.get(&snapshot, &missing).await.unwrap().is_none());
+    let absence_proof = client_proof(&net, &missing, snapshot.height).await;
     assert!(verify_value(
-        &absent.app_hash,
+        &snapshot.app_hash,
         missing.as_bytes(),
         Some(b"forged"),
         &absence_proof
@@ -561,5 +566,7 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
         },
     );
     client.submit(&next).await.unwrap();
-    client.query_verified("params", 0).await.unwrap();
+    let mut verified = net.verified(0).unwrap();
+    let snapshot = verified.snapshot(At::Latest).await.unwrap();
+    assert!(verified.get(&snapshot, "params").await.unwrap().is_some());
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pyrsia_chain::RequestRecord;
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_ledger_client::rpc::LedgerClient;
 use support::fixtures::GitServer;
 use support::{cometbft, devnet_init, pyrsia_bin, ServicePlan};
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use pyrsia_chain::Keypair;
-use pyrsia_cli::rpc::LedgerClient;
+use pyrsia_ledger_client::light::{LightClient, LightConfig, LightStore, TrustAnchor};
+use pyrsia_ledger_client::rpc::LedgerClient;
+use pyrsia_ledger_client::verified::VerifiedLedger;
 
 /// Request number `i` of a synthetic load: package `pkg{i}` 1.0.0 of
 /// `ecosystem`, from a made-up repository at a made-up commit (nothing builds
@@ -393,6 +395,31 @@ impl Testnet {
 
     pub fn client(&self, i: usize) -> Result<LedgerClient> {
         Ok(LedgerClient::new(&self.nodes[i].rpc_url)?)
+    }
+
+    /// The chain's genesis file (every node holds the same one).
+    pub fn genesis(&self) -> PathBuf {
+        self.nodes[0].home.join("config").join("genesis.json")
+    }
+
+    /// A verifying reader of node `url`, anchored at this chain's genesis,
+    /// with its light store in `store_dir` and the given freshness bound.
+    pub fn verified_via(
+        &self,
+        url: &str,
+        store_dir: &Path,
+        max_age: Duration,
+    ) -> Result<VerifiedLedger> {
+        let anchor = TrustAnchor::from_genesis_file(&self.genesis())?;
+        let store = LightStore::open(store_dir.join("store.json"), &anchor)?;
+        let light = LightClient::new(url, anchor, LightConfig::default().options()?, store)?;
+        Ok(VerifiedLedger::new(LedgerClient::new(url)?, light, max_age))
+    }
+
+    /// A verifying reader of node `i`, with a light store of its own.
+    pub fn verified(&self, i: usize) -> Result<VerifiedLedger> {
+        let store_dir = self.dir.path().join(format!("light-client-{i}"));
+        self.verified_via(&self.nodes[i].rpc_url, &store_dir, Duration::from_secs(60))
     }
 
     pub fn board_key(&self, i: usize) -> PathBuf {

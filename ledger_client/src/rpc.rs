@@ -1,14 +1,25 @@
 //! A ledger client over CometBFT's RPC: submit transactions and wait for
-//! their commit, read state, and verify answers against block headers.
+//! their commit, and read state as one node reports it. Reads a user acts
+//! on go through [`crate::verified::VerifiedLedger`] instead.
 
 use std::time::Duration;
 
 use borsh::BorshDeserialize;
-use pyrsia_chain::proof::{decode_proof, verify_value, ProofError, PROOF_OP_TYPE};
 use pyrsia_chain::{PublicKey, SignedTx};
 use tendermint::Hash;
 use tendermint_rpc::client::CompatMode;
 use tendermint_rpc::{Client, HttpClient};
+
+/// What went wrong in an RPC call, with the node's own message when it sent
+/// one (tendermint-rpc's `Display` carries a captured trace instead).
+pub(crate) fn rpc_reason(e: &tendermint_rpc::Error) -> String {
+    match e.detail() {
+        tendermint_rpc::error::ErrorDetail::Response(r) => {
+            format!("the node answered: {}", r.source)
+        }
+        other => other.to_string(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,10 +33,6 @@ pub enum ClientError {
     Query { path: String, log: String },
     #[error("value at {path:?} does not decode: {reason}")]
     Decode { path: String, reason: String },
-    #[error(transparent)]
-    Proof(#[from] ProofError),
-    #[error("answer for {0:?} carries no {PROOF_OP_TYPE} proof")]
-    NoProof(String),
 }
 
 /// A transaction as committed in a block.
@@ -85,15 +92,6 @@ impl LedgerEvent {
     }
 }
 
-/// A state value proven against the app hash in header `height + 1`.
-#[derive(Clone, Debug)]
-pub struct VerifiedValue {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-    pub height: u64,
-    pub app_hash: Vec<u8>,
-}
-
 #[derive(Clone, Debug)]
 pub struct LedgerClient {
     url: String,
@@ -128,7 +126,7 @@ impl LedgerClient {
 
     /// tendermint-rpc's `Display` carries a captured trace; its detail does not.
     fn call_err(&self, e: tendermint_rpc::Error) -> ClientError {
-        self.rpc_err(e.detail())
+        self.rpc_err(rpc_reason(&e))
     }
 
     /// The app hash this node's ledger returned when it executed block `height`.
@@ -274,33 +272,14 @@ impl LedgerClient {
         .transpose()
     }
 
-    /// Reads `path` with a proof and checks it against the app hash in the
-    /// header of the next block (waiting for that block if needed).
-    pub async fn query_verified(
+    /// The node's answer for `key` at `height`, with its proof, unchecked:
+    /// [`crate::verified::VerifiedLedger`] checks it.
+    pub async fn abci_query_proved(
         &self,
-        path: &str,
+        key: &str,
         height: u64,
-    ) -> Result<VerifiedValue, ClientError> {
-        let answer = self.abci(path, height, true).await?;
-        let at = answer.height.value();
-        let op = answer
-            .proof
-            .as_ref()
-            .and_then(|p| p.ops.iter().find(|op| op.field_type == PROOF_OP_TYPE))
-            .ok_or_else(|| ClientError::NoProof(path.to_owned()))?;
-        let proof = decode_proof(&op.data)?;
-        self.wait_height(at + 1, Duration::from_secs(30)).await?;
-        let next: tendermint::block::Height = (at + 1).try_into().map_err(|e| self.rpc_err(e))?;
-        let commit = self.http.commit(next).await.map_err(|e| self.call_err(e))?;
-        let app_hash = commit.signed_header.header.app_hash.as_bytes().to_vec();
-        let value = (answer.log == "exists").then_some(answer.value);
-        verify_value(&app_hash, &answer.key, value.as_deref(), &proof)?;
-        Ok(VerifiedValue {
-            key: String::from_utf8_lossy(&answer.key).into_owned(),
-            value,
-            height: at,
-            app_hash,
-        })
+    ) -> Result<tendermint_rpc::endpoint::abci_query::AbciQuery, ClientError> {
+        self.abci(key, height, true).await
     }
 
     pub async fn next_nonce(&self, signer: &PublicKey) -> Result<u64, ClientError> {

@@ -22,6 +22,10 @@ pub mod code {
     pub const GOV_SEQUENCE: u32 = 13;
     pub const UNKNOWN_NODE: u32 = 14;
     pub const TOO_LARGE: u32 = 15;
+    pub const NAME_BOUND_ELSEWHERE: u32 = 16;
+    pub const VERSION_RELEASED: u32 = 17;
+    pub const RECIPE_MISMATCH: u32 = 18;
+    pub const NAME_ALREADY_BOUND: u32 = 19;
     pub const INTERNAL: u32 = 100;
 }
 
@@ -59,6 +63,26 @@ pub enum TxError {
     UnknownNode(String),
     #[error("transaction of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("{package} is bound to {bound}, not {requested}; moving a name takes governance")]
+    NameBoundElsewhere {
+        package: String,
+        bound: String,
+        requested: String,
+    },
+    #[error("{package} is released from {released}; it cannot be built from {requested}")]
+    VersionReleased {
+        package: String,
+        released: String,
+        requested: String,
+    },
+    #[error("recipe {recipe:?} does not build ecosystem {ecosystem:?} (expected {expected:?})")]
+    RecipeMismatch {
+        ecosystem: String,
+        recipe: String,
+        expected: String,
+    },
+    #[error("{name} is already bound to {bound}; moving a name takes governance")]
+    NameAlreadyBound { name: String, bound: String },
     #[error("internal state error: {0}")]
     Store(#[from] StoreError),
 }
@@ -81,6 +105,10 @@ impl TxError {
             TxError::GovSequence { .. } => code::GOV_SEQUENCE,
             TxError::UnknownNode(_) => code::UNKNOWN_NODE,
             TxError::TooLarge { .. } => code::TOO_LARGE,
+            TxError::NameBoundElsewhere { .. } => code::NAME_BOUND_ELSEWHERE,
+            TxError::VersionReleased { .. } => code::VERSION_RELEASED,
+            TxError::RecipeMismatch { .. } => code::RECIPE_MISMATCH,
+            TxError::NameAlreadyBound { .. } => code::NAME_ALREADY_BOUND,
             TxError::Store(_) => code::INTERNAL,
         }
     }

@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::crypto::{gov_sign_bytes, tx_sign_bytes, verify, verify_batch};
 use crate::error::TxError;
+use crate::state_key;
 use crate::store::{key_hash, Committed, Store, StoreError};
 use crate::trust::{evaluate, select_builders};
 use crate::types::*;
@@ -40,7 +41,7 @@ pub enum LedgerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, gov/seq, params or board")]
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, released/ECO/NAME/VERSION, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, gov/seq, params or board")]
     UnknownPath(String),
     #[error("height {asked} is not available (latest committed is {latest})")]
     Height { asked: u64, latest: u64 },
@@ -126,10 +127,6 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-fn key_of(prefix: &str, id: impl std::fmt::Display) -> String {
-    format!("{prefix}/{id}")
-}
-
 impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         let store = Store::open(path)?;
@@ -193,9 +190,9 @@ impl Ledger {
         }
         let mut writes = Writes::new();
         let mut put = |key: String, value: Vec<u8>| writes.insert(key.into_bytes(), Some(value));
-        put("params".into(), to_bytes(&genesis.params));
-        put("board".into(), to_bytes(board));
-        put("gov/seq".into(), to_bytes(&0u64));
+        put(state_key::PARAMS.into(), to_bytes(&genesis.params));
+        put(state_key::BOARD.into(), to_bytes(board));
+        put(state_key::GOV_SEQ.into(), to_bytes(&0u64));
         for t in &genesis.trusted_nodes {
             let record = NodeRecord {
                 certification: Some(Certification {
@@ -204,7 +201,7 @@ impl Ledger {
                 }),
                 ..NodeRecord::default()
             };
-            put(key_of("node", t.node), to_bytes(&record));
+            put(state_key::node(t.node), to_bytes(&record));
         }
         let genesis = self.hash_version(writes, 0, 0)?;
         self.store.commit(
@@ -445,29 +442,39 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
     let path = path.trim_start_matches('/');
     let unknown = || QueryError::UnknownPath(path.to_owned());
     let (prefix, rest) = path.split_once('/').unwrap_or((path, ""));
+    let digest = || rest.parse::<Digest>().map_err(|_| unknown());
+    let key = || rest.parse::<PublicKey>().map_err(|_| unknown());
     match prefix {
-        "params" | "board" if rest.is_empty() => Ok(prefix.to_owned()),
-        "gov" if rest == "seq" => Ok(path.to_owned()),
-        "request" | "artifact" => Ok(key_of(
-            prefix,
-            rest.parse::<Digest>().map_err(|_| unknown())?,
-        )),
-        "node" | "nonce" => Ok(key_of(
-            prefix,
-            rest.parse::<PublicKey>().map_err(|_| unknown())?,
-        )),
-        "package" => {
-            let mut parts = rest.splitn(2, '/');
-            let eco = parts.next().unwrap_or_default();
-            let (name, version) = parts
-                .next()
-                .unwrap_or_default()
-                .rsplit_once('/')
-                .ok_or_else(unknown)?;
-            if eco.is_empty() || name.is_empty() || version.is_empty() {
+        "params" if rest.is_empty() => Ok(state_key::PARAMS.to_owned()),
+        "board" if rest.is_empty() => Ok(state_key::BOARD.to_owned()),
+        "gov" if rest == "seq" => Ok(state_key::GOV_SEQ.to_owned()),
+        "request" => Ok(state_key::request(digest()?)),
+        "artifact" => Ok(state_key::artifact(digest()?)),
+        "node" => Ok(state_key::node(key()?)),
+        "nonce" => Ok(state_key::nonce(key()?)),
+        "package" | "released" => {
+            let (ecosystem, name_version) = rest.split_once('/').ok_or_else(unknown)?;
+            let (name, version) = name_version.rsplit_once('/').ok_or_else(unknown)?;
+            if ecosystem.is_empty() || name.is_empty() || version.is_empty() {
                 return Err(unknown());
             }
-            Ok(path.to_owned())
+            let p = PackageId {
+                ecosystem: ecosystem.to_owned(),
+                name: name.to_owned(),
+                version: version.to_owned(),
+            };
+            Ok(if prefix == "package" {
+                state_key::package(&p)
+            } else {
+                state_key::released(&p)
+            })
+        }
+        "name" => {
+            let (ecosystem, name) = rest.split_once('/').ok_or_else(unknown)?;
+            if ecosystem.is_empty() || name.is_empty() {
+                return Err(unknown());
+            }
+            Ok(state_key::name(ecosystem, name))
         }
         _ => Err(unknown()),
     }
@@ -475,6 +482,19 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
 
 fn to_bytes<T: BorshSerialize>(v: &T) -> Vec<u8> {
     borsh::to_vec(v).unwrap_or_default()
+}
+
+/// The one recipe that builds an ecosystem's packages.
+fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
+    match ecosystem {
+        "cargo" => Ok("cargo"),
+        "npm" => Ok("npm"),
+        "python" => Ok("python"),
+        "script" => Ok("script"),
+        other => Err(TxError::InvalidField(format!(
+            "no recipe builds ecosystem {other:?} (cargo, npm, python, script)"
+        ))),
+    }
 }
 
 fn validate_params(p: &Params) -> Result<(), TxError> {
@@ -534,19 +554,23 @@ impl Exec<'_> {
         self.tx.insert(key.into_bytes(), Some(to_bytes(value)));
     }
 
+    fn delete(&mut self, key: String) {
+        self.tx.insert(key.into_bytes(), None);
+    }
+
     fn emit(&mut self, kind: &'static str, attributes: Vec<(&'static str, String)>) {
         self.events.push(Event { kind, attributes });
     }
 
     fn params(&self) -> Result<Params, TxError> {
-        Ok(self.get("params")?.unwrap_or_default())
+        Ok(self.get(state_key::PARAMS)?.unwrap_or_default())
     }
 
     /// Consumes the nonce (even if the rules then reject the transaction, so
     /// that a rejected transaction can never be replayed), then applies the
     /// rules; their writes land only if they all pass.
     fn run(&mut self, tx: &SignedTx) -> Result<Vec<Event>, TxError> {
-        let nonce_key = key_of("nonce", tx.signer);
+        let nonce_key = state_key::nonce(tx.signer);
         let last: u64 = self.get(&nonce_key)?.unwrap_or(0);
         if tx.body.nonce <= last {
             return Err(TxError::StaleNonce {
@@ -562,6 +586,7 @@ impl Exec<'_> {
             TxKind::Attest(a) => self.attest(tx.signer, a),
             TxKind::TrustedImport(i) => self.trusted_import(tx.signer, i),
             TxKind::Governance(g) => self.governance(g),
+            TxKind::BindName(b) => self.bind_name_by_trusted_node(tx.signer, b),
         };
         outcome?;
         let writes = std::mem::take(&mut self.tx);
@@ -643,7 +668,7 @@ impl Exec<'_> {
         for eco in &ecosystems {
             self.ecosystem(eco)?;
         }
-        let node_key = key_of("node", signer);
+        let node_key = state_key::node(signer);
         let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
         let previous = node
             .builder
@@ -651,13 +676,13 @@ impl Exec<'_> {
             .map(|b| b.ecosystems)
             .unwrap_or_default();
         for eco in previous.iter().filter(|e| !ecosystems.contains(e)) {
-            let key = key_of("builders", eco);
+            let key = state_key::builders(eco);
             let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
             list.retain(|b| *b != signer);
             self.put(key, &list);
         }
         for eco in &ecosystems {
-            let key = key_of("builders", eco);
+            let key = state_key::builders(eco);
             let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
             if let Err(at) = list.binary_search(&signer) {
                 list.insert(at, signer);
@@ -681,7 +706,7 @@ impl Exec<'_> {
     }
 
     fn add_to_package(&mut self, package: &PackageId, id: Digest) -> Result<(), TxError> {
-        let key = package.state_key();
+        let key = state_key::package(package);
         let mut record: PackageRecord = self.get(&key)?.unwrap_or_default();
         record.requests.push(id);
         self.put(key, &record);
@@ -694,15 +719,42 @@ impl Exec<'_> {
         self.text("source.repo_url", &r.source.repo_url, params.max_field_len)?;
         self.text("source.commit", &r.source.commit, params.max_field_len)?;
         self.text("recipe", &r.recipe, params.max_field_len)?;
+        let expected = recipe_for(&r.package.ecosystem)?;
+        if r.recipe != expected {
+            return Err(TxError::RecipeMismatch {
+                ecosystem: r.package.ecosystem.clone(),
+                recipe: r.recipe.clone(),
+                expected: expected.to_owned(),
+            });
+        }
+        let name_key = state_key::name(&r.package.ecosystem, &r.package.name);
+        if let Some(binding) = self.get::<NameBinding>(&name_key)? {
+            if binding.repo_url != r.source.repo_url {
+                return Err(TxError::NameBoundElsewhere {
+                    package: r.package.to_string(),
+                    bound: binding.repo_url,
+                    requested: r.source.repo_url.clone(),
+                });
+            }
+        }
+        if let Some(release) = self.get::<Release>(&state_key::released(&r.package))? {
+            if release.source != r.source {
+                return Err(TxError::VersionReleased {
+                    package: r.package.to_string(),
+                    released: format!("{} at {}", release.source.repo_url, release.source.commit),
+                    requested: format!("{} at {}", r.source.repo_url, r.source.commit),
+                });
+            }
+        }
         let id = r.id();
-        let key = key_of("request", id);
+        let key = state_key::request(id);
         if self.get::<RequestRecord>(&key)?.is_some() {
             return Err(TxError::DuplicateRequest(id));
         }
         let selected = match self.block_hash {
             Some(hash) => {
                 let candidates: Vec<PublicKey> = self
-                    .get(&key_of("builders", &r.package.ecosystem))?
+                    .get(&state_key::builders(&r.package.ecosystem))?
                     .unwrap_or_default();
                 select_builders(
                     hash,
@@ -742,7 +794,7 @@ impl Exec<'_> {
         let params = self.params()?;
         self.outputs(&a.outputs, &params)?;
         self.text("build_env", &a.build_env, params.max_field_len)?;
-        let key = key_of("request", a.request_id);
+        let key = state_key::request(a.request_id);
         let mut record: RequestRecord = self
             .get(&key)?
             .ok_or(TxError::UnknownRequest(a.request_id))?;
@@ -752,7 +804,7 @@ impl Exec<'_> {
                 request: a.request_id,
             });
         }
-        let node: Option<NodeRecord> = self.get(&key_of("node", signer))?;
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
         let role = if node.as_ref().is_some_and(|n| n.is_certified_at(self.time)) {
             AttesterRole::Trusted
         } else if matches!(record.origin, RequestOrigin::Build(_))
@@ -788,12 +840,12 @@ impl Exec<'_> {
         self.package(&i.package, params.max_field_len)?;
         self.outputs(&i.outputs, &params)?;
         self.text("upstream", &i.upstream, params.max_field_len)?;
-        let node: Option<NodeRecord> = self.get(&key_of("node", signer))?;
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
         if !node.is_some_and(|n| n.is_certified_at(self.time)) {
             return Err(TxError::NotTrustedNode(signer.to_string()));
         }
         let id = i.record_id();
-        let key = key_of("request", id);
+        let key = state_key::request(id);
         let mut record = match self.get::<RequestRecord>(&key)? {
             Some(r) => r,
             None => {
@@ -843,7 +895,7 @@ impl Exec<'_> {
         params: &Params,
     ) -> Result<(), TxError> {
         for o in &attestation.outputs {
-            let key = key_of("artifact", o.sha256);
+            let key = state_key::artifact(o.sha256);
             let layout = StripeLayout {
                 stripe_size: o.stripe_size,
                 stripe_root: o.stripe_root,
@@ -866,13 +918,10 @@ impl Exec<'_> {
             }
         }
         if attestation.role == AttesterRole::Trusted {
-            let node_key = key_of("node", attestation.attester);
+            let node_key = state_key::node(attestation.attester);
             let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
-            let page_key = format!(
-                "attested/{}/{}",
-                attestation.attester,
-                node.attestation_count / ATTEST_PAGE
-            );
+            let page_key =
+                state_key::attested(attestation.attester, node.attestation_count / ATTEST_PAGE);
             let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
             page.push(record.id);
             self.put(page_key, &page);
@@ -888,12 +937,12 @@ impl Exec<'_> {
             ],
         );
         record.attestations.push(attestation);
-        self.set_level(record, evaluate(params, &record.attestations));
-        Ok(())
+        self.set_level(record, evaluate(params, &record.attestations))
     }
 
-    fn set_level(&mut self, record: &mut RequestRecord, level: TrustLevel) {
+    fn set_level(&mut self, record: &mut RequestRecord, level: TrustLevel) -> Result<(), TxError> {
         if level != record.level {
+            self.settle_name_and_release(record, level)?;
             self.emit(
                 "trust_changed",
                 vec![
@@ -905,10 +954,122 @@ impl Exec<'_> {
             );
             record.level = level;
         }
+        Ok(())
+    }
+
+    /// A build reaching `trusted` or above releases its coordinates from its
+    /// source and binds an unbound name to its repository: a certified trusted
+    /// node vouched for it. Falling below `trusted` again (a revocation)
+    /// undoes what this request did, and nothing else.
+    fn settle_name_and_release(
+        &mut self,
+        record: &RequestRecord,
+        level: TrustLevel,
+    ) -> Result<(), TxError> {
+        let RequestOrigin::Build(request) = &record.origin else {
+            return Ok(());
+        };
+        let established =
+            |l: TrustLevel| matches!(l, TrustLevel::Trusted | TrustLevel::Reproducible);
+        let release_key = state_key::released(&request.package);
+        let name_key = state_key::name(&request.package.ecosystem, &request.package.name);
+        match (established(record.level), established(level)) {
+            (false, true) => {
+                if self.get::<Release>(&release_key)?.is_none() {
+                    let release = Release {
+                        source: request.source.clone(),
+                        request: record.id,
+                        height: self.height,
+                    };
+                    self.put(release_key, &release);
+                }
+                if self.get::<NameBinding>(&name_key)?.is_none() {
+                    let binding = NameBinding {
+                        repo_url: request.source.repo_url.clone(),
+                        bound_by: NameAuthority::TrustedBuild(record.id),
+                        height: self.height,
+                    };
+                    self.put(name_key, &binding);
+                    self.emit(
+                        "name_bound",
+                        vec![
+                            ("ecosystem", request.package.ecosystem.clone()),
+                            ("name", request.package.name.clone()),
+                            ("repo_url", request.source.repo_url.clone()),
+                        ],
+                    );
+                }
+            }
+            (true, false) => {
+                if self
+                    .get::<Release>(&release_key)?
+                    .is_some_and(|r| r.request == record.id)
+                {
+                    self.delete(release_key);
+                }
+                if self
+                    .get::<NameBinding>(&name_key)?
+                    .is_some_and(|b| b.bound_by == NameAuthority::TrustedBuild(record.id))
+                {
+                    self.delete(name_key);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn name_fields(&self, b: &BindName) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.ecosystem(&b.ecosystem)?;
+        self.text("name", &b.name, params.max_field_len)?;
+        self.text("repo_url", &b.repo_url, params.max_field_len)
+    }
+
+    fn bind_name(&mut self, b: &BindName, bound_by: NameAuthority) {
+        let binding = NameBinding {
+            repo_url: b.repo_url.clone(),
+            bound_by,
+            height: self.height,
+        };
+        self.put(state_key::name(&b.ecosystem, &b.name), &binding);
+        self.emit(
+            "name_bound",
+            vec![
+                ("ecosystem", b.ecosystem.clone()),
+                ("name", b.name.clone()),
+                ("repo_url", b.repo_url.clone()),
+            ],
+        );
+    }
+
+    /// A certified trusted node binds a name nobody has bound yet.
+    fn bind_name_by_trusted_node(
+        &mut self,
+        signer: PublicKey,
+        b: &BindName,
+    ) -> Result<(), TxError> {
+        self.name_fields(b)?;
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
+        if !node.is_some_and(|n| n.is_certified_at(self.time)) {
+            return Err(TxError::NotTrustedNode(signer.to_string()));
+        }
+        let key = state_key::name(&b.ecosystem, &b.name);
+        if let Some(existing) = self.get::<NameBinding>(&key)? {
+            if existing.repo_url != b.repo_url {
+                return Err(TxError::NameAlreadyBound {
+                    name: format!("{}:{}", b.ecosystem, b.name),
+                    bound: existing.repo_url,
+                });
+            }
+            return Ok(());
+        }
+        self.bind_name(b, NameAuthority::TrustedNode(signer));
+        Ok(())
     }
 
     fn governance(&mut self, g: &Governance) -> Result<(), TxError> {
-        let seq: u64 = self.get("gov/seq")?.unwrap_or(0);
+        let seq: u64 = self.get(state_key::GOV_SEQ)?.unwrap_or(0);
         if g.seq != seq {
             return Err(TxError::GovSequence {
                 expected: seq,
@@ -916,7 +1077,7 @@ impl Exec<'_> {
             });
         }
         let board: Board = self
-            .get("board")?
+            .get(state_key::BOARD)?
             .ok_or_else(|| TxError::BadApproval("no governance board in state".into()))?;
         let msg = gov_sign_bytes(self.chain_id, g.seq, &g.action);
         let mut approvers = std::collections::BTreeSet::new();
@@ -949,7 +1110,7 @@ impl Exec<'_> {
         }
         match &g.action {
             GovAction::CertifyTrustedNode { node, valid_until } => {
-                let key = key_of("node", node);
+                let key = state_key::node(*node);
                 let mut record: NodeRecord = self.get(&key)?.unwrap_or_default();
                 record.certification = Some(Certification {
                     valid_until: *valid_until,
@@ -969,13 +1130,17 @@ impl Exec<'_> {
                 incident,
                 incident_since_height,
             } => self.revoke(*node, incident, *incident_since_height)?,
+            GovAction::BindName(b) => {
+                self.name_fields(b)?;
+                self.bind_name(b, NameAuthority::Board);
+            }
             GovAction::UpdateParams(p) => {
                 validate_params(p)?;
-                self.put("params".into(), p);
+                self.put(state_key::PARAMS.into(), p);
                 self.emit("params_updated", vec![]);
             }
         }
-        self.put("gov/seq".into(), &(seq + 1));
+        self.put(state_key::GOV_SEQ.into(), &(seq + 1));
         Ok(())
     }
 
@@ -984,7 +1149,7 @@ impl Exec<'_> {
     fn revoke(&mut self, node: PublicKey, incident: &str, since: u64) -> Result<(), TxError> {
         let params = self.params()?;
         self.text("incident", incident, params.max_field_len)?;
-        let key = key_of("node", node);
+        let key = state_key::node(node);
         let mut record: NodeRecord = self
             .get(&key)?
             .ok_or_else(|| TxError::UnknownNode(node.to_string()))?;
@@ -1003,10 +1168,10 @@ impl Exec<'_> {
         self.put(key, &record);
         for page in 0..pages {
             let ids: Vec<Digest> = self
-                .get(&format!("attested/{node}/{page}"))?
+                .get(&state_key::attested(node, page))?
                 .unwrap_or_default();
             for id in ids {
-                let request_key = key_of("request", id);
+                let request_key = state_key::request(id);
                 let Some(mut request) = self.get::<RequestRecord>(&request_key)? else {
                     continue;
                 };
@@ -1019,7 +1184,7 @@ impl Exec<'_> {
                 }
                 if changed {
                     let level = evaluate(&params, &request.attestations);
-                    self.set_level(&mut request, level);
+                    self.set_level(&mut request, level)?;
                     self.put(request_key, &request);
                 }
             }

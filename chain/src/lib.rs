@@ -11,6 +11,7 @@ pub mod error;
 pub mod ledger;
 pub mod proof;
 pub mod render;
+pub mod state_key;
 pub mod store;
 pub mod trust;
 pub mod types;

@@ -29,6 +29,8 @@ pub fn value_to_json(key: &str, bytes: &[u8]) -> Result<serde_json::Value, Rende
     let prefix = key.split('/').next().unwrap_or_default();
     match prefix {
         "package" => decode::<PackageRecord>(key, bytes),
+        "released" => decode::<Release>(key, bytes),
+        "name" => decode::<NameBinding>(key, bytes),
         "request" => decode::<RequestRecord>(key, bytes),
         "artifact" => decode::<ArtifactRecord>(key, bytes),
         "node" => decode::<NodeRecord>(key, bytes),

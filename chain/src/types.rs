@@ -96,7 +96,7 @@ pub struct PackageId {
 impl PackageId {
     /// State key of the package record.
     pub fn state_key(&self) -> String {
-        format!("package/{}/{}/{}", self.ecosystem, self.name, self.version)
+        crate::state_key::package(self)
     }
 }
 
@@ -165,6 +165,45 @@ pub struct Attest {
     pub log_digest: Digest,
 }
 
+/// Binds a package name to its source repository (a certified trusted node,
+/// for a name nobody has bound yet).
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct BindName {
+    pub ecosystem: String,
+    pub name: String,
+    pub repo_url: String,
+}
+
+/// Who bound a name to its repository.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameAuthority {
+    /// A certified trusted node, with a `BindName` transaction.
+    TrustedNode(PublicKey),
+    /// The first build of the name that reached `trusted` (a certified
+    /// trusted node attested it).
+    TrustedBuild(Digest),
+    /// The board, by governance (the only way to move a bound name).
+    Board,
+}
+
+/// `name/{ecosystem}/{name}`: the one repository the name is built from.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct NameBinding {
+    pub repo_url: String,
+    pub bound_by: NameAuthority,
+    pub height: u64,
+}
+
+/// `released/{ecosystem}/{name}/{version}`: the source of the first build of
+/// these coordinates that reached `trusted`; no other commit may be built.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Release {
+    pub source: SourceRef,
+    pub request: Digest,
+    pub height: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct TrustedImport {
     pub package: PackageId,
@@ -197,6 +236,8 @@ pub enum GovAction {
         incident_since_height: u64,
     },
     UpdateParams(Params),
+    /// Binds a package name to a repository, or moves it to another one.
+    BindName(BindName),
 }
 
 /// One board member's approval of a governance action.
@@ -222,6 +263,7 @@ pub enum TxKind {
     Attest(Attest),
     TrustedImport(TrustedImport),
     Governance(Governance),
+    BindName(BindName),
 }
 
 impl TxKind {
@@ -231,10 +273,12 @@ impl TxKind {
             TxKind::RequestBuild(_) => "request_build",
             TxKind::Attest(_) => "attest",
             TxKind::TrustedImport(_) => "trusted_import",
+            TxKind::BindName(_) => "bind_name",
             TxKind::Governance(g) => match g.action {
                 GovAction::CertifyTrustedNode { .. } => "certify_trusted_node",
                 GovAction::RevokeTrustedNode { .. } => "revoke_trusted_node",
                 GovAction::UpdateParams(_) => "update_params",
+                GovAction::BindName(_) => "gov_bind_name",
             },
         }
     }

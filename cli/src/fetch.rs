@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use pyrsia_chain::{AttesterRole, Output, PackageId, RequestRecord, TrustLevel};
+use pyrsia_chain::{AttesterRole, Digest, Output, PackageId, RequestRecord, TrustLevel};
 use pyrsia_ledger_client::verified::At;
 
 use crate::Context;
@@ -97,6 +97,36 @@ async fn fetch_one(
     .await
 }
 
+/// The outputs a build attests: names and digests of its first counted
+/// attestation, sorted.
+fn attested_outputs(build: &RequestRecord) -> Option<Vec<(String, Digest)>> {
+    let attestation = build
+        .attestations
+        .iter()
+        .find(|a| a.role != AttesterRole::Void)?;
+    let mut outputs: Vec<_> = attestation
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.sha256))
+        .collect();
+    outputs.sort();
+    Some(outputs)
+}
+
+/// The ids of the servable builds (at or above `min`) if they do not all
+/// attest the same outputs: `fetch` never picks one of two answers.
+fn disagreement(builds: &[RequestRecord], min: MinTrust) -> Option<Vec<String>> {
+    let servable: Vec<&RequestRecord> = builds
+        .iter()
+        .filter(|b| served_as(b.level).is_some_and(|l| l >= min))
+        .collect();
+    let first = servable.first().map(|b| attested_outputs(b))?;
+    servable
+        .iter()
+        .any(|b| attested_outputs(b) != first)
+        .then(|| servable.iter().map(|b| b.id.to_string()).collect())
+}
+
 /// The build to serve: the most trusted one, the latest among equals.
 pub fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
     // max_by_key keeps the last of equals: the ledger lists requests oldest first.
@@ -130,6 +160,16 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
         .await
         .with_context(|| format!("reading {package} from the ledger"))?
         .builds;
+    if let Some(ids) = disagreement(&builds, cmd.min_trust) {
+        bail!(
+            "refusing {package}: its builds at or above the minimum trust disagree on their outputs ({}); \
+             see `pyrsia verify {} {} {}`",
+            ids.join(", "),
+            package.ecosystem,
+            package.name,
+            package.version
+        );
+    }
     let chosen = best(builds).ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
     match served_as(chosen.level) {
         Some(level) if level >= cmd.min_trust => {}
@@ -196,6 +236,67 @@ mod tests {
         assert_eq!(served_as(TrustLevel::Disputed), None);
         assert!(served_as(TrustLevel::Reproducible) > served_as(TrustLevel::Trusted));
         assert!(served_as(TrustLevel::Pending) < Some(MinTrust::Trusted));
+    }
+
+    fn build(id: u8, level: TrustLevel, sha: u8) -> RequestRecord {
+        RequestRecord {
+            id: Digest([id; 32]),
+            origin: pyrsia_chain::RequestOrigin::Import {
+                package: PackageId {
+                    ecosystem: "npm".into(),
+                    name: "a".into(),
+                    version: "1".into(),
+                },
+                upstream: "u".into(),
+            },
+            requester: Default::default(),
+            height: 1,
+            selected: vec![],
+            attestations: vec![pyrsia_chain::AttestationRecord {
+                attester: Default::default(),
+                role: AttesterRole::Trusted,
+                height: 1,
+                outputs: vec![Output {
+                    name: "a.tgz".into(),
+                    sha256: Digest([sha; 32]),
+                    size: 1,
+                    stripe_size: 1,
+                    stripe_root: Digest([sha; 32]),
+                }],
+                build_env: String::new(),
+                log_digest: Digest::default(),
+            }],
+            level,
+        }
+    }
+
+    #[test]
+    fn servable_builds_that_disagree_are_refused_not_picked() {
+        let agree = [
+            build(1, TrustLevel::Trusted, 7),
+            build(2, TrustLevel::Reproducible, 7),
+        ];
+        assert_eq!(disagreement(&agree, MinTrust::Trusted), None);
+        let disagree = [
+            build(1, TrustLevel::Trusted, 7),
+            build(2, TrustLevel::Reproducible, 8),
+        ];
+        assert_eq!(
+            disagreement(&disagree, MinTrust::Trusted).map(|v| v.len()),
+            Some(2)
+        );
+        // A build below the minimum is not a candidate, so it is no conflict.
+        let low = [
+            build(1, TrustLevel::QuorumOnly, 7),
+            build(2, TrustLevel::Trusted, 8),
+        ];
+        assert_eq!(disagreement(&low, MinTrust::Trusted), None);
+        // Disputed builds are never served, so never candidates either.
+        let disputed = [
+            build(1, TrustLevel::Disputed, 7),
+            build(2, TrustLevel::Trusted, 8),
+        ];
+        assert_eq!(disagreement(&disputed, MinTrust::Pending), None);
     }
 
     #[test]

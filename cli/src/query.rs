@@ -34,6 +34,21 @@ pub enum QueryCommand {
         #[command(flatten)]
         opts: QueryOpts,
     },
+    /// The repository a package name is bound to, and who bound it.
+    Name {
+        ecosystem: String,
+        name: String,
+        #[command(flatten)]
+        opts: QueryOpts,
+    },
+    /// The source a package version is released from.
+    Released {
+        ecosystem: String,
+        name: String,
+        version: String,
+        #[command(flatten)]
+        opts: QueryOpts,
+    },
     /// What the ledger knows of an artifact digest.
     Artifact {
         sha256: Digest,
@@ -62,6 +77,17 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
             version,
             opts,
         } => (format!("package/{ecosystem}/{name}/{version}"), opts),
+        QueryCommand::Name {
+            ecosystem,
+            name,
+            opts,
+        } => (format!("name/{ecosystem}/{name}"), opts),
+        QueryCommand::Released {
+            ecosystem,
+            name,
+            version,
+            opts,
+        } => (format!("released/{ecosystem}/{name}/{version}"), opts),
         QueryCommand::Artifact { sha256, opts } => (format!("artifact/{sha256}"), opts),
         QueryCommand::Node { pubkey, opts } => (format!("node/{pubkey}"), opts),
         QueryCommand::Params { opts } => ("params".to_owned(), opts),

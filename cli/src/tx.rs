@@ -5,8 +5,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use pyrsia_chain::crypto::approve;
 use pyrsia_chain::{
-    sign_tx, Attest, BuildRequest, Digest, GovAction, Governance, Keypair, Output, PackageId,
-    Params, PublicKey, RegisterBuilder, SourceRef, TrustedImport, TxBody, TxKind,
+    sign_tx, Attest, BindName, BuildRequest, Digest, GovAction, Governance, Keypair, Output,
+    PackageId, Params, PublicKey, RegisterBuilder, SourceRef, TrustedImport, TxBody, TxKind,
 };
 
 use crate::keys::KeyArgs;
@@ -124,6 +124,35 @@ pub enum TxCommand {
         #[arg(long = "output", required = true, value_parser = parse_output)]
         outputs: Vec<Output>,
     },
+    /// As a certified trusted node, bind a package name nobody has bound yet
+    /// to its source repository.
+    BindName {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        name: NameArgs,
+    },
+}
+
+/// A package name and the repository it is built from.
+#[derive(Args, Debug, Clone)]
+pub struct NameArgs {
+    #[arg(long)]
+    pub ecosystem: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub repo: String,
+}
+
+impl NameArgs {
+    fn bind_name(self) -> BindName {
+        BindName {
+            ecosystem: self.ecosystem,
+            name: self.name,
+            repo_url: self.repo,
+        }
+    }
 }
 
 /// Board approvals: one key file per approving member.
@@ -163,6 +192,13 @@ pub enum GovCommand {
         /// Attestations from this height on stop counting.
         #[arg(long)]
         since_height: u64,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
+    /// Bind a package name to a repository, or move it to another one.
+    BindName {
+        #[command(flatten)]
+        name: NameArgs,
         #[command(flatten)]
         board: BoardArgs,
     },
@@ -305,6 +341,11 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
                 serde_json::json!({"request_id": id}),
             );
         }
+        TxCommand::BindName { key, name } => {
+            let key = key.load(&ctx.home)?;
+            let tx = submit(ctx, &key, TxKind::BindName(name.bind_name())).await?;
+            report(ctx, "name bound", &tx, serde_json::json!({}));
+        }
     }
     Ok(())
 }
@@ -342,6 +383,7 @@ pub async fn run_gov(ctx: &Context, cmd: GovCommand) -> Result<()> {
             },
             board,
         ),
+        GovCommand::BindName { name, board } => (GovAction::BindName(name.bind_name()), board),
         GovCommand::Params {
             builders_per_request,
             quorum,

@@ -147,6 +147,49 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
     );
     assert_eq!(level_of(&net, &request), "reproducible");
 
+    // The trusted build bound left-pad to its repository: the same name from
+    // another one is refused with its own code, and the ledger keeps one build.
+    let hijack = net
+        .pyrsia(&[
+            "tx",
+            "request-build",
+            "--key",
+            "requester",
+            "--ecosystem",
+            "npm",
+            "--name",
+            "left-pad",
+            "--version",
+            "1.0.0",
+            "--repo",
+            "https://example.net/impostor/left-pad.git",
+            "--commit",
+            "fedcba9876543210fedcba9876543210fedcba98",
+        ])
+        .unwrap();
+    assert!(!hijack.status.success());
+    let stderr = String::from_utf8_lossy(&hijack.stderr);
+    assert!(stderr.contains("code 16"), "{stderr}");
+    let name = net
+        .pyrsia_json(&["query", "name", "npm", "left-pad"])
+        .unwrap();
+    assert_eq!(
+        name["value"]["repo_url"],
+        "https://example.org/left-pad.git"
+    );
+    let verified = net
+        .pyrsia_json(&[
+            "verify",
+            "npm",
+            "left-pad",
+            "1.0.0",
+            "--min-trust",
+            "reproducible",
+        ])
+        .unwrap();
+    assert_eq!(verified["builds"].as_array().unwrap().len(), 1);
+    assert_eq!(verified["builds"][0]["request_id"], request.as_str());
+
     // The artifact and package records point back at the request.
     let artifact = net
         .pyrsia_json(&["query", "artifact", &Digest([7; 32]).to_string()])
@@ -560,7 +603,10 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
         TxBody {
             nonce: 1000,
             kind: TxKind::RequestBuild(BuildRequest {
-                recipe: "after-crash".into(),
+                source: SourceRef {
+                    repo_url: "https://example.org/serde.git".into(),
+                    commit: "after-crash".into(),
+                },
                 ..requests[0].clone()
             }),
         },

@@ -31,7 +31,7 @@ pub fn synthetic_request(i: usize, ecosystem: &str) -> pyrsia_chain::BuildReques
             repo_url: format!("https://example.org/pkg{i}.git"),
             commit: format!("{i:040x}"),
         },
-        recipe: "npm".into(),
+        recipe: ecosystem.into(),
     }
 }
 

@@ -18,6 +18,14 @@ use crate::types::*;
 
 /// Largest transaction accepted, in bytes.
 pub const MAX_TX_BYTES: usize = 64 * 1024;
+/// How far past the signer's last nonce a transaction's nonce may be: gaps
+/// let a client pipeline, but a nonce near `u64::MAX` would retire the key.
+pub const MAX_NONCE_STEP: u64 = 1 << 20;
+/// Stripe sizes and counts an attested output may declare: the store's own
+/// limits (`p2p_store::manifest`), so every attested layout is downloadable.
+pub const MIN_STRIPE_SIZE: u32 = 4 * 1024;
+pub const MAX_STRIPE_SIZE: u32 = 16 * 1024 * 1024;
+pub const MAX_STRIPES: u64 = 256 * 1024;
 /// Request ids per page of a trusted node's attestation index.
 const ATTEST_PAGE: u64 = 256;
 const META_CHAIN_ID: &[u8] = b"chain_id";
@@ -578,6 +586,12 @@ impl Exec<'_> {
                 got: tx.body.nonce,
             });
         }
+        if tx.body.nonce - last > MAX_NONCE_STEP {
+            return Err(TxError::InvalidField(format!(
+                "nonce {} jumps more than {MAX_NONCE_STEP} past the last one, {last}",
+                tx.body.nonce
+            )));
+        }
         self.block
             .insert(nonce_key.into_bytes(), Some(to_bytes(&tx.body.nonce)));
         let outcome = match &tx.body.kind {
@@ -645,10 +659,17 @@ impl Exec<'_> {
                     o.name
                 )));
             }
-            if o.stripe_size == 0 {
-                return Err(TxError::InvalidField(
-                    "output.stripe_size must be positive".into(),
-                ));
+            if !(MIN_STRIPE_SIZE..=MAX_STRIPE_SIZE).contains(&o.stripe_size) {
+                return Err(TxError::InvalidField(format!(
+                    "output.stripe_size {} outside [{MIN_STRIPE_SIZE}, {MAX_STRIPE_SIZE}]",
+                    o.stripe_size
+                )));
+            }
+            if o.size.div_ceil(u64::from(o.stripe_size)) > MAX_STRIPES {
+                return Err(TxError::InvalidField(format!(
+                    "output of {} bytes in stripes of {} exceeds {MAX_STRIPES} stripes",
+                    o.size, o.stripe_size
+                )));
             }
         }
         Ok(())
@@ -717,7 +738,17 @@ impl Exec<'_> {
         let params = self.params()?;
         self.package(&r.package, params.max_field_len)?;
         self.text("source.repo_url", &r.source.repo_url, params.max_field_len)?;
-        self.text("source.commit", &r.source.commit, params.max_field_len)?;
+        let commit = &r.source.commit;
+        let hex_len = matches!(commit.len(), 40 | 64);
+        if !hex_len
+            || !commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(TxError::InvalidField(format!(
+                "source.commit {commit:?} must be a full commit id: 40 or 64 lowercase hex"
+            )));
+        }
         self.text("recipe", &r.recipe, params.max_field_len)?;
         let expected = recipe_for(&r.package.ecosystem)?;
         if r.recipe != expected {

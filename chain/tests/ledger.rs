@@ -94,7 +94,7 @@ fn output(seed: u8) -> Output {
         name: "a.whl".into(),
         sha256: Digest([seed; 32]),
         size: 10,
-        stripe_size: 4,
+        stripe_size: 4096,
         stripe_root: Digest([seed; 32]),
     }
 }
@@ -117,7 +117,7 @@ fn build_request(version: &str) -> BuildRequest {
         },
         source: SourceRef {
             repo_url: "https://example.org/six".into(),
-            commit: "c0ffee".into(),
+            commit: "c0ffee".repeat(7)[..40].into(),
         },
         recipe: "python".into(),
     }
@@ -384,4 +384,72 @@ fn malformed_inputs_get_codes_not_panics() {
     for path in ["", "request/zz", "package/npm", "../params", "nonce/12"] {
         assert!(h.ledger.query(path, 0, true).is_err(), "{path:?} accepted");
     }
+}
+
+#[test]
+fn commits_stripes_and_nonces_are_bounded() {
+    let mut h = Harness::new();
+    let (id, selected) = setup_request(&mut h);
+    let short_commit = |commit: &str| {
+        let mut r = build_request("2.0.0");
+        r.source.commit = commit.into();
+        TxKind::RequestBuild(r)
+    };
+    let stripes = |stripe_size: u32, size: u64| {
+        TxKind::Attest(Attest {
+            request_id: id,
+            outputs: vec![Output {
+                stripe_size,
+                size,
+                ..output(1)
+            }],
+            build_env: "e".into(),
+            log_digest: Digest::default(),
+        })
+    };
+    let builder = signer_of(&selected[0]);
+    let txs = vec![
+        h.tx(&key(70), short_commit("c0ffee")),
+        h.tx(&key(71), short_commit(&"C".repeat(40))),
+        h.tx(&key(72), short_commit(&"0".repeat(64))),
+        h.tx(&builder, stripes(1, 10)),
+        h.tx(&builder, stripes(64 << 20, 10)),
+        h.tx(&builder, stripes(4096, 4096 * (256 * 1024 + 1))),
+    ];
+    let codes: Vec<u32> = h.block(&txs).txs.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            code::INVALID_FIELD,
+            code::INVALID_FIELD,
+            code::OK,
+            code::INVALID_FIELD,
+            code::INVALID_FIELD,
+            code::INVALID_FIELD
+        ]
+    );
+
+    // A nonce may skip ahead, but not arbitrarily far.
+    let register = TxKind::RegisterBuilder(RegisterBuilder {
+        peer_id: "p".into(),
+        ecosystems: vec!["npm".into()],
+    });
+    let far = |nonce| {
+        borsh::to_vec(&sign_tx(
+            &key(80),
+            CHAIN,
+            TxBody {
+                nonce,
+                kind: register.clone(),
+            },
+        ))
+        .unwrap()
+    };
+    let codes: Vec<u32> = h
+        .block(&[far(ledger::MAX_NONCE_STEP + 1), far(ledger::MAX_NONCE_STEP)])
+        .txs
+        .iter()
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(codes, vec![code::INVALID_FIELD, code::OK]);
 }

@@ -106,7 +106,8 @@ fn request(version: &str, repo: &str, commit: &str) -> BuildRequest {
         },
         source: SourceRef {
             repo_url: repo.into(),
-            commit: commit.into(),
+            // Short tags in the tests, full commit ids on the chain.
+            commit: format!("{commit:0>40}"),
         },
         recipe: "python".into(),
     }
@@ -123,7 +124,7 @@ fn trusted_build(c: &mut Chain, r: BuildRequest, node: u8) -> Digest {
             name: "six.whl".into(),
             sha256: Digest([1; 32]),
             size: 10,
-            stripe_size: 4,
+            stripe_size: 4096,
             stripe_root: Digest([2; 32]),
         }],
         build_env: "e".into(),
@@ -151,7 +152,7 @@ fn a_trusted_build_binds_its_name_and_releases_its_version() {
     assert_eq!(binding.repo_url, REAL);
     assert_eq!(binding.bound_by, NameAuthority::TrustedBuild(id));
     let release: Release = c.get("released/python/six/1.16.0").unwrap();
-    assert_eq!(release.source.commit, "c0ffee");
+    assert_eq!(release.source.commit, format!("{:0>40}", "c0ffee"));
 
     // The hijack: the same name from another repository.
     let hijack = c.run(
@@ -205,7 +206,7 @@ fn trusted_nodes_bind_free_names_and_only_the_board_moves_them() {
     );
     let hijack = c.run(
         &key(51),
-        TxKind::RequestBuild(request("1.0.0", IMPOSTOR, "x")),
+        TxKind::RequestBuild(request("1.0.0", IMPOSTOR, "e")),
     );
     assert_eq!(hijack.code, code::NAME_BOUND_ELSEWHERE);
 
@@ -218,11 +219,11 @@ fn trusted_nodes_bind_free_names_and_only_the_board_moves_them() {
     assert_eq!(moved.code, 0, "{}", moved.log);
     let binding: NameBinding = c.get("name/python/six").unwrap();
     assert_eq!(binding.bound_by, NameAuthority::Board);
-    let old = c.run(&key(51), TxKind::RequestBuild(request("1.0.0", REAL, "x")));
+    let old = c.run(&key(51), TxKind::RequestBuild(request("1.0.0", REAL, "e")));
     assert_eq!(old.code, code::NAME_BOUND_ELSEWHERE);
     let new = c.run(
         &key(51),
-        TxKind::RequestBuild(request("1.0.0", IMPOSTOR, "x")),
+        TxKind::RequestBuild(request("1.0.0", IMPOSTOR, "e")),
     );
     assert_eq!(new.code, 0, "{}", new.log);
 }

@@ -271,6 +271,15 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_accepts_only_stripe_layouts_the_store_can_download() {
+        use p2p_store::manifest;
+        use pyrsia_chain::ledger;
+        assert_eq!(ledger::MIN_STRIPE_SIZE, manifest::MIN_STRIPE_SIZE);
+        assert_eq!(ledger::MAX_STRIPE_SIZE, manifest::MAX_STRIPE_SIZE);
+        assert_eq!(ledger::MAX_STRIPES, manifest::MAX_STRIPES);
+    }
+
+    #[test]
     fn servable_builds_that_disagree_are_refused_not_picked() {
         let agree = [
             build(1, TrustLevel::Trusted, 7),

@@ -414,7 +414,7 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
                     name: "x".into(),
                     sha256: Digest([1; 32]),
                     size: 1,
-                    stripe_size: 1,
+                    stripe_size: 4096,
                     stripe_root: Digest([1; 32]),
                 }],
                 build_env: "env".into(),
@@ -449,7 +449,7 @@ async fn query_proofs_verify_against_the_next_header_and_tampering_fails() {
         },
         source: SourceRef {
             repo_url: "https://example.org/six.git".into(),
-            commit: "abc".into(),
+            commit: "abc".repeat(14)[..40].into(),
         },
         recipe: "python".into(),
     };
@@ -605,7 +605,7 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
             kind: TxKind::RequestBuild(BuildRequest {
                 source: SourceRef {
                     repo_url: "https://example.org/serde.git".into(),
-                    commit: "after-crash".into(),
+                    commit: "a".repeat(40),
                 },
                 ..requests[0].clone()
             }),

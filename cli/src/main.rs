@@ -10,6 +10,7 @@ use pyrsia_ledger_client::verified::{VerifiedLedger, VerifyError};
 
 mod builder;
 mod fetch;
+mod gov;
 mod keys;
 mod light;
 mod node;
@@ -78,7 +79,7 @@ pub enum Command {
     Tx(tx::TxCommand),
     /// Submit a governance action with board members' approvals.
     #[command(subcommand)]
-    Gov(tx::GovCommand),
+    Gov(gov::GovCommand),
     /// Read ledger state, verified from the trust anchor.
     #[command(subcommand)]
     Query(query::QueryCommand),
@@ -139,7 +140,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(c) => node::run_node(&ctx, c).await,
         Command::Devnet(c) => node::run_devnet(&ctx, c),
         Command::Tx(c) => tx::run_tx(&ctx, c).await,
-        Command::Gov(c) => tx::run_gov(&ctx, c).await,
+        Command::Gov(c) => gov::run(&ctx, c).await,
         Command::Query(c) => query::run(&ctx, c).await,
         Command::Store(c) => c.with_json(ctx.json).run().await,
         Command::Builder(BuilderCommand::Start(a)) => builder::run(&ctx, a).await,

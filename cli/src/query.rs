@@ -61,6 +61,11 @@ pub enum QueryCommand {
         #[command(flatten)]
         opts: QueryOpts,
     },
+    /// The governance sequence the next governance action must carry.
+    GovSeq {
+        #[command(flatten)]
+        opts: QueryOpts,
+    },
     /// The ledger parameters.
     Params {
         #[command(flatten)]
@@ -91,6 +96,7 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
         QueryCommand::Artifact { sha256, opts } => (format!("artifact/{sha256}"), opts),
         QueryCommand::Node { pubkey, opts } => (format!("node/{pubkey}"), opts),
         QueryCommand::Params { opts } => ("params".to_owned(), opts),
+        QueryCommand::GovSeq { opts } => ("gov/seq".to_owned(), opts),
     };
     let (height, value, verified) = if opts.unverified {
         let client = LedgerClient::new(&ctx.node)?;

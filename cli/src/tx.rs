@@ -1,18 +1,15 @@
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use pyrsia_chain::crypto::approve;
 use pyrsia_chain::{
-    sign_tx, Attest, BindName, BuildRequest, Digest, GovAction, Governance, Keypair, Output,
-    PackageId, Params, PublicKey, RegisterBuilder, SourceRef, TrustedImport, TxBody, TxKind,
+    sign_tx, Attest, BindName, BuildRequest, Digest, Keypair, Output, PackageId, RegisterBuilder,
+    SourceRef, TrustedImport, TxBody, TxKind,
 };
 
 use crate::keys::KeyArgs;
 use crate::Context;
 use pyrsia_ledger_client::rpc::{CommittedTx, LedgerClient};
-use pyrsia_ledger_client::verified::At;
 
 #[derive(Args, Debug, Clone)]
 pub struct PackageArgs {
@@ -146,7 +143,7 @@ pub struct NameArgs {
 }
 
 impl NameArgs {
-    fn bind_name(self) -> BindName {
+    pub fn bind_name(self) -> BindName {
         BindName {
             ecosystem: self.ecosystem,
             name: self.name,
@@ -155,71 +152,7 @@ impl NameArgs {
     }
 }
 
-/// Board approvals: one key file per approving member.
-#[derive(Args, Debug, Clone)]
-pub struct BoardArgs {
-    /// Key file of an approving board member (repeat for each).
-    #[arg(long = "board-key", required = true)]
-    pub board_keys: Vec<PathBuf>,
-    /// The submitting key (any funded signer; pays the nonce).
-    #[command(flatten)]
-    pub key: KeyArgs,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum GovCommand {
-    /// Certify (or renew) a trusted node.
-    Certify {
-        /// The trusted node's public key (hex).
-        #[arg(value_name = "NODE")]
-        trusted_node: PublicKey,
-        /// Certification lasts this many days of block time.
-        #[arg(long, default_value_t = 183)]
-        days: u64,
-        /// Explicit end of validity, unix seconds (overrides --days).
-        #[arg(long)]
-        valid_until: Option<u64>,
-        #[command(flatten)]
-        board: BoardArgs,
-    },
-    /// Revoke a trusted node after an incident.
-    Revoke {
-        /// The trusted node's public key (hex).
-        #[arg(value_name = "NODE")]
-        trusted_node: PublicKey,
-        #[arg(long)]
-        incident: String,
-        /// Attestations from this height on stop counting.
-        #[arg(long)]
-        since_height: u64,
-        #[command(flatten)]
-        board: BoardArgs,
-    },
-    /// Bind a package name to a repository, or move it to another one.
-    BindName {
-        #[command(flatten)]
-        name: NameArgs,
-        #[command(flatten)]
-        board: BoardArgs,
-    },
-    /// Replace the ledger parameters.
-    Params {
-        #[arg(long)]
-        builders_per_request: u16,
-        #[arg(long)]
-        quorum: u16,
-        #[arg(long, default_value_t = 2)]
-        trusted_for_reproducible: u16,
-        #[arg(long, default_value_t = 64)]
-        max_outputs: u16,
-        #[arg(long, default_value_t = 1024)]
-        max_field_len: u32,
-        #[command(flatten)]
-        board: BoardArgs,
-    },
-}
-
-async fn submit(ctx: &Context, key: &Keypair, kind: TxKind) -> Result<CommittedTx> {
+pub async fn submit(ctx: &Context, key: &Keypair, kind: TxKind) -> Result<CommittedTx> {
     let client = LedgerClient::new(&ctx.node)?;
     let chain_id = client.chain_id().await?;
     let nonce = client.next_nonce(&key.public()).await?;
@@ -232,7 +165,7 @@ async fn submit(ctx: &Context, key: &Keypair, kind: TxKind) -> Result<CommittedT
     Ok(committed)
 }
 
-fn report(ctx: &Context, what: &str, tx: &CommittedTx, extra: serde_json::Value) {
+pub fn report(ctx: &Context, what: &str, tx: &CommittedTx, extra: serde_json::Value) {
     let mut json = serde_json::to_value(tx).unwrap_or_default();
     if let (Some(obj), serde_json::Value::Object(more)) = (json.as_object_mut(), extra) {
         obj.extend(more);
@@ -347,81 +280,5 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
             report(ctx, "name bound", &tx, serde_json::json!({}));
         }
     }
-    Ok(())
-}
-
-pub async fn run_gov(ctx: &Context, cmd: GovCommand) -> Result<()> {
-    let (action, board) = match cmd {
-        GovCommand::Certify {
-            trusted_node: node,
-            days,
-            valid_until,
-            board,
-        } => {
-            let valid_until = match valid_until {
-                Some(t) => t,
-                None => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    now + days * 24 * 3600
-                }
-            };
-            (GovAction::CertifyTrustedNode { node, valid_until }, board)
-        }
-        GovCommand::Revoke {
-            trusted_node: node,
-            incident,
-            since_height,
-            board,
-        } => (
-            GovAction::RevokeTrustedNode {
-                node,
-                incident,
-                incident_since_height: since_height,
-            },
-            board,
-        ),
-        GovCommand::BindName { name, board } => (GovAction::BindName(name.bind_name()), board),
-        GovCommand::Params {
-            builders_per_request,
-            quorum,
-            trusted_for_reproducible,
-            max_outputs,
-            max_field_len,
-            board,
-        } => (
-            GovAction::UpdateParams(Params {
-                builders_per_request,
-                quorum,
-                trusted_for_reproducible,
-                max_outputs,
-                max_field_len,
-            }),
-            board,
-        ),
-    };
-    // Board members sign over the chain id and sequence: both come from
-    // verified state, so a lying node cannot make them approve an action for
-    // another chain or a replayable sequence.
-    let mut ledger = ctx.verified_ledger()?;
-    let snapshot = ledger.snapshot(At::Latest).await?;
-    let chain_id = snapshot.chain_id.clone();
-    let seq: u64 = ledger.get_decoded(&snapshot, "gov/seq").await?.unwrap_or(0);
-    let approvals = board
-        .board_keys
-        .iter()
-        .map(|path| Keypair::load(path).map(|k| approve(&k, &chain_id, seq, &action)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = board.key.load(&ctx.home)?;
-    let kind = TxKind::Governance(Governance {
-        seq,
-        action,
-        approvals,
-    });
-    let what = kind.name();
-    let tx = submit(ctx, &key, kind).await?;
-    report(ctx, what, &tx, serde_json::json!({"gov_seq": seq}));
     Ok(())
 }

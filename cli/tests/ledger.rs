@@ -616,3 +616,79 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
     let snapshot = verified.snapshot(At::Latest).await.unwrap();
     assert!(verified.get(&snapshot, "params").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn governance_goes_through_approval_files_signed_by_separate_processes() {
+    let net = Testnet::start(1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let seq = net.pyrsia_json(&["query", "gov-seq"]).unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    // Each member signs on their own, with only their key and no node: the
+    // approving process is given a node address nobody listens on.
+    let approve = |member: usize, seq: u64, repo: &str| {
+        let out = dir
+            .path()
+            .join(format!("m{member}-{seq}-{}.json", repo.len()));
+        let status = std::process::Command::new(support::pyrsia_bin())
+            .args([
+                "--node",
+                "http://127.0.0.1:9",
+                "gov",
+                "approve",
+                "--board-key",
+            ])
+            .arg(net.board_key(member))
+            .args(["--chain-id", "pyrsia-test", "--seq", &seq.to_string(), "-o"])
+            .arg(&out)
+            .args([
+                "bind-name",
+                "--ecosystem",
+                "npm",
+                "--name",
+                "is-even",
+                "--repo",
+                repo,
+            ])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        out.to_str().unwrap().to_owned()
+    };
+    let repo = "https://example.org/is-even.git";
+    let a0 = approve(0, seq, repo);
+    let a1 = approve(1, seq, repo);
+
+    // Approvals for a sequence the ledger is not at are refused before
+    // anything is submitted.
+    let stale = approve(1, seq + 5, repo);
+    let out = net.pyrsia(&["gov", "submit", &a0, &stale]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not for one action"));
+    let out = net.pyrsia(&["gov", "submit", &stale]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("approve again"));
+    // Approvals of different actions do not combine.
+    let other = approve(1, seq, "https://example.net/other.git");
+    let out = net.pyrsia(&["gov", "submit", &a0, &other]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not for one action"));
+    // One approval is below the board's threshold: the ledger refuses it.
+    let out = net.pyrsia(&["gov", "submit", &a0]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("code {}", code::BELOW_THRESHOLD)),
+        "{out:?}"
+    );
+
+    net.pyrsia_json(&["gov", "submit", &a0, &a1]).unwrap();
+    let name = net
+        .pyrsia_json(&["query", "name", "npm", "is-even"])
+        .unwrap();
+    assert_eq!(name["value"]["repo_url"], repo);
+    assert_eq!(name["value"]["bound_by"], "board");
+    let next = net.pyrsia_json(&["query", "gov-seq"]).unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(next, seq + 1);
+}

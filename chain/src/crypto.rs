@@ -7,7 +7,7 @@ use ed25519_consensus::{batch, Signature, SigningKey, VerificationKey, Verificat
 use rand_core::{OsRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Approval, GovAction, PublicKey, SignedTx, TxBody};
+use crate::types::{encode, Approval, GovAction, PublicKey, SignedTx, TxBody};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -111,14 +111,14 @@ impl Keypair {
 
 /// What a transaction signature covers: `borsh(chain_id) || borsh(body)`.
 pub fn tx_sign_bytes(chain_id: &str, body: &TxBody) -> Vec<u8> {
-    let mut out = borsh::to_vec(chain_id).unwrap_or_default();
-    out.extend(borsh::to_vec(body).unwrap_or_default());
+    let mut out = encode(chain_id);
+    out.extend(encode(body));
     out
 }
 
 /// What a board approval covers: the domain tag, chain, sequence and action.
 pub fn gov_sign_bytes(chain_id: &str, seq: u64, action: &GovAction) -> Vec<u8> {
-    borsh::to_vec(&(b"pyrsia-gov", chain_id, seq, action)).unwrap_or_default()
+    encode(&(b"pyrsia-gov", chain_id, seq, action))
 }
 
 pub fn sign_tx(key: &Keypair, chain_id: &str, body: TxBody) -> SignedTx {

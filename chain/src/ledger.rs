@@ -198,9 +198,9 @@ impl Ledger {
         }
         let mut writes = Writes::new();
         let mut put = |key: String, value: Vec<u8>| writes.insert(key.into_bytes(), Some(value));
-        put(state_key::PARAMS.into(), to_bytes(&genesis.params));
-        put(state_key::BOARD.into(), to_bytes(board));
-        put(state_key::GOV_SEQ.into(), to_bytes(&0u64));
+        put(state_key::PARAMS.into(), encode(&genesis.params));
+        put(state_key::BOARD.into(), encode(board));
+        put(state_key::GOV_SEQ.into(), encode(&0u64));
         for t in &genesis.trusted_nodes {
             let record = NodeRecord {
                 certification: Some(Certification {
@@ -209,7 +209,7 @@ impl Ledger {
                 }),
                 ..NodeRecord::default()
             };
-            put(state_key::node(t.node), to_bytes(&record));
+            put(state_key::node(t.node), encode(&record));
         }
         let genesis = self.hash_version(writes, 0, 0)?;
         self.store.commit(
@@ -488,9 +488,6 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
     }
 }
 
-fn to_bytes<T: BorshSerialize>(v: &T) -> Vec<u8> {
-    borsh::to_vec(v).unwrap_or_default()
-}
 
 /// The one recipe that builds an ecosystem's packages.
 fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
@@ -559,7 +556,7 @@ impl Exec<'_> {
     }
 
     fn put<T: BorshSerialize>(&mut self, key: String, value: &T) {
-        self.tx.insert(key.into_bytes(), Some(to_bytes(value)));
+        self.tx.insert(key.into_bytes(), Some(encode(value)));
     }
 
     fn delete(&mut self, key: String) {
@@ -571,7 +568,12 @@ impl Exec<'_> {
     }
 
     fn params(&self) -> Result<Params, TxError> {
-        Ok(self.get(state_key::PARAMS)?.unwrap_or_default())
+        self.get(state_key::PARAMS)?.ok_or_else(|| {
+            TxError::Store(StoreError::Corrupt {
+                what: state_key::PARAMS.to_owned(),
+                reason: "missing (genesis writes it)".into(),
+            })
+        })
     }
 
     /// Consumes the nonce (even if the rules then reject the transaction, so
@@ -593,7 +595,7 @@ impl Exec<'_> {
             )));
         }
         self.block
-            .insert(nonce_key.into_bytes(), Some(to_bytes(&tx.body.nonce)));
+            .insert(nonce_key.into_bytes(), Some(encode(&tx.body.nonce)));
         let outcome = match &tx.body.kind {
             TxKind::RegisterBuilder(r) => self.register_builder(tx.signer, r),
             TxKind::RequestBuild(r) => self.request_build(tx.signer, r),

@@ -162,8 +162,8 @@ impl Store {
         for (node_key, node) in batch.node_batch.nodes() {
             wb.put_cf(
                 nodes,
-                borsh::to_vec(node_key).unwrap_or_default(),
-                borsh::to_vec(node).unwrap_or_default(),
+                crate::types::encode(node_key),
+                crate::types::encode(node),
             );
         }
         let values = self.cf(CF_VALUES)?;
@@ -171,7 +171,7 @@ impl Store {
             wb.put_cf(
                 values,
                 value_key(key_hash, *version),
-                borsh::to_vec(value).unwrap_or_default(),
+                crate::types::encode(value),
             );
         }
         let pre = self.cf(CF_PREIMAGES)?;

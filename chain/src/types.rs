@@ -11,6 +11,16 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
+/// The canonical (borsh) bytes of `value`: the one way anything reaches
+/// state, a signature or an id. Encoding into memory fails only for a
+/// collection over 2^32 elements, which no value within the transaction and
+/// state limits has; if it ever happened, the node must stop, not write or
+/// sign empty bytes.
+#[allow(clippy::expect_used)]
+pub fn encode<T: BorshSerialize + ?Sized>(value: &T) -> Vec<u8> {
+    borsh::to_vec(value).expect("borsh encoding into memory of a bounded value cannot fail")
+}
+
 /// A SHA-256 digest (artifact digests, request ids, stripe roots).
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
@@ -124,7 +134,7 @@ pub struct BuildRequest {
 impl BuildRequest {
     /// The request id: SHA-256 of the canonical (borsh) request.
     pub fn id(&self) -> Digest {
-        Digest::of(&borsh::to_vec(self).unwrap_or_default())
+        Digest::of(&encode(self))
     }
 }
 
@@ -217,7 +227,7 @@ impl TrustedImport {
     /// that several trusted nodes vouching for it are compared with each other.
     pub fn record_id(&self) -> Digest {
         let canonical = (b"pyrsia-import", &self.package, &self.upstream);
-        Digest::of(&borsh::to_vec(&canonical).unwrap_or_default())
+        Digest::of(&encode(&canonical))
     }
 }
 

@@ -488,7 +488,6 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
     }
 }
 
-
 /// The one recipe that builds an ecosystem's packages.
 fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
     match ecosystem {

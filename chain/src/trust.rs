@@ -1,5 +1,7 @@
 //! Trust evaluation and builder selection: pure functions of their inputs.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::types::{
@@ -17,30 +19,13 @@ fn agreement_key(outputs: &[Output]) -> Vec<(&str, &Digest, u64)> {
     key
 }
 
-/// Derives a request's trust level from its attestations.
-///
-/// Only counted attestations matter (selected regular builders, certified
-/// trusted nodes); their order does not.
-pub fn evaluate(params: &Params, attestations: &[AttestationRecord]) -> TrustLevel {
-    let counted: Vec<&AttestationRecord> = attestations
-        .iter()
-        .filter(|a| a.role != AttesterRole::Void)
-        .collect();
-    let Some(first) = counted.first() else {
-        return TrustLevel::Pending;
-    };
-    let reference = agreement_key(&first.outputs);
-    if counted
-        .iter()
-        .any(|a| agreement_key(&a.outputs) != reference)
-    {
-        return TrustLevel::Disputed;
-    }
-    let regular = counted
-        .iter()
-        .filter(|a| a.role == AttesterRole::Regular)
-        .count();
-    let trusted = counted.len() - regular;
+/// How many counted attestations may disagree with the leading result
+/// before the request is disputed: one dissent is recorded and shown, but
+/// neither vetoes a build nor helps it.
+pub const TOLERATED_DISSENT: usize = 1;
+
+/// The level one agreeing group of attestations reaches on its own.
+fn group_level(params: &Params, regular: usize, trusted: usize) -> TrustLevel {
     let quorum = regular >= usize::from(params.quorum.max(1));
     let trusted_for_reproducible = usize::from(params.trusted_for_reproducible.max(1));
     match (quorum, trusted) {
@@ -49,6 +34,79 @@ pub fn evaluate(params: &Params, attestations: &[AttestationRecord]) -> TrustLev
         (true, _) => TrustLevel::QuorumOnly,
         _ => TrustLevel::Pending,
     }
+}
+
+type AgreementKey<'a> = Vec<(&'a str, &'a Digest, u64)>;
+
+/// The counted attestations grouped by what they attest, each group with the
+/// level it reaches on its own and its size, the leading group first.
+fn ranked_groups<'a>(
+    params: &Params,
+    attestations: &'a [AttestationRecord],
+) -> Vec<(TrustLevel, usize, AgreementKey<'a>)> {
+    let mut groups: BTreeMap<AgreementKey<'a>, (usize, usize)> = BTreeMap::new();
+    for a in attestations {
+        match a.role {
+            AttesterRole::Regular => groups.entry(agreement_key(&a.outputs)).or_default().0 += 1,
+            AttesterRole::Trusted => groups.entry(agreement_key(&a.outputs)).or_default().1 += 1,
+            AttesterRole::Void => {}
+        }
+    }
+    let mut ranked: Vec<_> = groups
+        .into_iter()
+        .map(|(key, (regular, trusted))| {
+            (
+                group_level(params, regular, trusted),
+                regular + trusted,
+                key,
+            )
+        })
+        .collect();
+    // Largest, then highest level; the key only makes the order total.
+    ranked.sort_unstable_by(|a, b| (b.1, b.0, &a.2).cmp(&(a.1, a.0, &b.2)));
+    ranked
+}
+
+/// Derives a request's trust level from its attestations.
+///
+/// Only counted attestations matter (selected regular builders, certified
+/// trusted nodes); their order does not. They are grouped by the outputs
+/// they attest. The leading group is the largest (then the one reaching the
+/// highest level on its own); the attestations outside it are dissent. More than
+/// [`TOLERATED_DISSENT`] of them make the request `disputed`. Two groups
+/// tied for the lead are no agreement yet: `pending`.
+pub fn evaluate(params: &Params, attestations: &[AttestationRecord]) -> TrustLevel {
+    let ranked = ranked_groups(params, attestations);
+    let Some((level, support, _)) = ranked.first() else {
+        return TrustLevel::Pending;
+    };
+    let counted: usize = ranked.iter().map(|g| g.1).sum();
+    if counted - support > TOLERATED_DISSENT {
+        TrustLevel::Disputed
+    } else if ranked
+        .get(1)
+        .is_some_and(|next| (next.0, next.1) == (*level, *support))
+    {
+        TrustLevel::Pending
+    } else {
+        *level
+    }
+}
+
+/// The counted attestations outside the leading group of [`evaluate`]:
+/// what clients show as dissent.
+pub fn dissenters<'a>(
+    params: &Params,
+    attestations: &'a [AttestationRecord],
+) -> Vec<&'a AttestationRecord> {
+    let ranked = ranked_groups(params, attestations);
+    let Some((_, _, leader)) = ranked.first() else {
+        return Vec::new();
+    };
+    attestations
+        .iter()
+        .filter(|a| a.role != AttesterRole::Void && agreement_key(&a.outputs) != *leader)
+        .collect()
 }
 
 /// Ranks `candidates` by `sha256(block_hash || request_id || builder)` and
@@ -129,12 +187,37 @@ mod tests {
     }
 
     #[test]
-    fn disagreeing_digests_are_disputed() {
-        let atts = vec![
+    fn one_dissent_is_tolerated_and_two_are_a_dispute() {
+        let p = params();
+        // Two lone results: no agreement yet.
+        let mut atts = vec![
             attestation(1, AttesterRole::Regular, 7),
             attestation(2, AttesterRole::Regular, 8),
         ];
-        assert_eq!(evaluate(&params(), &atts), TrustLevel::Disputed);
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Pending);
+        // A third attester agreeing with one side: it leads, one dissent.
+        atts.push(attestation(3, AttesterRole::Regular, 7));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::QuorumOnly);
+        assert_eq!(dissenters(&p, &atts).len(), 1);
+        // A second dissent is a dispute.
+        atts.push(attestation(4, AttesterRole::Trusted, 9));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Disputed);
+    }
+
+    #[test]
+    fn a_reproducible_build_survives_one_dissenting_trusted_node() {
+        let p = params();
+        let mut atts = vec![
+            attestation(1, AttesterRole::Regular, 7),
+            attestation(2, AttesterRole::Regular, 7),
+            attestation(3, AttesterRole::Trusted, 7),
+            attestation(4, AttesterRole::Trusted, 7),
+        ];
+        atts.push(attestation(5, AttesterRole::Trusted, 8));
+        assert_eq!(evaluate(&p, &atts), TrustLevel::Reproducible);
+        let dissent = dissenters(&p, &atts);
+        assert_eq!(dissent.len(), 1);
+        assert_eq!(dissent[0].attester, PublicKey([5; 32]));
     }
 
     #[test]
@@ -213,6 +296,38 @@ mod tests {
             let b = select_builders(&block, &Digest([2; 32]), &shuffled, count);
             prop_assert_eq!(&a, &b);
             prop_assert_eq!(a.len(), count.min(n));
+        }
+
+        #[test]
+        fn one_dissenting_attestation_neither_disputes_nor_raises_an_agreed_build(
+            specs in proptest::collection::vec(role(), 2..8),
+            dissent in role(),
+            dissent_seed in 8u8..10,
+        ) {
+            let p = params();
+            let atts: Vec<_> = specs.iter().enumerate()
+                .map(|(i, r)| attestation(i as u8, *r, 7)).collect();
+            let agreed = atts.iter().filter(|a| a.role != AttesterRole::Void).count();
+            prop_assume!(agreed >= 2);
+            let before = evaluate(&p, &atts);
+            let mut more = atts.clone();
+            more.push(attestation(100, dissent, dissent_seed));
+            prop_assert_eq!(evaluate(&p, &more), before);
+        }
+
+        #[test]
+        fn a_dissent_never_makes_a_build_reproducible(
+            specs in proptest::collection::vec((role(), 7u8..10), 0..8),
+            dissent in role(),
+        ) {
+            let p = params();
+            let atts: Vec<_> = specs.iter().enumerate()
+                .map(|(i, (r, seed))| attestation(i as u8, *r, *seed)).collect();
+            let before = evaluate(&p, &atts);
+            let mut more = atts.clone();
+            more.push(attestation(100, dissent, 42));
+            let after = evaluate(&p, &more);
+            prop_assert!(after != TrustLevel::Reproducible || before == TrustLevel::Reproducible);
         }
 
         #[test]

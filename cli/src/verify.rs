@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use pyrsia_chain::{AttesterRole, Digest, PackageId, RequestRecord};
+use pyrsia_chain::{AttesterRole, Digest, PackageId, Params, RequestRecord};
 use pyrsia_ledger_client::light::LightError;
 use pyrsia_ledger_client::rpc::ClientError;
 use pyrsia_ledger_client::verified::{At, PackageBuilds, VerifyError};
@@ -79,6 +79,14 @@ fn role_name(role: AttesterRole) -> &'static str {
     }
 }
 
+/// The attesters whose outputs differ from the build's leading result.
+fn dissent_of(params: &Params, build: &RequestRecord) -> Vec<pyrsia_chain::PublicKey> {
+    pyrsia_chain::trust::dissenters(params, &build.attestations)
+        .into_iter()
+        .map(|a| a.attester)
+        .collect()
+}
+
 fn meets(build: &RequestRecord, min: MinTrust) -> bool {
     served_as(build.level).is_some_and(|level| level >= min)
 }
@@ -130,9 +138,16 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
     };
     let read = async {
         let mut ledger = ctx.verified_ledger()?;
-        ledger.package_builds(&package, At::Latest).await
+        let builds = ledger.package_builds(&package, At::Latest).await?;
+        let params: Params = ledger
+            .get_decoded(&builds.snapshot, "params")
+            .await?
+            .ok_or_else(|| VerifyError::Missing {
+                key: "params".into(),
+            })?;
+        Ok::<_, VerifyError>((builds, params))
     };
-    let PackageBuilds { snapshot, builds } = match read.await {
+    let (PackageBuilds { snapshot, builds }, params) = match read.await {
         Ok(read) => read,
         Err(e) => {
             let code = exit_code(&e);
@@ -169,6 +184,7 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
                 "role": role_name(a.role),
                 "height": a.height,
                 "outputs": a.outputs,
+                "dissent": dissent_of(&params, b).contains(&a.attester),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "files": files.iter().map(|f| serde_json::json!({
@@ -190,12 +206,18 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
         );
         for b in &builds {
             text.push_str(&format!("\n  build {}: {}", b.id, b.level));
+            let dissent = dissent_of(&params, b);
             for a in &b.attestations {
                 text.push_str(&format!(
-                    "\n    {:<7} {} at height {}",
+                    "\n    {:<7} {} at height {}{}",
                     role_name(a.role),
                     a.attester,
-                    a.height
+                    a.height,
+                    if dissent.contains(&a.attester) {
+                        "  DISSENT: attests other outputs"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

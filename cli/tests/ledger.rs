@@ -275,22 +275,32 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn conflicting_digests_end_disputed() {
+async fn one_dissent_is_recorded_and_two_are_a_dispute() {
     let net = Testnet::start(1).await.unwrap();
     let builders = register_builders(&net, 3);
     let (request, selected) = request_build(&net, "2.0.0");
-    let a = builder_name(&builders, &selected[0]);
-    let b = builder_name(&builders, &selected[1]);
+    let [a, b, c] = [0, 1, 2].map(|i| builder_name(&builders, &selected[i]));
     assert!(attest(&net, &["--key", &a], &request, 1).status.success());
     assert!(attest(&net, &["--key", &b], &request, 2).status.success());
-    assert_eq!(level_of(&net, &request), "disputed");
-    // A trusted node agreeing with one side does not resolve the dispute.
+    // Two lone results: no agreement yet, and no dispute.
+    assert_eq!(level_of(&net, &request), "pending");
+    // A trusted node agreeing with one side: it leads, the other is a dissent,
+    // recorded and shown, and does not veto the build.
     let t0 = net.trusted_key(0);
     assert!(
         attest(&net, &["--key-file", t0.to_str().unwrap()], &request, 1)
             .status
             .success()
     );
+    assert_eq!(level_of(&net, &request), "trusted");
+    let verified = net
+        .pyrsia_json(&["verify", "npm", "left-pad", "2.0.0"])
+        .unwrap();
+    let attesters = verified["builds"][0]["attesters"].as_array().unwrap();
+    let dissents: Vec<bool> = attesters.iter().map(|a| a["dissent"] == true).collect();
+    assert_eq!(dissents.iter().filter(|d| **d).count(), 1, "{verified}");
+    // A second dissent makes it a dispute.
+    assert!(attest(&net, &["--key", &c], &request, 3).status.success());
     assert_eq!(level_of(&net, &request), "disputed");
 }
 

@@ -13,12 +13,11 @@
 use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
+mod common;
+use common::{genesis, key};
+
 const CHAIN: &str = "golden-chain";
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/blocks.txt");
-
-fn key(i: u8) -> Keypair {
-    Keypair::from_seed([i; 32])
-}
 
 fn output(name: &str, seed: u8) -> Output {
     Output {
@@ -135,19 +134,7 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
 fn run() -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::open(dir.path()).unwrap();
-    let genesis = GenesisState {
-        params: Params::default(),
-        board: Board {
-            keys: (200..203).map(|i| key(i).public()).collect(),
-            threshold: 2,
-        },
-        trusted_nodes: [100, 101]
-            .map(|i| GenesisTrustedNode {
-                node: key(i).public(),
-                valid_until: 2_000_000_000,
-            })
-            .to_vec(),
-    };
+    let genesis = genesis(2_000_000_000);
     let genesis_hash = ledger.init_chain(CHAIN, &genesis, 1).unwrap();
     let mut lines = vec![format!("0 {}", hex::encode(genesis_hash))];
     for (i, txs) in blocks().into_iter().enumerate() {

@@ -4,31 +4,10 @@
 use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
+mod common;
+use common::{genesis, key};
+
 const CHAIN: &str = "unit-chain";
-
-fn key(i: u8) -> Keypair {
-    Keypair::from_seed([i; 32])
-}
-
-fn genesis() -> GenesisState {
-    GenesisState {
-        params: Params::default(),
-        board: Board {
-            keys: (200..203).map(|i| key(i).public()).collect(),
-            threshold: 2,
-        },
-        trusted_nodes: vec![
-            GenesisTrustedNode {
-                node: key(100).public(),
-                valid_until: 10_000,
-            },
-            GenesisTrustedNode {
-                node: key(101).public(),
-                valid_until: 10_000,
-            },
-        ],
-    }
-}
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -41,7 +20,7 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(dir.path()).unwrap();
-        ledger.init_chain(CHAIN, &genesis(), 1).unwrap();
+        ledger.init_chain(CHAIN, &genesis(10_000), 1).unwrap();
         Harness {
             _dir: dir,
             ledger,
@@ -188,7 +167,7 @@ fn a_block_finalized_but_not_committed_is_replayed_to_the_same_hash_after_restar
     };
     let first_hash = {
         let mut ledger = Ledger::open(dir.path()).unwrap();
-        ledger.init_chain(CHAIN, &genesis(), 1).unwrap();
+        ledger.init_chain(CHAIN, &genesis(10_000), 1).unwrap();
         ledger
             .finalize_block(&block, std::slice::from_ref(&tx))
             .unwrap()
@@ -228,10 +207,10 @@ fn check_tx_writes_nothing_and_init_chain_is_idempotent() {
         "CheckTx consumed the nonce"
     );
     assert_eq!(
-        h.ledger.init_chain(CHAIN, &genesis(), 1).unwrap(),
+        h.ledger.init_chain(CHAIN, &genesis(10_000), 1).unwrap(),
         genesis_hash
     );
-    assert!(h.ledger.init_chain("other", &genesis(), 1).is_err());
+    assert!(h.ledger.init_chain("other", &genesis(10_000), 1).is_err());
 }
 
 #[test]

@@ -6,13 +6,12 @@
 use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
+mod common;
+use common::{genesis, key};
+
 const CHAIN: &str = "names-chain";
 const REAL: &str = "https://example.org/six";
 const IMPOSTOR: &str = "https://example.net/not-six";
-
-fn key(i: u8) -> Keypair {
-    Keypair::from_seed([i; 32])
-}
 
 /// Trusted nodes 100 and 101, board 200..203 (threshold 2).
 struct Chain {
@@ -27,19 +26,7 @@ impl Chain {
     fn new() -> Chain {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(dir.path()).unwrap();
-        let genesis = GenesisState {
-            params: Params::default(),
-            board: Board {
-                keys: (200..203).map(|i| key(i).public()).collect(),
-                threshold: 2,
-            },
-            trusted_nodes: [100, 101]
-                .map(|i| GenesisTrustedNode {
-                    node: key(i).public(),
-                    valid_until: 10_000,
-                })
-                .to_vec(),
-        };
+        let genesis = genesis(10_000);
         ledger.init_chain(CHAIN, &genesis, 1).unwrap();
         Chain {
             _dir: dir,

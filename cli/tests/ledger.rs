@@ -50,28 +50,32 @@ fn register_builders(net: &Testnet, n: usize) -> Vec<Keypair> {
         .collect()
 }
 
-fn request_build(net: &Testnet, version: &str) -> (String, Vec<String>) {
+/// `tx request-build` of npm left-pad `version` from `repo`, as "requester".
+fn request_left_pad(net: &Testnet, version: &str, repo: &str) -> std::process::Output {
     net.new_key("requester").ok();
-    let r = net
-        .pyrsia_json(&[
-            "tx",
-            "request-build",
-            "--key",
-            "requester",
-            "--ecosystem",
-            "npm",
-            "--name",
-            "left-pad",
-            "--version",
-            version,
-            "--repo",
-            "https://example.org/left-pad.git",
-            "--commit",
-            "0123456789abcdef0123456789abcdef01234567",
-            "--recipe",
-            "npm",
-        ])
-        .unwrap();
+    net.pyrsia(&[
+        "tx",
+        "request-build",
+        "--key",
+        "requester",
+        "--ecosystem",
+        "npm",
+        "--name",
+        "left-pad",
+        "--version",
+        version,
+        "--repo",
+        repo,
+        "--commit",
+        "0123456789abcdef0123456789abcdef01234567",
+    ])
+    .unwrap()
+}
+
+fn request_build(net: &Testnet, version: &str) -> (String, Vec<String>) {
+    let out = request_left_pad(net, version, "https://example.org/left-pad.git");
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = r["request_id"].as_str().unwrap().to_owned();
     let events = r["events"].as_array().unwrap();
     let requested = events
@@ -149,24 +153,7 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
 
     // The trusted build bound left-pad to its repository: the same name from
     // another one is refused with its own code, and the ledger keeps one build.
-    let hijack = net
-        .pyrsia(&[
-            "tx",
-            "request-build",
-            "--key",
-            "requester",
-            "--ecosystem",
-            "npm",
-            "--name",
-            "left-pad",
-            "--version",
-            "1.0.0",
-            "--repo",
-            "https://example.net/impostor/left-pad.git",
-            "--commit",
-            "fedcba9876543210fedcba9876543210fedcba98",
-        ])
-        .unwrap();
+    let hijack = request_left_pad(&net, "1.0.0", "https://example.net/impostor/left-pad.git");
     assert!(!hijack.status.success());
     let stderr = String::from_utf8_lossy(&hijack.stderr);
     assert!(stderr.contains("code 16"), "{stderr}");

@@ -18,6 +18,21 @@ use pyrsia_ledger_client::light::{LightClient, LightConfig, LightError, LightSto
 use pyrsia_ledger_client::verified::{At, VerifiedLedger, VerifyError};
 use support::{synthetic_request, Testnet};
 
+/// Spawns `cmd` and returns it with the first line it prints.
+fn spawn_and_read_line(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
 /// The lying proxy, killed on drop.
 struct Proxy {
     child: Child,
@@ -27,19 +42,12 @@ struct Proxy {
 impl Proxy {
     fn start(upstream: &str, mode: &str, extra: &[&str]) -> Proxy {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lying_rpc.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--upstream", upstream, "--mode", mode])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs the proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_and_read_line(
+            Command::new("python3")
+                .arg(script)
+                .args(["--upstream", upstream, "--mode", mode])
+                .args(extra),
+        );
         let port = line
             .trim()
             .strip_prefix("listening ")
@@ -382,19 +390,12 @@ impl LightProxy {
     fn start(net: &Testnet, node: &str, home: &Path) -> LightProxy {
         std::fs::create_dir_all(home.join("config")).unwrap();
         std::fs::copy(net.genesis(), home.join("config/genesis.json")).unwrap();
-        let mut child = Command::new(support::pyrsia_bin())
-            .arg("--home")
-            .arg(home)
-            .args(["--node", node, "light", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_and_read_line(
+            Command::new(support::pyrsia_bin())
+                .arg("--home")
+                .arg(home)
+                .args(["--node", node, "light", "--listen", "127.0.0.1:0"]),
+        );
         let addr = line
             .trim()
             .rsplit_once("http://")

@@ -26,6 +26,10 @@ use tendermint_rpc::{Client, HttpClient, Paging};
 
 /// How many verified headers the store keeps (the highest ones).
 const STORED_HEADERS: usize = 32;
+/// How many headers one verification may fetch: bisection needs about
+/// log2(distance) per validator-set change, so only a node feeding headers
+/// that never verify reaches this.
+const MAX_HEADERS_PER_VERIFICATION: usize = 4096;
 
 /// Settings of `HOME/config/light.toml`; every key is optional.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -617,6 +621,14 @@ impl LightClient {
         let now = Time::now();
         let mut pending = vec![height];
         while let Some(&target) = pending.last() {
+            if self.fetched.len() >= MAX_HEADERS_PER_VERIFICATION {
+                return Err(LightError::Invalid {
+                    height,
+                    detail: format!(
+                        "not verified after {MAX_HEADERS_PER_VERIFICATION} headers; the node keeps serving headers that do not verify"
+                    ),
+                });
+            }
             let untrusted = self.fetch(target).await?;
             match self.check(&untrusted, now)? {
                 Step::Verified => {

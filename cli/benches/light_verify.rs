@@ -3,7 +3,9 @@
 //! `timeout_commit` 10ms so they come quickly):
 //! - a package record verified from the genesis anchor with an empty light
 //!   store (cold), and how many headers that fetched;
-//! - the same read from the warm store, median of `BENCH_ROUNDS` (default 21);
+//! - the same read from the warm store, median of `BENCH_ROUNDS` (default 21),
+//!   of the latest state (which waits for the next block, whose header proves
+//!   it) and of a committed height (no wait);
 //! - the plain unverified `abci_query` of the same key, median, same run.
 //!
 //! Run with `./scripts/bench-light.sh` (release build).
@@ -31,9 +33,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-async fn verified_read(ledger: &mut VerifiedLedger, path: &str) -> Result<Duration> {
+/// A verified read at `at`: `At::Latest` includes waiting for the next block
+/// (whose header proves the latest state); a committed height does not.
+async fn verified_read(ledger: &mut VerifiedLedger, path: &str, at: At) -> Result<Duration> {
     let start = Instant::now();
-    let snapshot = ledger.snapshot(At::Latest).await?;
+    let snapshot = ledger.snapshot(at).await?;
     ledger
         .get(&snapshot, path)
         .await?
@@ -68,7 +72,7 @@ async fn main() -> Result<()> {
     let store = tempfile::tempdir()?;
     let mut ledger =
         net.verified_via(&net.nodes[0].rpc_url, store.path(), Duration::from_secs(60))?;
-    let cold = verified_read(&mut ledger, &path).await?;
+    let cold = verified_read(&mut ledger, &path, At::Latest).await?;
     let cold_headers = ledger.light().headers_fetched();
     let height = ledger
         .light()
@@ -77,14 +81,17 @@ async fn main() -> Result<()> {
         .unwrap_or(0);
 
     let mut warm = Vec::with_capacity(rounds);
+    let mut committed = Vec::with_capacity(rounds);
     let mut plain = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        warm.push(verified_read(&mut ledger, &path).await?);
+        warm.push(verified_read(&mut ledger, &path, At::Latest).await?);
+        let latest = client.latest_height().await?;
+        committed.push(verified_read(&mut ledger, &path, At::Height(latest - 1)).await?);
         let start = Instant::now();
         client.query_raw(&path, 0).await?.1.context("record")?;
         plain.push(start.elapsed());
     }
-    let (warm, plain) = (median(warm), median(plain));
+    let (warm, committed, plain) = (median(warm), median(committed), median(plain));
     println!("light_verify: 4 validators on one host, header {height}");
     println!(
         "  cold verify from genesis: {:.1} ms, {cold_headers} header(s) fetched",
@@ -95,12 +102,17 @@ async fn main() -> Result<()> {
         warm.as_secs_f64() * 1e3
     );
     println!(
+        "  warm verify at a committed height (no wait for a block): {:.1} ms (median of {rounds})",
+        committed.as_secs_f64() * 1e3
+    );
+    println!(
         "  plain abci_query:         {:.1} ms (median of {rounds})",
         plain.as_secs_f64() * 1e3
     );
     println!(
-        "  ratio warm verified / plain: {:.1}",
-        warm.as_secs_f64() / plain.as_secs_f64()
+        "  ratios to plain: warm latest {:.1}, warm at a committed height {:.1}",
+        warm.as_secs_f64() / plain.as_secs_f64(),
+        committed.as_secs_f64() / plain.as_secs_f64()
     );
     Ok(())
 }

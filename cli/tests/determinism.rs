@@ -143,8 +143,8 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
     let hashes = send_all(&clients, batch).await;
     wait_all(&clients[0], &hashes).await;
 
-    // Every selected builder attests; every fifth request gets one
-    // dissenting digest, and the trusted nodes attest every fourth.
+    // Every selected builder attests; every fifth request gets two
+    // dissenting digests (a dispute), and the trusted nodes attest every fourth.
     let mut trusted: Vec<Signer> = (0..2)
         .map(|i| Signer::new(Keypair::load(&net.trusted_key(i)).unwrap(), 3 - i))
         .collect();
@@ -160,7 +160,7 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
                 .iter_mut()
                 .find(|b| b.key.public() == *selected)
                 .unwrap();
-            let seed = if n % 5 == 0 && k == 0 { 2 } else { 1 };
+            let seed = if n % 5 == 0 && k < 2 { 2 + k as u8 } else { 1 };
             let attest = Attest {
                 request_id: *id,
                 outputs: vec![output(seed)],

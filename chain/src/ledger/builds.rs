@@ -1,0 +1,351 @@
+//! Rules of builders, build requests, attestations and trusted imports.
+
+use super::*;
+
+/// The one recipe that builds an ecosystem's packages.
+fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
+    match ecosystem {
+        "cargo" => Ok("cargo"),
+        "npm" => Ok("npm"),
+        "python" => Ok("python"),
+        "script" => Ok("script"),
+        other => Err(TxError::InvalidField(format!(
+            "no recipe builds ecosystem {other:?} (cargo, npm, python, script)"
+        ))),
+    }
+}
+
+impl Exec<'_> {
+    pub(super) fn register_builder(
+        &mut self,
+        signer: PublicKey,
+        r: &RegisterBuilder,
+    ) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.text("peer_id", &r.peer_id, params.max_field_len)?;
+        if r.ecosystems.is_empty() || r.ecosystems.len() > 16 {
+            return Err(TxError::InvalidField(
+                "ecosystems must number 1..=16".into(),
+            ));
+        }
+        let mut ecosystems = r.ecosystems.clone();
+        ecosystems.sort();
+        ecosystems.dedup();
+        for eco in &ecosystems {
+            self.ecosystem(eco)?;
+        }
+        let node_key = state_key::node(signer);
+        let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
+        let previous = node
+            .builder
+            .take()
+            .map(|b| b.ecosystems)
+            .unwrap_or_default();
+        for eco in previous.iter().filter(|e| !ecosystems.contains(e)) {
+            let key = state_key::builders(eco);
+            let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
+            list.retain(|b| *b != signer);
+            self.put(key, &list);
+        }
+        for eco in &ecosystems {
+            let key = state_key::builders(eco);
+            let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
+            if let Err(at) = list.binary_search(&signer) {
+                list.insert(at, signer);
+                self.put(key, &list);
+            }
+        }
+        node.builder = Some(BuilderInfo {
+            peer_id: r.peer_id.clone(),
+            ecosystems: ecosystems.clone(),
+            registered_height: self.height,
+        });
+        self.put(node_key, &node);
+        self.emit(
+            "builder_registered",
+            vec![
+                ("builder", signer.to_string()),
+                ("ecosystems", ecosystems.join(",")),
+            ],
+        );
+        Ok(())
+    }
+
+    pub(super) fn add_to_package(
+        &mut self,
+        package: &PackageId,
+        id: Digest,
+    ) -> Result<(), TxError> {
+        let key = state_key::package(package);
+        let mut record: PackageRecord = self.get(&key)?.unwrap_or_default();
+        record.requests.push(id);
+        self.put(key, &record);
+        Ok(())
+    }
+
+    pub(super) fn request_build(
+        &mut self,
+        signer: PublicKey,
+        r: &BuildRequest,
+    ) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.package(&r.package, params.max_field_len)?;
+        self.text("source.repo_url", &r.source.repo_url, params.max_field_len)?;
+        let commit = &r.source.commit;
+        let hex_len = matches!(commit.len(), 40 | 64);
+        if !hex_len
+            || !commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(TxError::InvalidField(format!(
+                "source.commit {commit:?} must be a full commit id: 40 or 64 lowercase hex"
+            )));
+        }
+        self.text("recipe", &r.recipe, params.max_field_len)?;
+        let expected = recipe_for(&r.package.ecosystem)?;
+        if r.recipe != expected {
+            return Err(TxError::RecipeMismatch {
+                ecosystem: r.package.ecosystem.clone(),
+                recipe: r.recipe.clone(),
+                expected: expected.to_owned(),
+            });
+        }
+        let name_key = state_key::name(&r.package.ecosystem, &r.package.name);
+        if let Some(binding) = self.get::<NameBinding>(&name_key)? {
+            if binding.repo_url != r.source.repo_url {
+                return Err(TxError::NameBoundElsewhere {
+                    package: r.package.to_string(),
+                    bound: binding.repo_url,
+                    requested: r.source.repo_url.clone(),
+                });
+            }
+        }
+        if let Some(release) = self.get::<Release>(&state_key::released(&r.package))? {
+            if release.source != r.source {
+                return Err(TxError::VersionReleased {
+                    package: r.package.to_string(),
+                    released: format!("{} at {}", release.source.repo_url, release.source.commit),
+                    requested: format!("{} at {}", r.source.repo_url, r.source.commit),
+                });
+            }
+        }
+        let id = r.id();
+        let key = state_key::request(id);
+        if self.get::<RequestRecord>(&key)?.is_some() {
+            return Err(TxError::DuplicateRequest(id));
+        }
+        let selected = match self.block_hash {
+            Some(hash) => {
+                let candidates: Vec<PublicKey> = self
+                    .get(&state_key::builders(&r.package.ecosystem))?
+                    .unwrap_or_default();
+                select_builders(
+                    hash,
+                    &id,
+                    &candidates,
+                    usize::from(params.builders_per_request),
+                )
+            }
+            None => Vec::new(),
+        };
+        let record = RequestRecord {
+            id,
+            origin: RequestOrigin::Build(r.clone()),
+            requester: signer,
+            height: self.height,
+            selected: selected.clone(),
+            attestations: Vec::new(),
+            level: TrustLevel::Pending,
+        };
+        self.put(key, &record);
+        self.add_to_package(&r.package, id)?;
+        let selected: Vec<String> = selected.iter().map(ToString::to_string).collect();
+        self.emit(
+            "build_requested",
+            vec![
+                ("request_id", id.to_string()),
+                ("ecosystem", r.package.ecosystem.clone()),
+                ("package", r.package.to_string()),
+                ("recipe", r.recipe.clone()),
+                ("selected", selected.join(",")),
+            ],
+        );
+        Ok(())
+    }
+
+    pub(super) fn attest(&mut self, signer: PublicKey, a: &Attest) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.outputs(&a.outputs, &params)?;
+        self.text("build_env", &a.build_env, params.max_field_len)?;
+        let key = state_key::request(a.request_id);
+        let mut record: RequestRecord = self
+            .get(&key)?
+            .ok_or(TxError::UnknownRequest(a.request_id))?;
+        if record.attestations.iter().any(|x| x.attester == signer) {
+            return Err(TxError::DuplicateAttestation {
+                attester: signer.to_string(),
+                request: a.request_id,
+            });
+        }
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
+        let role = if node.as_ref().is_some_and(|n| n.is_certified_at(self.time)) {
+            AttesterRole::Trusted
+        } else if matches!(record.origin, RequestOrigin::Build(_))
+            && record.selected.contains(&signer)
+        {
+            AttesterRole::Regular
+        } else if matches!(record.origin, RequestOrigin::Import { .. }) {
+            return Err(TxError::NotTrustedNode(signer.to_string()));
+        } else {
+            return Err(TxError::NotSelected {
+                attester: signer.to_string(),
+                request: a.request_id,
+            });
+        };
+        self.record_attestation(
+            &mut record,
+            AttestationRecord {
+                attester: signer,
+                role,
+                height: self.height,
+                outputs: a.outputs.clone(),
+                build_env: a.build_env.clone(),
+                log_digest: a.log_digest,
+            },
+            &params,
+        )?;
+        self.put(key, &record);
+        Ok(())
+    }
+
+    pub(super) fn trusted_import(
+        &mut self,
+        signer: PublicKey,
+        i: &TrustedImport,
+    ) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.package(&i.package, params.max_field_len)?;
+        self.outputs(&i.outputs, &params)?;
+        self.text("upstream", &i.upstream, params.max_field_len)?;
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
+        if !node.is_some_and(|n| n.is_certified_at(self.time)) {
+            return Err(TxError::NotTrustedNode(signer.to_string()));
+        }
+        let id = i.record_id();
+        let key = state_key::request(id);
+        let mut record = match self.get::<RequestRecord>(&key)? {
+            Some(r) => r,
+            None => {
+                self.add_to_package(&i.package, id)?;
+                RequestRecord {
+                    id,
+                    origin: RequestOrigin::Import {
+                        package: i.package.clone(),
+                        upstream: i.upstream.clone(),
+                    },
+                    requester: signer,
+                    height: self.height,
+                    selected: Vec::new(),
+                    attestations: Vec::new(),
+                    level: TrustLevel::Pending,
+                }
+            }
+        };
+        if record.attestations.iter().any(|x| x.attester == signer) {
+            return Err(TxError::DuplicateAttestation {
+                attester: signer.to_string(),
+                request: id,
+            });
+        }
+        self.record_attestation(
+            &mut record,
+            AttestationRecord {
+                attester: signer,
+                role: AttesterRole::Trusted,
+                height: self.height,
+                outputs: i.outputs.clone(),
+                build_env: format!("import from {}", i.upstream),
+                log_digest: Digest::default(),
+            },
+            &params,
+        )?;
+        self.put(key, &record);
+        Ok(())
+    }
+
+    /// Appends an attestation, indexes its artifacts (and, for trusted nodes,
+    /// the request, so a later revocation can find it) and re-derives the level.
+    pub(super) fn record_attestation(
+        &mut self,
+        record: &mut RequestRecord,
+        attestation: AttestationRecord,
+        params: &Params,
+    ) -> Result<(), TxError> {
+        for o in &attestation.outputs {
+            let key = state_key::artifact(o.sha256);
+            let layout = StripeLayout {
+                stripe_size: o.stripe_size,
+                stripe_root: o.stripe_root,
+            };
+            let mut artifact = self.get::<ArtifactRecord>(&key)?.unwrap_or(ArtifactRecord {
+                size: o.size,
+                layouts: Vec::new(),
+                requests: Vec::new(),
+            });
+            let new_layout = !artifact.layouts.contains(&layout);
+            let new_request = !artifact.requests.contains(&record.id);
+            if new_layout {
+                artifact.layouts.push(layout);
+            }
+            if new_request {
+                artifact.requests.push(record.id);
+            }
+            if new_layout || new_request {
+                self.put(key, &artifact);
+            }
+        }
+        if attestation.role == AttesterRole::Trusted {
+            let node_key = state_key::node(attestation.attester);
+            let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
+            let page_key =
+                state_key::attested(attestation.attester, node.attestation_count / ATTEST_PAGE);
+            let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
+            page.push(record.id);
+            self.put(page_key, &page);
+            node.attestation_count += 1;
+            self.put(node_key, &node);
+        }
+        self.emit(
+            "attested",
+            vec![
+                ("request_id", record.id.to_string()),
+                ("attester", attestation.attester.to_string()),
+                ("role", format!("{:?}", attestation.role).to_lowercase()),
+            ],
+        );
+        record.attestations.push(attestation);
+        self.set_level(record, evaluate(params, &record.attestations))
+    }
+
+    pub(super) fn set_level(
+        &mut self,
+        record: &mut RequestRecord,
+        level: TrustLevel,
+    ) -> Result<(), TxError> {
+        if level != record.level {
+            self.settle_name_and_release(record, level)?;
+            self.emit(
+                "trust_changed",
+                vec![
+                    ("request_id", record.id.to_string()),
+                    ("package", record.origin.package().to_string()),
+                    ("from", record.level.to_string()),
+                    ("to", level.to_string()),
+                ],
+            );
+            record.level = level;
+        }
+        Ok(())
+    }
+}

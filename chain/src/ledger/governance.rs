@@ -1,0 +1,161 @@
+//! Governance: board approvals, certification, revocation, parameters.
+
+use super::*;
+
+pub(super) fn validate_params(p: &Params) -> Result<(), TxError> {
+    let bad = |what: &str| Err(TxError::InvalidField(format!("params: {what}")));
+    if p.builders_per_request == 0 {
+        return bad("builders_per_request must be at least 1");
+    }
+    if p.quorum == 0 || p.quorum > p.builders_per_request {
+        return bad("quorum must be between 1 and builders_per_request");
+    }
+    if p.trusted_for_reproducible == 0 {
+        return bad("trusted_for_reproducible must be at least 1");
+    }
+    if p.max_outputs == 0 {
+        return bad("max_outputs must be at least 1");
+    }
+    if p.max_field_len < 64 {
+        return bad("max_field_len must be at least 64");
+    }
+    Ok(())
+}
+
+impl Exec<'_> {
+    pub(super) fn governance(&mut self, g: &Governance) -> Result<(), TxError> {
+        let seq: u64 = self.get(state_key::GOV_SEQ)?.unwrap_or(0);
+        if g.seq != seq {
+            return Err(TxError::GovSequence {
+                expected: seq,
+                got: g.seq,
+            });
+        }
+        let board: Board = self
+            .get(state_key::BOARD)?
+            .ok_or_else(|| TxError::BadApproval("no governance board in state".into()))?;
+        let msg = gov_sign_bytes(self.chain_id, g.seq, &g.action);
+        let mut approvers = std::collections::BTreeSet::new();
+        for approval in &g.approvals {
+            if !board.keys.contains(&approval.board_key) {
+                return Err(TxError::BadApproval(format!(
+                    "{} is not on the board",
+                    approval.board_key
+                )));
+            }
+            if !approvers.insert(approval.board_key) {
+                return Err(TxError::BadApproval(format!(
+                    "{} approved twice",
+                    approval.board_key
+                )));
+            }
+            if !verify(&approval.board_key, &approval.signature, &msg) {
+                return Err(TxError::BadApproval(format!(
+                    "signature of {} does not verify",
+                    approval.board_key
+                )));
+            }
+        }
+        let need = usize::from(board.threshold);
+        if approvers.len() < need {
+            return Err(TxError::BelowThreshold {
+                have: approvers.len(),
+                need,
+            });
+        }
+        match &g.action {
+            GovAction::CertifyTrustedNode { node, valid_until } => {
+                let key = state_key::node(*node);
+                let mut record: NodeRecord = self.get(&key)?.unwrap_or_default();
+                record.certification = Some(Certification {
+                    valid_until: *valid_until,
+                    certified_height: self.height,
+                });
+                self.put(key, &record);
+                self.emit(
+                    "trusted_node_certified",
+                    vec![
+                        ("node", node.to_string()),
+                        ("valid_until", valid_until.to_string()),
+                    ],
+                );
+            }
+            GovAction::RevokeTrustedNode {
+                node,
+                incident,
+                incident_since_height,
+            } => self.revoke(*node, incident, *incident_since_height)?,
+            GovAction::BindName(b) => {
+                self.name_fields(b)?;
+                self.bind_name(b, NameAuthority::Board);
+            }
+            GovAction::UpdateParams(p) => {
+                validate_params(p)?;
+                self.put(state_key::PARAMS.into(), p);
+                self.emit("params_updated", vec![]);
+            }
+        }
+        self.put(state_key::GOV_SEQ.into(), &(seq + 1));
+        Ok(())
+    }
+
+    /// Ends the node's certification and voids its trusted attestations made
+    /// at or after the incident's start, re-deriving those requests' levels.
+    pub(super) fn revoke(
+        &mut self,
+        node: PublicKey,
+        incident: &str,
+        since: u64,
+    ) -> Result<(), TxError> {
+        let params = self.params()?;
+        self.text("incident", incident, params.max_field_len)?;
+        let key = state_key::node(node);
+        let mut record: NodeRecord = self
+            .get(&key)?
+            .ok_or_else(|| TxError::UnknownNode(node.to_string()))?;
+        if since > self.height {
+            return Err(TxError::InvalidField(
+                "incident_since_height is in the future".into(),
+            ));
+        }
+        record.certification = None;
+        record.incidents.push(Incident {
+            description: incident.to_owned(),
+            since_height: since,
+            revoked_height: self.height,
+        });
+        let pages = record.attestation_count.div_ceil(ATTEST_PAGE);
+        self.put(key, &record);
+        for page in 0..pages {
+            let ids: Vec<Digest> = self
+                .get(&state_key::attested(node, page))?
+                .unwrap_or_default();
+            for id in ids {
+                let request_key = state_key::request(id);
+                let Some(mut request) = self.get::<RequestRecord>(&request_key)? else {
+                    continue;
+                };
+                let mut changed = false;
+                for a in &mut request.attestations {
+                    if a.attester == node && a.role == AttesterRole::Trusted && a.height >= since {
+                        a.role = AttesterRole::Void;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    let level = evaluate(&params, &request.attestations);
+                    self.set_level(&mut request, level)?;
+                    self.put(request_key, &request);
+                }
+            }
+        }
+        self.emit(
+            "trusted_node_revoked",
+            vec![
+                ("node", node.to_string()),
+                ("incident_since_height", since.to_string()),
+            ],
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,653 @@
+//! The ledger state machine: checks and executes transactions against the
+//! authenticated state, block by block. This module holds the block
+//! lifecycle (InitChain, CheckTx, FinalizeBlock, Commit, Query) and the
+//! checks every rule shares; the rules live in one file per transaction
+//! family: `builds` (builders, requests, attestations, imports), `names`
+//! (names and releases) and `governance`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use jmt::storage::TreeUpdateBatch;
+use jmt::KeyHash;
+use sha2::{Digest as _, Sha256};
+
+use crate::crypto::{gov_sign_bytes, tx_sign_bytes, verify, verify_batch};
+use crate::error::TxError;
+use crate::state_key;
+use crate::store::{key_hash, Committed, Store, StoreError};
+use crate::trust::{evaluate, select_builders};
+use crate::types::*;
+
+mod builds;
+mod governance;
+mod names;
+
+/// Largest transaction accepted, in bytes.
+pub const MAX_TX_BYTES: usize = 64 * 1024;
+/// How far past the signer's last nonce a transaction's nonce may be: gaps
+/// let a client pipeline, but a nonce near `u64::MAX` would retire the key.
+pub const MAX_NONCE_STEP: u64 = 1 << 20;
+/// Stripe sizes and counts an attested output may declare: the store's own
+/// limits (`p2p_store::manifest`), so every attested layout is downloadable.
+pub const MIN_STRIPE_SIZE: u32 = 4 * 1024;
+pub const MAX_STRIPE_SIZE: u32 = 16 * 1024 * 1024;
+pub const MAX_STRIPES: u64 = 256 * 1024;
+/// Request ids per page of a trusted node's attestation index.
+const ATTEST_PAGE: u64 = 256;
+const META_CHAIN_ID: &[u8] = b"chain_id";
+const META_BLOCK_TIME: &[u8] = b"block_time";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the chain is not initialised (no InitChain yet)")]
+    NotInitialised,
+    #[error("this state belongs to chain {stored:?}, not {requested:?}")]
+    OtherChain { stored: String, requested: String },
+    #[error("invalid genesis: {0}")]
+    Genesis(String),
+    #[error("block {got} does not follow the committed height {committed}")]
+    OutOfOrder { committed: u64, got: u64 },
+    #[error("commit without a finalized block")]
+    NothingToCommit,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, released/ECO/NAME/VERSION, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, gov/seq, params or board")]
+    UnknownPath(String),
+    #[error("height {asked} is not available (latest committed is {latest})")]
+    Height { asked: u64, latest: u64 },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        QueryError::Ledger(e.into())
+    }
+}
+
+/// The block being executed, as CometBFT describes it.
+#[derive(Clone, Debug)]
+pub struct BlockInfo {
+    pub height: u64,
+    /// Block time, unix seconds (agreed by consensus, so deterministic).
+    pub time: u64,
+    pub hash: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TxResult {
+    pub code: u32,
+    pub log: String,
+    pub events: Vec<Event>,
+}
+
+impl TxResult {
+    fn failed(e: &TxError) -> TxResult {
+        TxResult {
+            code: e.code(),
+            log: e.to_string(),
+            events: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BlockResult {
+    pub app_hash: [u8; 32],
+    pub txs: Vec<TxResult>,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueryAnswer {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub height: u64,
+    pub proof: Option<ics23::CommitmentProof>,
+}
+
+struct Pending {
+    committed: Committed,
+    batch: TreeUpdateBatch,
+    preimages: Vec<(KeyHash, Vec<u8>)>,
+    time: u64,
+}
+
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+pub struct Ledger {
+    store: Store,
+    chain_id: Option<String>,
+    committed: Option<Committed>,
+    last_block_time: u64,
+    pending: Option<Pending>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("chain_id", &self.chain_id)
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        let store = Store::open(path)?;
+        let committed = store.committed()?;
+        let chain_id = store
+            .meta(META_CHAIN_ID)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let last_block_time = store
+            .meta(META_BLOCK_TIME)?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(Ledger {
+            store,
+            chain_id,
+            committed,
+            last_block_time,
+            pending: None,
+        })
+    }
+
+    /// Last committed height and app hash; `(0, [])`-like before InitChain.
+    pub fn info(&self) -> Option<&Committed> {
+        self.committed.as_ref()
+    }
+
+    pub fn chain_id(&self) -> Option<&str> {
+        self.chain_id.as_deref()
+    }
+
+    /// Writes the genesis state as version 0. Idempotent for the same chain,
+    /// because CometBFT repeats InitChain until block 1 is committed.
+    pub fn init_chain(
+        &mut self,
+        chain_id: &str,
+        genesis: &GenesisState,
+        initial_height: u64,
+    ) -> Result<[u8; 32], LedgerError> {
+        if let (Some(stored), Some(c)) = (&self.chain_id, &self.committed) {
+            if stored != chain_id {
+                return Err(LedgerError::OtherChain {
+                    stored: stored.clone(),
+                    requested: chain_id.to_owned(),
+                });
+            }
+            return Ok(c.app_hash);
+        }
+        if initial_height > 1 {
+            return Err(LedgerError::Genesis(format!(
+                "initial_height {initial_height} is not supported; use 1"
+            )));
+        }
+        governance::validate_params(&genesis.params).map_err(|e| LedgerError::Genesis(e.to_string()))?;
+        let board = &genesis.board;
+        if board.threshold == 0 || usize::from(board.threshold) > board.keys.len() {
+            return Err(LedgerError::Genesis(format!(
+                "board threshold {} with {} keys",
+                board.threshold,
+                board.keys.len()
+            )));
+        }
+        let mut writes = Writes::new();
+        let mut put = |key: String, value: Vec<u8>| writes.insert(key.into_bytes(), Some(value));
+        put(state_key::PARAMS.into(), encode(&genesis.params));
+        put(state_key::BOARD.into(), encode(board));
+        put(state_key::GOV_SEQ.into(), encode(&0u64));
+        for t in &genesis.trusted_nodes {
+            let record = NodeRecord {
+                certification: Some(Certification {
+                    valid_until: t.valid_until,
+                    certified_height: 0,
+                }),
+                ..NodeRecord::default()
+            };
+            put(state_key::node(t.node), encode(&record));
+        }
+        let genesis = self.hash_version(writes, 0, 0)?;
+        self.store.commit(
+            &genesis.committed,
+            &genesis.batch,
+            &genesis.preimages,
+            &[(META_CHAIN_ID, chain_id.as_bytes().to_vec())],
+        )?;
+        self.chain_id = Some(chain_id.to_owned());
+        let app_hash = genesis.committed.app_hash;
+        self.committed = Some(genesis.committed);
+        Ok(app_hash)
+    }
+
+    /// Hashes `writes` into version `version` of the tree, in memory.
+    fn hash_version(
+        &self,
+        writes: Writes,
+        version: u64,
+        time: u64,
+    ) -> Result<Pending, LedgerError> {
+        let preimages: Vec<_> = writes.keys().map(|k| (key_hash(k), k.clone())).collect();
+        let (root, batch) = self
+            .store
+            .tree()
+            .put_value_set(writes.into_iter().map(|(k, v)| (key_hash(&k), v)), version)
+            .map_err(StoreError::from)?;
+        Ok(Pending {
+            committed: Committed {
+                height: version,
+                app_hash: root.0,
+            },
+            batch,
+            preimages,
+            time,
+        })
+    }
+
+    /// Decodes, checks the chain id, size and (if `check_signature`) the signature.
+    fn decode(&self, bytes: &[u8], check_signature: bool) -> Result<SignedTx, TxError> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(TxError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_TX_BYTES,
+            });
+        }
+        let tx = SignedTx::try_from_slice(bytes).map_err(|e| TxError::Decode(e.to_string()))?;
+        let expected = self.chain_id.as_deref().unwrap_or_default();
+        if tx.chain_id != expected {
+            return Err(TxError::WrongChain {
+                expected: expected.to_owned(),
+                got: tx.chain_id,
+            });
+        }
+        if check_signature
+            && !verify(
+                &tx.signer,
+                &tx.signature,
+                &tx_sign_bytes(&tx.chain_id, &tx.body),
+            )
+        {
+            return Err(TxError::BadSignature(tx.signer.to_string()));
+        }
+        Ok(tx)
+    }
+
+    /// Mempool admission: every check execution would make, against the last
+    /// committed state, without writing anything. A `recheck` (CometBFT
+    /// re-validating its mempool after a block) skips the signature: the bytes
+    /// were verified when they entered, and only the state has changed.
+    pub fn check_tx(&self, bytes: &[u8], recheck: bool) -> TxResult {
+        let Some(committed) = &self.committed else {
+            return TxResult::failed(&TxError::Store(StoreError::Tree("not initialised".into())));
+        };
+        let outcome = self.decode(bytes, !recheck).and_then(|tx| {
+            let mut block = Writes::new();
+            let mut exec = Exec {
+                store: &self.store,
+                version: committed.height,
+                block: &mut block,
+                tx: Writes::new(),
+                events: Vec::new(),
+                height: committed.height + 1,
+                time: self.last_block_time,
+                block_hash: None,
+                chain_id: self.chain_id.as_deref().unwrap_or_default(),
+            };
+            exec.run(&tx)
+        });
+        match outcome {
+            Ok(_) => TxResult {
+                code: 0,
+                log: String::new(),
+                events: Vec::new(),
+            },
+            Err(e) => TxResult::failed(&e),
+        }
+    }
+
+    /// Executes a block and computes the new app hash; nothing is written
+    /// until [`Ledger::commit`].
+    pub fn finalize_block<T: AsRef<[u8]>>(
+        &mut self,
+        block: &BlockInfo,
+        txs: &[T],
+    ) -> Result<BlockResult, LedgerError> {
+        let committed = self.committed.as_ref().ok_or(LedgerError::NotInitialised)?;
+        if block.height != committed.height + 1 {
+            return Err(LedgerError::OutOfOrder {
+                committed: committed.height,
+                got: block.height,
+            });
+        }
+        let version = committed.height;
+        let decoded: Vec<Result<SignedTx, TxError>> =
+            txs.iter().map(|b| self.decode(b.as_ref(), false)).collect();
+
+        let sign_bytes: Vec<Option<Vec<u8>>> = decoded
+            .iter()
+            .map(|d| {
+                d.as_ref()
+                    .ok()
+                    .map(|tx| tx_sign_bytes(&tx.chain_id, &tx.body))
+            })
+            .collect();
+        let mut seed = Sha256::new();
+        seed.update(&block.hash);
+        for tx in txs {
+            seed.update(Sha256::digest(tx.as_ref()));
+        }
+        let items: Vec<(PublicKey, [u8; 64], &[u8])> = decoded
+            .iter()
+            .zip(&sign_bytes)
+            .filter_map(|(d, m)| match (d, m) {
+                (Ok(tx), Some(m)) => Some((tx.signer, tx.signature, m.as_slice())),
+                _ => None,
+            })
+            .collect();
+        let mut verdicts = verify_batch(&items, seed.finalize().into()).into_iter();
+
+        let chain_id = self.chain_id.clone().unwrap_or_default();
+        let mut writes = Writes::new();
+        let mut results = Vec::with_capacity(txs.len());
+        for d in decoded {
+            let outcome = match d {
+                Err(e) => Err(e),
+                Ok(tx) => {
+                    if verdicts.next().unwrap_or(false) {
+                        let mut exec = Exec {
+                            store: &self.store,
+                            version,
+                            block: &mut writes,
+                            tx: Writes::new(),
+                            events: Vec::new(),
+                            height: block.height,
+                            time: block.time,
+                            block_hash: Some(&block.hash),
+                            chain_id: &chain_id,
+                        };
+                        exec.run(&tx)
+                    } else {
+                        Err(TxError::BadSignature(tx.signer.to_string()))
+                    }
+                }
+            };
+            results.push(match outcome {
+                Ok(events) => TxResult {
+                    code: 0,
+                    log: String::new(),
+                    events,
+                },
+                Err(TxError::Store(e)) => return Err(e.into()),
+                Err(e) => TxResult::failed(&e),
+            });
+        }
+
+        let pending = self.hash_version(writes, block.height, block.time)?;
+        let app_hash = pending.committed.app_hash;
+        self.pending = Some(pending);
+        Ok(BlockResult {
+            app_hash,
+            txs: results,
+        })
+    }
+
+    /// Persists the finalized block atomically; returns the committed height.
+    pub fn commit(&mut self) -> Result<u64, LedgerError> {
+        let p = self.pending.take().ok_or(LedgerError::NothingToCommit)?;
+        self.store.commit(
+            &p.committed,
+            &p.batch,
+            &p.preimages,
+            &[(META_BLOCK_TIME, p.time.to_be_bytes().to_vec())],
+        )?;
+        let height = p.committed.height;
+        self.committed = Some(p.committed);
+        self.last_block_time = p.time;
+        Ok(height)
+    }
+
+    /// Reads a state key at `height` (0 = latest committed), with an ICS23
+    /// proof against that height's app hash if `prove`.
+    pub fn query(&self, path: &str, height: u64, prove: bool) -> Result<QueryAnswer, QueryError> {
+        let latest = self
+            .committed
+            .as_ref()
+            .ok_or(LedgerError::NotInitialised)?
+            .height;
+        let key = normalise_query_path(path)?;
+        let height = if height == 0 { latest } else { height };
+        if height > latest {
+            return Err(QueryError::Height {
+                asked: height,
+                latest,
+            });
+        }
+        let (value, proof) = if prove {
+            let (value, proof) = self
+                .store
+                .tree()
+                .get_with_ics23_proof(key.clone().into_bytes(), height)
+                .map_err(StoreError::from)?;
+            (value, Some(proof))
+        } else {
+            (self.store.get(key.as_bytes(), height)?, None)
+        };
+        Ok(QueryAnswer {
+            key: key.into_bytes(),
+            value,
+            height,
+            proof,
+        })
+    }
+}
+
+/// Maps a query path to its state key, refusing anything else.
+pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
+    let path = path.trim_start_matches('/');
+    let unknown = || QueryError::UnknownPath(path.to_owned());
+    let (prefix, rest) = path.split_once('/').unwrap_or((path, ""));
+    let digest = || rest.parse::<Digest>().map_err(|_| unknown());
+    let key = || rest.parse::<PublicKey>().map_err(|_| unknown());
+    match prefix {
+        "params" if rest.is_empty() => Ok(state_key::PARAMS.to_owned()),
+        "board" if rest.is_empty() => Ok(state_key::BOARD.to_owned()),
+        "gov" if rest == "seq" => Ok(state_key::GOV_SEQ.to_owned()),
+        "request" => Ok(state_key::request(digest()?)),
+        "artifact" => Ok(state_key::artifact(digest()?)),
+        "node" => Ok(state_key::node(key()?)),
+        "nonce" => Ok(state_key::nonce(key()?)),
+        "package" | "released" => {
+            let (ecosystem, name_version) = rest.split_once('/').ok_or_else(unknown)?;
+            let (name, version) = name_version.rsplit_once('/').ok_or_else(unknown)?;
+            if ecosystem.is_empty() || name.is_empty() || version.is_empty() {
+                return Err(unknown());
+            }
+            let p = PackageId {
+                ecosystem: ecosystem.to_owned(),
+                name: name.to_owned(),
+                version: version.to_owned(),
+            };
+            Ok(if prefix == "package" {
+                state_key::package(&p)
+            } else {
+                state_key::released(&p)
+            })
+        }
+        "name" => {
+            let (ecosystem, name) = rest.split_once('/').ok_or_else(unknown)?;
+            if ecosystem.is_empty() || name.is_empty() {
+                return Err(unknown());
+            }
+            Ok(state_key::name(ecosystem, name))
+        }
+        _ => Err(unknown()),
+    }
+}
+
+/// Executes one transaction: reads see committed state, then this block's
+/// earlier writes, then this transaction's own writes.
+struct Exec<'a> {
+    store: &'a Store,
+    version: u64,
+    block: &'a mut Writes,
+    tx: Writes,
+    events: Vec<Event>,
+    height: u64,
+    time: u64,
+    /// `None` in CheckTx, where no block exists yet.
+    block_hash: Option<&'a [u8]>,
+    chain_id: &'a str,
+}
+
+impl Exec<'_> {
+    fn get<T: BorshDeserialize>(&self, key: &str) -> Result<Option<T>, TxError> {
+        let k = key.as_bytes();
+        let raw = match self.tx.get(k).or_else(|| self.block.get(k)) {
+            Some(v) => v.clone(),
+            None => self.store.get(k, self.version)?,
+        };
+        raw.map(|bytes| {
+            T::try_from_slice(&bytes).map_err(|e| {
+                TxError::Store(StoreError::Corrupt {
+                    what: key.to_owned(),
+                    reason: e.to_string(),
+                })
+            })
+        })
+        .transpose()
+    }
+
+    fn put<T: BorshSerialize>(&mut self, key: String, value: &T) {
+        self.tx.insert(key.into_bytes(), Some(encode(value)));
+    }
+
+    fn delete(&mut self, key: String) {
+        self.tx.insert(key.into_bytes(), None);
+    }
+
+    fn emit(&mut self, kind: &'static str, attributes: Vec<(&'static str, String)>) {
+        self.events.push(Event { kind, attributes });
+    }
+
+    fn params(&self) -> Result<Params, TxError> {
+        self.get(state_key::PARAMS)?.ok_or_else(|| {
+            TxError::Store(StoreError::Corrupt {
+                what: state_key::PARAMS.to_owned(),
+                reason: "missing (genesis writes it)".into(),
+            })
+        })
+    }
+
+    /// Consumes the nonce (even if the rules then reject the transaction, so
+    /// that a rejected transaction can never be replayed), then applies the
+    /// rules; their writes land only if they all pass.
+    fn run(&mut self, tx: &SignedTx) -> Result<Vec<Event>, TxError> {
+        let nonce_key = state_key::nonce(tx.signer);
+        let last: u64 = self.get(&nonce_key)?.unwrap_or(0);
+        if tx.body.nonce <= last {
+            return Err(TxError::StaleNonce {
+                last,
+                got: tx.body.nonce,
+            });
+        }
+        if tx.body.nonce - last > MAX_NONCE_STEP {
+            return Err(TxError::InvalidField(format!(
+                "nonce {} jumps more than {MAX_NONCE_STEP} past the last one, {last}",
+                tx.body.nonce
+            )));
+        }
+        self.block
+            .insert(nonce_key.into_bytes(), Some(encode(&tx.body.nonce)));
+        let outcome = match &tx.body.kind {
+            TxKind::RegisterBuilder(r) => self.register_builder(tx.signer, r),
+            TxKind::RequestBuild(r) => self.request_build(tx.signer, r),
+            TxKind::Attest(a) => self.attest(tx.signer, a),
+            TxKind::TrustedImport(i) => self.trusted_import(tx.signer, i),
+            TxKind::Governance(g) => self.governance(g),
+            TxKind::BindName(b) => self.bind_name_by_trusted_node(tx.signer, b),
+        };
+        outcome?;
+        let writes = std::mem::take(&mut self.tx);
+        self.block.extend(writes);
+        Ok(std::mem::take(&mut self.events))
+    }
+
+    fn text(&self, field: &str, value: &str, max: u32) -> Result<(), TxError> {
+        if value.is_empty() || value.len() > max as usize || value.chars().any(char::is_control) {
+            return Err(TxError::InvalidField(format!(
+                "{field} must be 1..={max} bytes without control characters"
+            )));
+        }
+        Ok(())
+    }
+
+    fn ecosystem(&self, eco: &str) -> Result<(), TxError> {
+        if eco.is_empty()
+            || eco.len() > 32
+            || !eco
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(TxError::InvalidField(format!(
+                "ecosystem {eco:?} must be 1..=32 of [a-z0-9_-]"
+            )));
+        }
+        Ok(())
+    }
+
+    fn package(&self, p: &PackageId, max: u32) -> Result<(), TxError> {
+        self.ecosystem(&p.ecosystem)?;
+        self.text("package.name", &p.name, max)?;
+        self.text("package.version", &p.version, max)?;
+        if p.version.contains('/') || p.name.starts_with('/') || p.name.ends_with('/') {
+            return Err(TxError::InvalidField(
+                "package.version may not contain '/', nor package.name start or end with it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn outputs(&self, outputs: &[Output], params: &Params) -> Result<(), TxError> {
+        if outputs.is_empty() || outputs.len() > usize::from(params.max_outputs) {
+            return Err(TxError::InvalidField(format!(
+                "outputs must number 1..={}",
+                params.max_outputs
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for o in outputs {
+            self.text("output.name", &o.name, params.max_field_len)?;
+            if !names.insert(o.name.as_str()) {
+                return Err(TxError::InvalidField(format!(
+                    "duplicate output {:?}",
+                    o.name
+                )));
+            }
+            if !(MIN_STRIPE_SIZE..=MAX_STRIPE_SIZE).contains(&o.stripe_size) {
+                return Err(TxError::InvalidField(format!(
+                    "output.stripe_size {} outside [{MIN_STRIPE_SIZE}, {MAX_STRIPE_SIZE}]",
+                    o.stripe_size
+                )));
+            }
+            if o.size.div_ceil(u64::from(o.stripe_size)) > MAX_STRIPES {
+                return Err(TxError::InvalidField(format!(
+                    "output of {} bytes in stripes of {} exceeds {MAX_STRIPES} stripes",
+                    o.size, o.stripe_size
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -195,7 +195,8 @@ impl Ledger {
                 "initial_height {initial_height} is not supported; use 1"
             )));
         }
-        governance::validate_params(&genesis.params).map_err(|e| LedgerError::Genesis(e.to_string()))?;
+        governance::validate_params(&genesis.params)
+            .map_err(|e| LedgerError::Genesis(e.to_string()))?;
         let board = &genesis.board;
         if board.threshold == 0 || usize::from(board.threshold) > board.keys.len() {
             return Err(LedgerError::Genesis(format!(

@@ -175,7 +175,7 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
         "chain_id": snapshot.chain_id,
         "height": snapshot.height,
         "app_hash": hex::encode(&snapshot.app_hash),
-        "builds": builds.iter().map(|b| serde_json::json!({
+        "builds": builds.iter().map(|b| (b, dissent_of(&params, b))).map(|(b, dissent)| serde_json::json!({
             "request_id": b.id,
             "level": b.level,
             "meets_min_trust": meets(b, cmd.min_trust),
@@ -184,7 +184,7 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
                 "role": role_name(a.role),
                 "height": a.height,
                 "outputs": a.outputs,
-                "dissent": dissent_of(&params, b).contains(&a.attester),
+                "dissent": dissent.contains(&a.attester),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "files": files.iter().map(|f| serde_json::json!({

@@ -507,15 +507,15 @@ impl LightClient {
         }
     }
 
-    /// The client a home configures: `HOME/config/light.toml` (or defaults),
-    /// its anchor, and the store in `HOME/light/`. `anchor` overrides the
-    /// configured one.
+    /// The client a home configures: `config` (its `config/light.toml`, see
+    /// [`LightConfig::load`]), its anchor, and the store in `HOME/light/`.
+    /// `anchor` overrides the configured one.
     pub fn for_home(
         url: &str,
         home: &Path,
+        config: &LightConfig,
         anchor: Option<TrustAnchor>,
     ) -> Result<LightClient, LightError> {
-        let config = LightConfig::load(home)?;
         let anchor = match anchor {
             Some(a) => a,
             None => config.anchor(home)?,

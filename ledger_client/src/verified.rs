@@ -123,7 +123,7 @@ impl VerifiedLedger {
         let max_age = max_age.unwrap_or(Duration::from_secs(config.max_age_secs));
         Ok(VerifiedLedger::new(
             LedgerClient::new(url)?,
-            LightClient::for_home(url, home, anchor)?,
+            LightClient::for_home(url, home, &config, anchor)?,
             max_age,
         ))
     }

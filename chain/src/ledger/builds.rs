@@ -228,10 +228,7 @@ impl Exec<'_> {
         self.package(&i.package, params.max_field_len)?;
         self.outputs(&i.outputs, &params)?;
         self.text("upstream", &i.upstream, params.max_field_len)?;
-        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
-        if !node.is_some_and(|n| n.is_certified_at(self.time)) {
-            return Err(TxError::NotTrustedNode(signer.to_string()));
-        }
+        self.require_trusted_node(signer)?;
         let id = i.record_id();
         let key = state_key::request(id);
         let mut record = match self.get::<RequestRecord>(&key)? {

@@ -542,6 +542,16 @@ impl Exec<'_> {
         self.events.push(Event { kind, attributes });
     }
 
+    /// Refuses `signer` unless it is a certified trusted node at block time.
+    fn require_trusted_node(&self, signer: PublicKey) -> Result<(), TxError> {
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
+        if node.is_some_and(|n| n.is_certified_at(self.time)) {
+            Ok(())
+        } else {
+            Err(TxError::NotTrustedNode(signer.to_string()))
+        }
+    }
+
     fn params(&self) -> Result<Params, TxError> {
         self.get(state_key::PARAMS)?.ok_or_else(|| {
             TxError::Store(StoreError::Corrupt {

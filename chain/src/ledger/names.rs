@@ -96,10 +96,7 @@ impl Exec<'_> {
         b: &BindName,
     ) -> Result<(), TxError> {
         self.name_fields(b)?;
-        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
-        if !node.is_some_and(|n| n.is_certified_at(self.time)) {
-            return Err(TxError::NotTrustedNode(signer.to_string()));
-        }
+        self.require_trusted_node(signer)?;
         let key = state_key::name(&b.ecosystem, &b.name);
         if let Some(existing) = self.get::<NameBinding>(&key)? {
             if existing.repo_url != b.repo_url {

@@ -113,7 +113,7 @@ impl App {
         let result = self.ledger.finalize_block(&block, &req.txs)?;
         tracing::debug!(height = block.height, txs = req.txs.len(), app_hash = %hex::encode(result.app_hash), "finalized");
         Ok(response::FinalizeBlock {
-            events: Vec::new(),
+            events: to_events(result.events),
             tx_results: result
                 .txs
                 .into_iter()

@@ -58,6 +58,7 @@ fn main() {
             threshold: 1,
         },
         trusted_nodes: vec![],
+        builders: (1..=64).map(|i| key(i).public()).collect(),
     };
     ledger.init_chain(CHAIN, &genesis, 1).unwrap();
     let mut chain = Chain { ledger, height: 0 };

@@ -26,6 +26,10 @@ pub mod code {
     pub const VERSION_RELEASED: u32 = 17;
     pub const RECIPE_MISMATCH: u32 = 18;
     pub const NAME_ALREADY_BOUND: u32 = 19;
+    pub const NOT_ADMITTED: u32 = 20;
+    pub const ROLE_CONFLICT: u32 = 21;
+    pub const SPONSOR_LIMIT: u32 = 22;
+    pub const TOO_MANY_OPEN: u32 = 23;
     pub const INTERNAL: u32 = 100;
 }
 
@@ -83,6 +87,16 @@ pub enum TxError {
     },
     #[error("{name} is already bound to {bound}; moving a name takes governance")]
     NameAlreadyBound { name: String, bound: String },
+    #[error("{0} is not an admitted builder; a certified trusted node (`pyrsia tx admit-builder`) or the board must admit it first")]
+    NotAdmitted(String),
+    #[error("{key} is {is}; a key is never both a regular builder and a certified trusted node")]
+    RoleConflict { key: String, is: &'static str },
+    #[error("{sponsor} already sponsors {limit} builders, its limit")]
+    SponsorLimit { sponsor: String, limit: u16 },
+    #[error(
+        "{scope} already has {limit} requests in their selection rounds; retry when one closes"
+    )]
+    TooManyOpen { scope: String, limit: u32 },
     #[error("internal state error: {0}")]
     Store(#[from] StoreError),
 }
@@ -109,6 +123,10 @@ impl TxError {
             TxError::VersionReleased { .. } => code::VERSION_RELEASED,
             TxError::RecipeMismatch { .. } => code::RECIPE_MISMATCH,
             TxError::NameAlreadyBound { .. } => code::NAME_ALREADY_BOUND,
+            TxError::NotAdmitted(_) => code::NOT_ADMITTED,
+            TxError::RoleConflict { .. } => code::ROLE_CONFLICT,
+            TxError::SponsorLimit { .. } => code::SPONSOR_LIMIT,
+            TxError::TooManyOpen { .. } => code::TOO_MANY_OPEN,
             TxError::Store(_) => code::INTERNAL,
         }
     }

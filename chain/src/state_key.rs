@@ -8,6 +8,8 @@ use crate::types::{Digest, PackageId, PublicKey};
 pub const PARAMS: &str = "params";
 pub const BOARD: &str = "board";
 pub const GOV_SEQ: &str = "gov/seq";
+/// `void/queue`: the pending [`crate::types::VoidJob`]s.
+pub const VOID_QUEUE: &str = "void/queue";
 
 /// `request/{id}`: a build request or trusted import, its attestations and level.
 pub fn request(id: Digest) -> String {
@@ -29,9 +31,35 @@ pub fn nonce(key: PublicKey) -> String {
     format!("nonce/{key}")
 }
 
-/// `builders/{ecosystem}`: registered builders, sorted.
+/// `builders/{ecosystem}`: how many builders are in selection (`u32`).
 pub fn builders(ecosystem: &str) -> String {
     format!("builders/{ecosystem}")
+}
+
+/// `builder/{ecosystem}/{slot}`: the builder in slot `0..count`, so that a
+/// draw reads one key whatever the number of builders.
+pub fn builder_slot(ecosystem: &str, slot: u32) -> String {
+    format!("builder/{ecosystem}/{slot}")
+}
+
+/// `deadline/{height}`: the requests whose selection round ends at `height`.
+pub fn deadline(height: u64) -> String {
+    format!("deadline/{height}")
+}
+
+/// `open/signer/{pubkey}`: the signer's requests in their selection rounds.
+pub fn open_by_signer(key: PublicKey) -> String {
+    format!("open/signer/{key}")
+}
+
+/// `open/package/{ecosystem}/{name}`: open requests of a package name.
+pub fn open_by_package(ecosystem: &str, name: &str) -> String {
+    format!("open/package/{ecosystem}/{name}")
+}
+
+/// `open/ecosystem/{ecosystem}`: open requests of an ecosystem.
+pub fn open_by_ecosystem(ecosystem: &str) -> String {
+    format!("open/ecosystem/{ecosystem}")
 }
 
 /// `package/{ecosystem}/{name}/{version}`: the requests of these coordinates.
@@ -50,7 +78,7 @@ pub fn name(ecosystem: &str, name: &str) -> String {
     format!("name/{ecosystem}/{name}")
 }
 
-/// `attested/{node}/{page}`: the requests a trusted node attested, paged.
+/// `attested/{node}/{page}`: the requests a node attested, paged.
 pub fn attested(node: PublicKey, page: impl Display) -> String {
     format!("attested/{node}/{page}")
 }

@@ -109,27 +109,61 @@ pub fn dissenters<'a>(
         .collect()
 }
 
-/// Ranks `candidates` by `sha256(block_hash || request_id || builder)` and
-/// returns the first `count`, in rank order.
-pub fn select_builders(
-    block_hash: &[u8],
+/// How many draws one pick may take before giving up: a pick only misses
+/// when it lands on a builder already chosen or excluded, so with `n`
+/// builders and `m` of them unavailable a pick fails with probability
+/// `(m/n)^64`.
+pub const MAX_DRAWS_PER_PICK: u32 = 64;
+
+/// Draw number `draw` of a request's selection: a slot in `0..count`.
+/// The modulo bias is below 2^-32 for any `count` under 2^32.
+pub fn draw_slot(seed: &Digest, request_id: &Digest, draw: u32, count: u32) -> u32 {
+    let mut h = Sha256::new();
+    h.update(seed.0);
+    h.update(request_id.0);
+    h.update(draw.to_be_bytes());
+    let h: [u8; 32] = h.finalize().into();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    // Below `count`, so the cast keeps every bit.
+    (u64::from_be_bytes(first) % u64::from(count.max(1))) as u32
+}
+
+/// Picks up to `want` distinct builders not in `excluded`, continuing the
+/// request's sequence of draws at `first_draw` over `count` slots, whose
+/// occupants `slot` reads. Returns the picks, in draw order, and the number
+/// of the next unused draw. The same state gives the same picks on every
+/// node, and each pick reads one slot however many builders there are.
+pub fn select<E>(
+    seed: &Digest,
     request_id: &Digest,
-    candidates: &[PublicKey],
-    count: usize,
-) -> Vec<PublicKey> {
-    let mut ranked: Vec<([u8; 32], PublicKey)> = candidates
-        .iter()
-        .map(|builder| {
-            let mut h = Sha256::new();
-            h.update(block_hash);
-            h.update(request_id.0);
-            h.update(builder.0);
-            (h.finalize().into(), *builder)
-        })
-        .collect();
-    ranked.sort();
-    ranked.dedup_by(|a, b| a.1 == b.1);
-    ranked.into_iter().take(count).map(|(_, b)| b).collect()
+    first_draw: u32,
+    count: u32,
+    want: usize,
+    excluded: &[PublicKey],
+    mut slot: impl FnMut(u32) -> Result<PublicKey, E>,
+) -> Result<(Vec<PublicKey>, u32), E> {
+    let mut picked: Vec<PublicKey> = Vec::with_capacity(want);
+    let mut draw = first_draw;
+    if count == 0 {
+        return Ok((picked, draw));
+    }
+    while picked.len() < want {
+        let mut found = false;
+        for _ in 0..MAX_DRAWS_PER_PICK {
+            let builder = slot(draw_slot(seed, request_id, draw, count))?;
+            draw = draw.saturating_add(1);
+            if !picked.contains(&builder) && !excluded.contains(&builder) {
+                picked.push(builder);
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            break;
+        }
+    }
+    Ok((picked, draw))
 }
 
 #[cfg(test)]
@@ -238,22 +272,51 @@ mod tests {
         assert_eq!(evaluate(&params(), &atts), TrustLevel::QuorumOnly);
     }
 
-    #[test]
-    fn selection_takes_at_most_count_distinct_builders() {
-        let builders: Vec<_> = (0..10u8).map(|i| PublicKey([i; 32])).collect();
-        let chosen = select_builders(b"block", &Digest([1; 32]), &builders, 3);
-        assert_eq!(chosen.len(), 3);
-        let few = select_builders(b"block", &Digest([1; 32]), &builders[..2], 3);
-        assert_eq!(few.len(), 2);
+    fn pick(
+        seed: u8,
+        builders: &[PublicKey],
+        first: u32,
+        want: usize,
+        excluded: &[PublicKey],
+    ) -> (Vec<PublicKey>, u32) {
+        let count = u32::try_from(builders.len()).unwrap();
+        select(
+            &Digest([seed; 32]),
+            &Digest([1; 32]),
+            first,
+            count,
+            want,
+            excluded,
+            |s| Ok::<_, ()>(builders[s as usize]),
+        )
+        .unwrap()
     }
 
     #[test]
-    fn selection_depends_on_the_block_hash() {
+    fn selection_takes_at_most_count_distinct_builders() {
+        let builders: Vec<_> = (0..10u8).map(|i| PublicKey([i; 32])).collect();
+        assert_eq!(pick(0, &builders, 0, 3, &[]).0.len(), 3);
+        assert_eq!(pick(0, &builders[..2], 0, 3, &[]).0.len(), 2);
+        assert!(pick(0, &[], 0, 3, &[]).0.is_empty());
+    }
+
+    #[test]
+    fn selection_depends_on_the_seed() {
         let builders: Vec<_> = (0..32u8).map(|i| PublicKey([i; 32])).collect();
-        let distinct: std::collections::BTreeSet<_> = (0..16u8)
-            .map(|b| select_builders(&[b], &Digest([1; 32]), &builders, 3))
-            .collect();
-        assert!(distinct.len() > 1, "selection ignored the block hash");
+        let distinct: std::collections::BTreeSet<_> =
+            (0..16u8).map(|b| pick(b, &builders, 0, 3, &[]).0).collect();
+        assert!(distinct.len() > 1, "selection ignored the seed");
+    }
+
+    #[test]
+    fn replacements_continue_the_draws_and_skip_the_excluded() {
+        let builders: Vec<_> = (0..8u8).map(|i| PublicKey([i; 32])).collect();
+        let (first, next) = pick(3, &builders, 0, 3, &[]);
+        let (again, _) = pick(3, &builders, 0, 3, &[]);
+        assert_eq!(first, again, "the same state must give the same picks");
+        let (more, _) = pick(3, &builders, next, 5, &first);
+        assert_eq!(more.len(), 5);
+        assert!(more.iter().all(|b| !first.contains(b)));
     }
 
     fn role() -> impl Strategy<Value = AttesterRole> {
@@ -285,17 +348,16 @@ mod tests {
         }
 
         #[test]
-        fn candidate_order_does_not_change_the_selection(
-            n in 0usize..20, count in 0usize..6, block in any::<[u8; 8]>(), shift in 0usize..20,
+        fn selection_is_distinct_and_avoids_the_excluded(
+            n in 0u8..20, want in 0usize..6, seed in any::<u8>(), excluded in 0u8..20,
         ) {
-            let builders: Vec<_> = (0..n as u8).map(|i| PublicKey([i; 32])).collect();
-            let mut shuffled = builders.clone();
-            if !shuffled.is_empty() { let k = shift % shuffled.len(); shuffled.rotate_left(k); }
-            shuffled.reverse();
-            let a = select_builders(&block, &Digest([2; 32]), &builders, count);
-            let b = select_builders(&block, &Digest([2; 32]), &shuffled, count);
-            prop_assert_eq!(&a, &b);
-            prop_assert_eq!(a.len(), count.min(n));
+            let builders: Vec<_> = (0..n).map(|i| PublicKey([i; 32])).collect();
+            let excluded: Vec<_> = (0..excluded.min(n)).map(|i| PublicKey([i; 32])).collect();
+            let (picked, _) = pick(seed, &builders, 0, want, &excluded);
+            let distinct: std::collections::BTreeSet<_> = picked.iter().collect();
+            prop_assert_eq!(distinct.len(), picked.len());
+            prop_assert!(picked.iter().all(|b| !excluded.contains(b)));
+            prop_assert!(picked.len() <= want.min(builders.len() - excluded.len()));
         }
 
         #[test]

@@ -166,6 +166,12 @@ pub struct RegisterBuilder {
     pub ecosystems: Vec<String>,
 }
 
+/// A certified trusted node admits a builder key (within its sponsorship limit).
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct AdmitBuilder {
+    pub builder: PublicKey,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct Attest {
     pub request_id: Digest,
@@ -248,6 +254,17 @@ pub enum GovAction {
     UpdateParams(Params),
     /// Binds a package name to a repository, or moves it to another one.
     BindName(BindName),
+    /// Admits a builder key on the board's own authority (no sponsor limit).
+    AdmitBuilder {
+        builder: PublicKey,
+    },
+    /// Ends a builder's admission. Its regular attestations made at or after
+    /// `since_height` stop counting.
+    RemoveBuilder {
+        builder: PublicKey,
+        reason: String,
+        since_height: u64,
+    },
 }
 
 /// One board member's approval of a governance action.
@@ -274,6 +291,7 @@ pub enum TxKind {
     TrustedImport(TrustedImport),
     Governance(Governance),
     BindName(BindName),
+    AdmitBuilder(AdmitBuilder),
 }
 
 impl TxKind {
@@ -284,11 +302,14 @@ impl TxKind {
             TxKind::Attest(_) => "attest",
             TxKind::TrustedImport(_) => "trusted_import",
             TxKind::BindName(_) => "bind_name",
+            TxKind::AdmitBuilder(_) => "admit_builder",
             TxKind::Governance(g) => match g.action {
                 GovAction::CertifyTrustedNode { .. } => "certify_trusted_node",
                 GovAction::RevokeTrustedNode { .. } => "revoke_trusted_node",
                 GovAction::UpdateParams(_) => "update_params",
                 GovAction::BindName(_) => "gov_bind_name",
+                GovAction::AdmitBuilder { .. } => "gov_admit_builder",
+                GovAction::RemoveBuilder { .. } => "remove_builder",
             },
         }
     }
@@ -312,8 +333,10 @@ pub struct SignedTx {
     pub signature: [u8; 64],
 }
 
-/// Integer thresholds only: no percentages, no floats in consensus.
+/// Integer thresholds only: no percentages, no floats in consensus. A
+/// genesis file may omit any field; it then takes the default.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Params {
     /// How many registered builders each request selects.
     pub builders_per_request: u16,
@@ -324,6 +347,20 @@ pub struct Params {
     pub max_outputs: u16,
     /// Upper bound on any string field, in bytes.
     pub max_field_len: u32,
+    /// Blocks a selected builder has to attest before it is replaced.
+    pub attest_timeout_blocks: u32,
+    /// Selection rounds (the first plus replacements) a request gets.
+    pub max_attest_rounds: u16,
+    /// Consecutive missed deadlines after which a builder leaves selection
+    /// until it registers again.
+    pub max_missed_deadlines: u16,
+    /// Builders one certified trusted node may sponsor at a time.
+    pub max_sponsored_builders: u16,
+    /// Requests in their selection rounds at once, per signer, per package
+    /// name and per ecosystem.
+    pub max_open_per_signer: u16,
+    pub max_open_per_package: u16,
+    pub max_open_per_ecosystem: u32,
 }
 
 impl Default for Params {
@@ -334,6 +371,13 @@ impl Default for Params {
             trusted_for_reproducible: 2,
             max_outputs: 64,
             max_field_len: 1024,
+            attest_timeout_blocks: 600,
+            max_attest_rounds: 3,
+            max_missed_deadlines: 3,
+            max_sponsored_builders: 32,
+            max_open_per_signer: 256,
+            max_open_per_package: 8,
+            max_open_per_ecosystem: 4096,
         }
     }
 }
@@ -395,7 +439,8 @@ pub enum AttesterRole {
     Regular,
     /// A trusted node certified at the attestation's height.
     Trusted,
-    /// Recorded but not counted (a trusted node later revoked for an incident covering it).
+    /// Recorded but not counted: a trusted node later revoked, or a builder
+    /// later removed, for an incident covering it.
     Void,
 }
 
@@ -433,9 +478,20 @@ pub struct RequestRecord {
     pub origin: RequestOrigin,
     pub requester: PublicKey,
     pub height: u64,
+    /// The builders whose attestations count as regular ones.
     pub selected: Vec<PublicKey>,
     pub attestations: Vec<AttestationRecord>,
     pub level: TrustLevel,
+    /// Selection: the seed, how many draws it has used, and the builders
+    /// that missed their deadline and were replaced.
+    pub seed: Digest,
+    pub draws: u32,
+    pub replaced: Vec<PublicKey>,
+    /// The current selection round (1 = the first).
+    pub round: u16,
+    /// The height at which the current round ends; `None` once the request
+    /// has left its selection rounds.
+    pub deadline: Option<u64>,
 }
 
 #[derive(
@@ -462,8 +518,27 @@ pub struct ArtifactRecord {
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct BuilderInfo {
     pub peer_id: String,
+    /// The ecosystems it builds, sorted, each with its slot in
+    /// `builder/{ecosystem}/{slot}`; empty while it is out of selection.
     pub ecosystems: Vec<String>,
+    pub slots: Vec<u32>,
     pub registered_height: u64,
+    /// Deadlines missed in a row (reset by an attestation).
+    pub missed_deadlines: u16,
+}
+
+/// Who admitted a builder key.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sponsor {
+    TrustedNode(PublicKey),
+    Board,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Admission {
+    pub sponsor: Sponsor,
+    pub height: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -483,12 +558,29 @@ pub struct Certification {
     Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]
 pub struct NodeRecord {
+    /// Who admitted this key as a builder; `None` if never, or removed since.
+    pub admission: Option<Admission>,
     pub builder: Option<BuilderInfo>,
+    /// The builders this node sponsors (a certified trusted node's quota).
+    pub sponsored: Vec<PublicKey>,
     /// The current certification; `None` if never certified or revoked since.
     pub certification: Option<Certification>,
     pub incidents: Vec<Incident>,
     /// How many requests this node attested (pages of `attested/{node}/{page}`).
     pub attestation_count: u64,
+}
+
+/// `void/queue`: attestations being voided, a bounded number of pages per
+/// block, oldest job first.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct VoidJob {
+    pub node: PublicKey,
+    /// The role whose attestations stop counting (`Regular` or `Trusted`).
+    pub role: AttesterRole,
+    pub since_height: u64,
+    pub next_page: u64,
+    /// Pages of `attested/{node}/…` that existed when the job was queued.
+    pub pages: u64,
 }
 
 impl NodeRecord {
@@ -507,6 +599,9 @@ pub struct GenesisState {
     pub board: Board,
     #[serde(default)]
     pub trusted_nodes: Vec<GenesisTrustedNode>,
+    /// Builder keys admitted by the board at genesis.
+    #[serde(default)]
+    pub builders: Vec<PublicKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

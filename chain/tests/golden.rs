@@ -67,11 +67,17 @@ fn gov(seq: u64, action: GovAction) -> TxKind {
 /// Each block's transactions: (signer seed, nonce, kind). Builders 1..=4 are
 /// registered; which of them a request selects depends on the block hash, so
 /// every registered builder attests and the unselected ones are refused:
-/// the codes record that too.
+/// the codes record that too. The last blocks admit and remove builders and
+/// let a request's silent builders be replaced at their deadline.
 fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
     let left_pad = request("left-pad", "1.3.0", "https://example.org/left-pad.git");
     let impostor = request("left-pad", "1.3.1", "https://example.net/left-pad.git");
     let id = left_pad.id();
+    let silent = request("is-even", "1.0.0", "https://example.org/is-even.git");
+    let params = Params {
+        attest_timeout_blocks: 3,
+        ..Params::default()
+    };
     vec![
         (1..=4)
             .map(|i| {
@@ -81,6 +87,7 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
                 });
                 (i, 1, kind)
             })
+            .chain([(60, 1, gov(0, GovAction::UpdateParams(params)))])
             .collect(),
         vec![(50, 1, TxKind::RequestBuild(left_pad))],
         (1..=4).map(|i| (i, 2, attest(id, 7))).collect(),
@@ -104,9 +111,9 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
         vec![
             (
                 60,
-                1,
+                2,
                 gov(
-                    0,
+                    1,
                     GovAction::BindName(BindName {
                         ecosystem: "npm".into(),
                         name: "is-even".into(),
@@ -116,9 +123,9 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
             ),
             (
                 60,
-                2,
+                3,
                 gov(
-                    1,
+                    2,
                     GovAction::RevokeTrustedNode {
                         node: key(101).public(),
                         incident: "golden".into(),
@@ -127,6 +134,49 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
                 ),
             ),
         ],
+        vec![
+            (
+                100,
+                3,
+                TxKind::AdmitBuilder(AdmitBuilder {
+                    builder: key(70).public(),
+                }),
+            ),
+            (
+                71,
+                1,
+                TxKind::RegisterBuilder(RegisterBuilder {
+                    peer_id: "unadmitted".into(),
+                    ecosystems: vec!["npm".into()],
+                }),
+            ),
+        ],
+        vec![
+            (
+                70,
+                1,
+                TxKind::RegisterBuilder(RegisterBuilder {
+                    peer_id: "peer70".into(),
+                    ecosystems: vec!["npm".into()],
+                }),
+            ),
+            (
+                60,
+                4,
+                gov(
+                    3,
+                    GovAction::RemoveBuilder {
+                        builder: key(1).public(),
+                        reason: "golden".into(),
+                        since_height: 0,
+                    },
+                ),
+            ),
+        ],
+        vec![(52, 1, TxKind::RequestBuild(silent))],
+        vec![],
+        vec![],
+        vec![],
     ]
 }
 

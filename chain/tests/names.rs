@@ -3,86 +3,13 @@
 //! against the ledger block by block.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
 mod common;
-use common::{genesis, key};
+use common::{key, Chain};
 
-const CHAIN: &str = "names-chain";
 const REAL: &str = "https://example.org/six";
 const IMPOSTOR: &str = "https://example.net/not-six";
-
-/// Trusted nodes 100 and 101, board 200..203 (threshold 2).
-struct Chain {
-    _dir: tempfile::TempDir,
-    ledger: Ledger,
-    height: u64,
-    nonces: std::collections::BTreeMap<PublicKey, u64>,
-    gov_seq: u64,
-}
-
-impl Chain {
-    fn new() -> Chain {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(dir.path()).unwrap();
-        let genesis = genesis(10_000);
-        ledger.init_chain(CHAIN, &genesis, 1).unwrap();
-        Chain {
-            _dir: dir,
-            ledger,
-            height: 0,
-            nonces: Default::default(),
-            gov_seq: 0,
-        }
-    }
-
-    /// Runs one block holding one transaction; returns its result.
-    fn run(&mut self, signer: &Keypair, kind: TxKind) -> TxResult {
-        let nonce = self.nonces.entry(signer.public()).or_insert(0);
-        *nonce += 1;
-        let tx = borsh::to_vec(&sign_tx(
-            signer,
-            CHAIN,
-            TxBody {
-                nonce: *nonce,
-                kind,
-            },
-        ))
-        .unwrap();
-        self.height += 1;
-        let info = BlockInfo {
-            height: self.height,
-            time: 1_000,
-            hash: self.height.to_be_bytes().to_vec(),
-        };
-        let mut result = self.ledger.finalize_block(&info, &[tx]).unwrap();
-        self.ledger.commit().unwrap();
-        result.txs.remove(0)
-    }
-
-    fn gov(&mut self, action: GovAction) -> TxResult {
-        let approvals = vec![
-            approve(&key(200), CHAIN, self.gov_seq, &action),
-            approve(&key(201), CHAIN, self.gov_seq, &action),
-        ];
-        let kind = TxKind::Governance(Governance {
-            seq: self.gov_seq,
-            action,
-            approvals,
-        });
-        let result = self.run(&key(60), kind);
-        if result.code == 0 {
-            self.gov_seq += 1;
-        }
-        result
-    }
-
-    fn get<T: borsh::BorshDeserialize>(&self, path: &str) -> Option<T> {
-        let answer = self.ledger.query(path, 0, false).unwrap();
-        answer.value.map(|v| borsh::from_slice(&v).unwrap())
-    }
-}
 
 fn request(version: &str, repo: &str, commit: &str) -> BuildRequest {
     BuildRequest {
@@ -126,7 +53,7 @@ fn trusted_build(c: &mut Chain, r: BuildRequest, node: u8) -> Digest {
 
 #[test]
 fn a_trusted_build_binds_its_name_and_releases_its_version() {
-    let mut c = Chain::new();
+    let mut c = Chain::new(common::genesis(10_000));
     // Before any trusted build, anyone may request any source.
     let early = c.run(
         &key(51),
@@ -163,7 +90,7 @@ fn a_trusted_build_binds_its_name_and_releases_its_version() {
 
 #[test]
 fn the_recipe_must_be_the_ecosystems() {
-    let mut c = Chain::new();
+    let mut c = Chain::new(common::genesis(10_000));
     let mut r = request("1.0.0", REAL, "c0ffee");
     r.recipe = "script".into();
     let result = c.run(&key(51), TxKind::RequestBuild(r));
@@ -177,7 +104,7 @@ fn the_recipe_must_be_the_ecosystems() {
 
 #[test]
 fn trusted_nodes_bind_free_names_and_only_the_board_moves_them() {
-    let mut c = Chain::new();
+    let mut c = Chain::new(common::genesis(10_000));
     let bind = |repo: &str| {
         TxKind::BindName(BindName {
             ecosystem: "python".into(),
@@ -217,7 +144,7 @@ fn trusted_nodes_bind_free_names_and_only_the_board_moves_them() {
 
 #[test]
 fn revoking_the_node_whose_attestation_bound_a_name_frees_it() {
-    let mut c = Chain::new();
+    let mut c = Chain::new(common::genesis(10_000));
     let since = c.height + 1;
     trusted_build(&mut c, request("1.0.0", IMPOSTOR, "bad"), 101);
     assert!(c.get::<NameBinding>("name/python/six").is_some());
@@ -228,6 +155,7 @@ fn revoking_the_node_whose_attestation_bound_a_name_frees_it() {
         incident_since_height: since,
     });
     assert_eq!(revoked.code, 0, "{}", revoked.log);
+    c.idle();
     assert!(c.get::<NameBinding>("name/python/six").is_none());
     assert!(c.get::<Release>("released/python/six/1.0.0").is_none());
     trusted_build(&mut c, request("1.0.0", REAL, "c0ffee"), 100);

@@ -27,7 +27,8 @@ async fn main() -> Result<()> {
     let mut net = Testnet::start_with_services(ServicePlan {
         regular_builders: 3,
         trusted_builders: 2,
-        timeout_commit: Some("1s"),
+        timeout_commit: Some("1s".into()),
+        ..Default::default()
     })
     .await?;
     net.start_services().await?;

@@ -23,7 +23,7 @@ use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
 use pyrsia_ledger_client::rpc::LedgerClient;
-use support::{synthetic_request, AppKind, Testnet};
+use support::{synthetic_request, AppKind, ServicePlan, Testnet};
 
 /// At most one sender per builder key, so nonces stay in order.
 const MAX_SENDERS: usize = 64;
@@ -78,14 +78,18 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usi
     ))
 }
 
+fn builder_keys() -> Vec<Keypair> {
+    (0..MAX_SENDERS as u8)
+        .map(|i| Keypair::from_seed([i + 1; 32]))
+        .collect()
+}
+
 /// Registers builders and requests, then signs one Attest per selected
 /// builder per request: `count` txs in lanes by signer.
 async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec<Vec<Vec<u8>>>> {
     let client = net.client(0)?;
     let chain_id = client.chain_id().await?;
-    let builders: Vec<Keypair> = (0..MAX_SENDERS as u8)
-        .map(|i| Keypair::from_seed([i + 1; 32]))
-        .collect();
+    let builders = builder_keys();
     let mut hashes = Vec::new();
     for (i, b) in builders.iter().enumerate() {
         let kind = TxKind::RegisterBuilder(RegisterBuilder {
@@ -180,7 +184,22 @@ async fn main() -> Result<()> {
         .unwrap_or(MAX_SENDERS)
         .clamp(1, MAX_SENDERS);
 
-    let net = Testnet::start_with(4, AppKind::Pyrsia, &timeout_commit).await?;
+    // The bench's builders are admitted at genesis, and one requester may
+    // keep all its requests open.
+    let net = Testnet::start_planned(
+        4,
+        ServicePlan {
+            timeout_commit: Some(timeout_commit.clone()),
+            params: Some(serde_json::json!({
+                "max_open_per_signer": u16::MAX,
+                "max_open_per_ecosystem": u32::MAX,
+                "max_open_per_package": u16::MAX,
+            })),
+            admitted_builders: builder_keys().iter().map(Keypair::public).collect(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let lanes = attest_lanes(&net, count, senders).await?;
     let tx_size = lanes.iter().flatten().map(Vec::len).max().unwrap_or(0);
     let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i)).collect::<Result<_>>()?;

@@ -250,9 +250,14 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
     Ok(())
 }
 
+/// A request this builder should build: any request of its ecosystems for
+/// a trusted node; for a regular builder, one it was selected for, first or
+/// as a replacement.
 fn is_for_me(e: &LedgerEvent, me: &PublicKey, trusted: bool, ecosystems: &[String]) -> bool {
-    if e.kind != "build_requested" {
-        return false;
+    match e.kind.as_str() {
+        "build_requested" => {}
+        "builders_replaced" if !trusted => {}
+        _ => return false,
     }
     if trusted {
         return e
@@ -292,8 +297,9 @@ where
     }
 }
 
-/// Registers (or re-registers with new ecosystems) and returns the height
-/// from which this builder can have been selected.
+/// Registers (or re-registers with new ecosystems, or after missed deadlines
+/// took it out of selection) and returns the height from which this builder
+/// can have been selected.
 async fn register(
     shared: &Shared,
     node: Option<&NodeRecord>,
@@ -305,7 +311,7 @@ async fn register(
         let mut want = ecosystems.to_vec();
         have.sort();
         want.sort();
-        if info.peer_id == peer_id && have == want {
+        if info.peer_id == peer_id && have == want && !info.slots.is_empty() {
             return Ok(info.registered_height);
         }
     }

@@ -267,6 +267,11 @@ mod tests {
                 log_digest: Digest::default(),
             }],
             level,
+            seed: Digest::default(),
+            draws: 0,
+            replaced: vec![],
+            round: 0,
+            deadline: None,
         }
     }
 

@@ -85,6 +85,20 @@ pub enum OneStepCmd {
         #[command(flatten)]
         board: BoardArgs,
     },
+    /// Admit a builder key on the board's authority.
+    AdmitBuilder {
+        #[command(flatten)]
+        args: AdmitBuilderArgs,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
+    /// Remove a builder; its attestations from --since-height on stop counting.
+    RemoveBuilder {
+        #[command(flatten)]
+        args: RemoveBuilderArgs,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
 }
 
 /// An action, as `gov approve` signs it.
@@ -98,6 +112,29 @@ pub enum ActionCmd {
     BindName(NameArgs),
     /// Replace the ledger parameters.
     Params(ParamsArgs),
+    /// Admit a builder key on the board's authority.
+    AdmitBuilder(AdmitBuilderArgs),
+    /// Remove a builder; its attestations from --since-height on stop counting.
+    RemoveBuilder(RemoveBuilderArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdmitBuilderArgs {
+    /// The builder's public key (hex).
+    #[arg(value_name = "BUILDER")]
+    builder: PublicKey,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveBuilderArgs {
+    /// The builder's public key (hex).
+    #[arg(value_name = "BUILDER")]
+    builder: PublicKey,
+    #[arg(long)]
+    reason: String,
+    /// Attestations from this height on stop counting.
+    #[arg(long)]
+    since_height: u64,
 }
 
 /// Board approvals: one key file per approving member.
@@ -148,6 +185,20 @@ pub struct ParamsArgs {
     max_outputs: u16,
     #[arg(long, default_value_t = 1024)]
     max_field_len: u32,
+    #[arg(long, default_value_t = Params::default().attest_timeout_blocks)]
+    attest_timeout_blocks: u32,
+    #[arg(long, default_value_t = Params::default().max_attest_rounds)]
+    max_attest_rounds: u16,
+    #[arg(long, default_value_t = Params::default().max_missed_deadlines)]
+    max_missed_deadlines: u16,
+    #[arg(long, default_value_t = Params::default().max_sponsored_builders)]
+    max_sponsored_builders: u16,
+    #[arg(long, default_value_t = Params::default().max_open_per_signer)]
+    max_open_per_signer: u16,
+    #[arg(long, default_value_t = Params::default().max_open_per_package)]
+    max_open_per_package: u16,
+    #[arg(long, default_value_t = Params::default().max_open_per_ecosystem)]
+    max_open_per_ecosystem: u32,
 }
 
 impl ActionCmd {
@@ -181,7 +232,20 @@ impl ActionCmd {
                 trusted_for_reproducible: p.trusted_for_reproducible,
                 max_outputs: p.max_outputs,
                 max_field_len: p.max_field_len,
+                attest_timeout_blocks: p.attest_timeout_blocks,
+                max_attest_rounds: p.max_attest_rounds,
+                max_missed_deadlines: p.max_missed_deadlines,
+                max_sponsored_builders: p.max_sponsored_builders,
+                max_open_per_signer: p.max_open_per_signer,
+                max_open_per_package: p.max_open_per_package,
+                max_open_per_ecosystem: p.max_open_per_ecosystem,
             }),
+            ActionCmd::AdmitBuilder(a) => GovAction::AdmitBuilder { builder: a.builder },
+            ActionCmd::RemoveBuilder(a) => GovAction::RemoveBuilder {
+                builder: a.builder,
+                reason: a.reason,
+                since_height: a.since_height,
+            },
         })
     }
 }
@@ -193,6 +257,8 @@ impl OneStepCmd {
             OneStepCmd::Revoke { args, board } => (ActionCmd::Revoke(args), board),
             OneStepCmd::BindName { name, board } => (ActionCmd::BindName(name), board),
             OneStepCmd::Params { args, board } => (ActionCmd::Params(args), board),
+            OneStepCmd::AdmitBuilder { args, board } => (ActionCmd::AdmitBuilder(args), board),
+            OneStepCmd::RemoveBuilder { args, board } => (ActionCmd::RemoveBuilder(args), board),
         }
     }
 }

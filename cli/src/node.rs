@@ -84,6 +84,14 @@ pub enum DevnetCommand {
         /// Store i of node0 serves its control API on port BASE+i.
         #[arg(long, default_value_t = 7889)]
         store_api_base: u16,
+        /// Ledger parameters at genesis: a JSON object; fields it omits keep
+        /// their defaults.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// A builder key (hex) the board admits at genesis (repeatable),
+        /// besides the --builders this command creates.
+        #[arg(long = "admit-builder")]
+        admit_builders: Vec<PublicKey>,
         #[command(flatten)]
         comet: CometArgs,
     },
@@ -114,6 +122,9 @@ struct NetworkPlan<'a> {
     board_members: usize,
     threshold: u16,
     trusted_nodes: usize,
+    /// Builder keys the board admits at genesis.
+    builders: Vec<PublicKey>,
+    params: Params,
     timeout_commit: &'a str,
     cometbft: &'a Path,
 }
@@ -140,7 +151,8 @@ fn init_network(plan: NetworkPlan<'_>) -> Result<serde_json::Value> {
                 valid_until: now_unix() + CERTIFICATION_SECONDS,
             })
             .collect(),
-        params: Params::default(),
+        builders: plan.builders,
+        params: plan.params,
         timeout_commit: plan.timeout_commit.to_owned(),
         cometbft: plan.cometbft.to_owned(),
     };
@@ -170,23 +182,34 @@ fn init_network(plan: NetworkPlan<'_>) -> Result<serde_json::Value> {
     }))
 }
 
-/// Writes HOME/config/services.toml: the node's store, `regular` builders
-/// with new keys, and `trusted` builders using the first trusted-node keys
+/// Creates the keys of `count` regular builders under HOME/builders; returns
+/// their names, paths relative to HOME and public keys (for genesis).
+fn new_builder_keys(home: &Path, count: usize) -> Result<Vec<(String, PathBuf, PublicKey)>> {
+    (0..count)
+        .map(|i| {
+            let name = format!("regular{i}");
+            let rel = PathBuf::from("builders").join(&name).join("key.json");
+            let key = Keypair::generate();
+            key.save(&home.join(&rel))?;
+            Ok((name, rel, key.public()))
+        })
+        .collect()
+}
+
+/// Writes HOME/config/services.toml: the node's store, the `regular`
+/// builders, and `trusted` builders using the first trusted-node keys
 /// (copied into the home, so the node stays self-contained).
 fn init_services(
     home: &Path,
     trusted_keys: &Path,
-    regular: usize,
+    regular: &[(String, PathBuf, PublicKey)],
     trusted: usize,
     ports: ServicePorts,
 ) -> Result<Services> {
-    let mut keys = Vec::new();
-    for i in 0..regular {
-        let name = format!("regular{i}");
-        let rel = PathBuf::from("builders").join(&name).join("key.json");
-        Keypair::generate().save(&home.join(&rel))?;
-        keys.push((name, rel));
-    }
+    let mut keys: Vec<(String, PathBuf)> = regular
+        .iter()
+        .map(|(name, rel, _)| (name.clone(), rel.clone()))
+        .collect();
     for i in 0..trusted {
         let name = format!("trusted{i}");
         let rel = PathBuf::from("builders").join(&name).join("key.json");
@@ -213,12 +236,28 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         trusted_builders,
         store_port_base,
         store_api_base,
+        params,
+        admit_builders,
         comet,
     } = cmd;
+    let params: Params = match params {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a JSON object of ledger parameters",
+                    path.display()
+                )
+            })?
+        }
+        None => Params::default(),
+    };
     if trusted_builders > trusted_nodes {
         bail!("--trusted-builders {trusted_builders} exceeds --trusted-nodes {trusted_nodes}");
     }
     let node0 = dir.join("node0");
+    let regular = new_builder_keys(&node0, builders)?;
     let mut summary = init_network(NetworkPlan {
         homes: (0..validators)
             .map(|i| dir.join(format!("node{i}")))
@@ -229,13 +268,19 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         board_members,
         threshold,
         trusted_nodes,
+        builders: regular
+            .iter()
+            .map(|(_, _, key)| *key)
+            .chain(admit_builders)
+            .collect(),
+        params,
         timeout_commit: &timeout_commit,
         cometbft: &comet.cometbft,
     })?;
     let services = init_services(
         &node0,
         &dir.join("trusted"),
-        builders,
+        &regular,
         trusted_builders,
         ServicePorts {
             libp2p_base: store_port_base,
@@ -330,6 +375,7 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             "{} holds no node yet: creating a single-validator devnet there",
             home.display()
         );
+        let regular = new_builder_keys(home, DEVNET_REGULAR_BUILDERS)?;
         init_network(NetworkPlan {
             homes: vec![home.clone()],
             keys_dir: home,
@@ -338,13 +384,15 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             board_members: 3,
             threshold: 2,
             trusted_nodes: 2,
+            builders: regular.iter().map(|(_, _, key)| *key).collect(),
+            params: Params::default(),
             timeout_commit: "1s",
             cometbft: &comet.cometbft,
         })?;
         init_services(
             home,
             &home.join("trusted"),
-            DEVNET_REGULAR_BUILDERS,
+            &regular,
             DEVNET_TRUSTED_BUILDERS,
             ServicePorts::default(),
         )?;

@@ -3,8 +3,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use pyrsia_chain::{
-    sign_tx, Attest, BindName, BuildRequest, Digest, Keypair, Output, PackageId, RegisterBuilder,
-    SourceRef, TrustedImport, TxBody, TxKind,
+    sign_tx, AdmitBuilder, Attest, BindName, BuildRequest, Digest, Keypair, Output, PackageId,
+    RegisterBuilder, SourceRef, TrustedImport, TxBody, TxKind,
 };
 
 use crate::keys::KeyArgs;
@@ -73,6 +73,14 @@ pub enum TxCommand {
         /// Ecosystems this builder builds (repeatable).
         #[arg(long = "ecosystem", required = true)]
         ecosystems: Vec<String>,
+    },
+    /// As a certified trusted node, admit a builder key (it then registers
+    /// itself with `register-builder`).
+    AdmitBuilder {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The builder's public key (hex).
+        builder: pyrsia_chain::PublicKey,
     },
     /// Request a build of a package from a public source at an exact commit.
     RequestBuild {
@@ -202,6 +210,16 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
                 "builder registered",
                 &tx,
                 serde_json::json!({"builder": key.public()}),
+            );
+        }
+        TxCommand::AdmitBuilder { key, builder } => {
+            let key = key.load(&ctx.home)?;
+            let tx = submit(ctx, &key, TxKind::AdmitBuilder(AdmitBuilder { builder })).await?;
+            report(
+                ctx,
+                "builder admitted",
+                &tx,
+                serde_json::json!({"builder": builder, "sponsor": key.public()}),
             );
         }
         TxCommand::RequestBuild {

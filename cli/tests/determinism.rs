@@ -12,7 +12,7 @@ use pyrsia_chain::{
     TxBody, TxKind,
 };
 use pyrsia_ledger_client::rpc::LedgerClient;
-use support::{synthetic_request, Testnet};
+use support::{synthetic_request, ServicePlan, Testnet};
 use tendermint::Hash;
 
 struct Signer {
@@ -79,13 +79,26 @@ async fn wait_all(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_txs() {
-    let net = Testnet::start(4).await.unwrap();
+    let builder_keys: Vec<Keypair> = (0..24)
+        .map(|i| Keypair::from_seed([i as u8 + 1; 32]))
+        .collect();
+    let net = Testnet::start_planned(
+        4,
+        ServicePlan {
+            admitted_builders: builder_keys.iter().map(Keypair::public).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i).unwrap()).collect();
     let chain_id = clients[0].chain_id().await.unwrap();
     let mut total = 0;
 
-    let mut builders: Vec<Signer> = (0..24)
-        .map(|i| Signer::new(Keypair::from_seed([i as u8 + 1; 32]), i % 4))
+    let mut builders: Vec<Signer> = builder_keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| Signer::new(key, i % 4))
         .collect();
     let batch: Vec<_> = builders
         .iter_mut()

@@ -28,23 +28,46 @@ fn level_of(net: &Testnet, request: &str) -> String {
     q["value"]["level"].as_str().unwrap().to_owned()
 }
 
-/// Registers `n` builder keys `b0..` for npm through the CLI.
+/// Registers `n` builder keys `b0..` for npm through the CLI, each admitted
+/// by trusted node 0 first; an unadmitted key is refused with its own code.
 fn register_builders(net: &Testnet, n: usize) -> Vec<Keypair> {
+    let trusted = net.trusted_key(0);
     (0..n)
         .map(|i| {
             let name = format!("b{i}");
             let key = net.new_key(&name).unwrap();
-            net.pyrsia_json(&[
+            let peer = format!("12D3KooWpeer{i}");
+            let register = [
                 "tx",
                 "register-builder",
                 "--key",
                 &name,
                 "--peer-id",
-                &format!("12D3KooWpeer{i}"),
+                &peer,
                 "--ecosystem",
                 "npm",
+            ];
+            if i == 0 {
+                let refused = net.pyrsia(&register).unwrap();
+                assert!(
+                    !refused.status.success(),
+                    "an unadmitted builder registered"
+                );
+                let stderr = String::from_utf8_lossy(&refused.stderr);
+                assert!(
+                    stderr.contains(&format!("code {}", code::NOT_ADMITTED)),
+                    "{stderr}"
+                );
+            }
+            net.pyrsia_json(&[
+                "tx",
+                "admit-builder",
+                "--key-file",
+                trusted.to_str().unwrap(),
+                &key.public().to_string(),
             ])
             .unwrap();
+            net.pyrsia_json(&register).unwrap();
             key
         })
         .collect()
@@ -254,7 +277,15 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
         "1",
     ];
     revoke.extend_from_slice(&board);
-    net.pyrsia_json(&revoke).unwrap();
+    let revoked_at = net.pyrsia_json(&revoke).unwrap()["height"]
+        .as_u64()
+        .unwrap();
+    // The voiding runs in the next block's upkeep.
+    net.client(0)
+        .unwrap()
+        .wait_height(revoked_at + 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(level_of(&net, &request), "trusted");
     let revoked = net.pyrsia_json(&["query", "node", &t1_pk]).unwrap();
     assert!(revoked["value"]["certification"].is_null());
@@ -331,6 +362,14 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
     let client = net.client(0).unwrap();
     let chain_id = client.chain_id().await.unwrap();
     let key = Keypair::generate();
+    net.pyrsia_json(&[
+        "tx",
+        "admit-builder",
+        "--key-file",
+        net.trusted_key(0).to_str().unwrap(),
+        &key.public().to_string(),
+    ])
+    .unwrap();
     let register = |nonce: u64, peer: &str| {
         sign_tx(
             &key,
@@ -527,8 +566,8 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
         .map(|i| BuildRequest {
             package: PackageId {
                 ecosystem: "cargo".into(),
-                name: "serde".into(),
-                version: format!("1.0.{i}"),
+                name: format!("serde{i}"),
+                version: "1.0.0".into(),
             },
             source: SourceRef {
                 repo_url: "https://example.org/serde.git".into(),

@@ -35,9 +35,9 @@ async fn node_start_runs_the_whole_network_and_ctrl_c_stops_every_process() {
     let plan = ServicePlan {
         regular_builders: 2,
         trusted_builders: 2,
-        timeout_commit: None,
+        ..Default::default()
     };
-    let base = devnet_init(dir.path(), 1, "300ms", plan).unwrap();
+    let base = devnet_init(dir.path(), 1, "300ms", &plan).unwrap();
     let home = dir.path().join("node0");
     let rpc = format!("http://127.0.0.1:{}", base + 1);
     let mut node = Command::new(pyrsia_bin())

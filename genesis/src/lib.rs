@@ -48,6 +48,8 @@ pub struct NetworkSpec {
     pub base_port: u16,
     pub board: Board,
     pub trusted_nodes: Vec<GenesisTrustedNode>,
+    /// Builder keys the board admits at genesis.
+    pub builders: Vec<pyrsia_chain::PublicKey>,
     pub params: Params,
     /// CometBFT's `consensus.timeout_commit`, e.g. `"1s"`.
     pub timeout_commit: String,
@@ -199,6 +201,7 @@ pub fn create_network(
         params: spec.params.clone(),
         board: spec.board.clone(),
         trusted_nodes: spec.trusted_nodes.clone(),
+        builders: spec.builders.clone(),
     };
     genesis["chain_id"] = spec.chain_id.clone().into();
     genesis["initial_height"] = "1".into();

@@ -1,4 +1,4 @@
-//! Rules of builders, build requests, attestations and trusted imports.
+//! Rules of build requests, attestations and trusted imports.
 
 use super::*;
 
@@ -16,61 +16,6 @@ fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
 }
 
 impl Exec<'_> {
-    pub(super) fn register_builder(
-        &mut self,
-        signer: PublicKey,
-        r: &RegisterBuilder,
-    ) -> Result<(), TxError> {
-        let params = self.params()?;
-        self.text("peer_id", &r.peer_id, params.max_field_len)?;
-        if r.ecosystems.is_empty() || r.ecosystems.len() > 16 {
-            return Err(TxError::InvalidField(
-                "ecosystems must number 1..=16".into(),
-            ));
-        }
-        let mut ecosystems = r.ecosystems.clone();
-        ecosystems.sort();
-        ecosystems.dedup();
-        for eco in &ecosystems {
-            self.ecosystem(eco)?;
-        }
-        let node_key = state_key::node(signer);
-        let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
-        let previous = node
-            .builder
-            .take()
-            .map(|b| b.ecosystems)
-            .unwrap_or_default();
-        for eco in previous.iter().filter(|e| !ecosystems.contains(e)) {
-            let key = state_key::builders(eco);
-            let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
-            list.retain(|b| *b != signer);
-            self.put(key, &list);
-        }
-        for eco in &ecosystems {
-            let key = state_key::builders(eco);
-            let mut list: Vec<PublicKey> = self.get(&key)?.unwrap_or_default();
-            if let Err(at) = list.binary_search(&signer) {
-                list.insert(at, signer);
-                self.put(key, &list);
-            }
-        }
-        node.builder = Some(BuilderInfo {
-            peer_id: r.peer_id.clone(),
-            ecosystems: ecosystems.clone(),
-            registered_height: self.height,
-        });
-        self.put(node_key, &node);
-        self.emit(
-            "builder_registered",
-            vec![
-                ("builder", signer.to_string()),
-                ("ecosystems", ecosystems.join(",")),
-            ],
-        );
-        Ok(())
-    }
-
     pub(super) fn add_to_package(
         &mut self,
         package: &PackageId,
@@ -135,20 +80,22 @@ impl Exec<'_> {
         if self.get::<RequestRecord>(&key)?.is_some() {
             return Err(TxError::DuplicateRequest(id));
         }
-        let selected = match self.block_hash {
-            Some(hash) => {
-                let candidates: Vec<PublicKey> = self
-                    .get(&state_key::builders(&r.package.ecosystem))?
-                    .unwrap_or_default();
-                select_builders(
-                    hash,
-                    &id,
-                    &candidates,
-                    usize::from(params.builders_per_request),
-                )
-            }
-            None => Vec::new(),
+        self.open_request(signer, &r.package, &params)?;
+        // CheckTx has no block yet: it checks the rules, selection happens
+        // when the block is executed.
+        let seed = self.block_hash.map(Digest::of).unwrap_or_default();
+        let eco = r.package.ecosystem.clone();
+        let count: u32 = self.get(&state_key::builders(&eco))?.unwrap_or(0);
+        let want = usize::from(params.builders_per_request);
+        let (selected, draws) = if self.block_hash.is_some() {
+            select(&seed, &id, 0, count, want, &[], |slot| {
+                self.builder_in_slot(&eco, slot)
+            })?
+        } else {
+            (Vec::new(), 0)
         };
+        let deadline = self.height + u64::from(params.attest_timeout_blocks);
+        self.schedule(deadline, id)?;
         let record = RequestRecord {
             id,
             origin: RequestOrigin::Build(r.clone()),
@@ -157,6 +104,11 @@ impl Exec<'_> {
             selected: selected.clone(),
             attestations: Vec::new(),
             level: TrustLevel::Pending,
+            seed,
+            draws,
+            replaced: Vec::new(),
+            round: 1,
+            deadline: Some(deadline),
         };
         self.put(key, &record);
         self.add_to_package(&r.package, id)?;
@@ -194,6 +146,9 @@ impl Exec<'_> {
         } else if matches!(record.origin, RequestOrigin::Build(_))
             && record.selected.contains(&signer)
         {
+            if node.as_ref().is_none_or(|n| n.admission.is_none()) {
+                return Err(TxError::NotAdmitted(signer.to_string()));
+            }
             AttesterRole::Regular
         } else if matches!(record.origin, RequestOrigin::Import { .. }) {
             return Err(TxError::NotTrustedNode(signer.to_string()));
@@ -246,6 +201,11 @@ impl Exec<'_> {
                     selected: Vec::new(),
                     attestations: Vec::new(),
                     level: TrustLevel::Pending,
+                    seed: Digest::default(),
+                    draws: 0,
+                    replaced: Vec::new(),
+                    round: 0,
+                    deadline: None,
                 }
             }
         };
@@ -271,8 +231,9 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// Appends an attestation, indexes its artifacts (and, for trusted nodes,
-    /// the request, so a later revocation can find it) and re-derives the level.
+    /// Appends an attestation, indexes its artifacts and (so that a later
+    /// revocation or removal can find it) the request under its attester,
+    /// and re-derives the level.
     pub(super) fn record_attestation(
         &mut self,
         record: &mut RequestRecord,
@@ -302,17 +263,18 @@ impl Exec<'_> {
                 self.put(key, &artifact);
             }
         }
-        if attestation.role == AttesterRole::Trusted {
-            let node_key = state_key::node(attestation.attester);
-            let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
-            let page_key =
-                state_key::attested(attestation.attester, node.attestation_count / ATTEST_PAGE);
-            let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
-            page.push(record.id);
-            self.put(page_key, &page);
-            node.attestation_count += 1;
-            self.put(node_key, &node);
+        let node_key = state_key::node(attestation.attester);
+        let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
+        let page_key =
+            state_key::attested(attestation.attester, node.attestation_count / ATTEST_PAGE);
+        let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
+        page.push(record.id);
+        self.put(page_key, &page);
+        node.attestation_count += 1;
+        if let Some(builder) = node.builder.as_mut() {
+            builder.missed_deadlines = 0;
         }
+        self.put(node_key, &node);
         self.emit(
             "attested",
             vec![
@@ -323,6 +285,72 @@ impl Exec<'_> {
         );
         record.attestations.push(attestation);
         self.set_level(record, evaluate(params, &record.attestations))
+    }
+
+    /// Counts a new request against the signer's, the package name's and the
+    /// ecosystem's limits of requests in their selection rounds.
+    fn open_request(
+        &mut self,
+        signer: PublicKey,
+        package: &PackageId,
+        params: &Params,
+    ) -> Result<(), TxError> {
+        let scopes = [
+            (
+                state_key::open_by_signer(signer),
+                u32::from(params.max_open_per_signer),
+                format!("signer {signer}"),
+            ),
+            (
+                state_key::open_by_package(&package.ecosystem, &package.name),
+                u32::from(params.max_open_per_package),
+                format!("package {}:{}", package.ecosystem, package.name),
+            ),
+            (
+                state_key::open_by_ecosystem(&package.ecosystem),
+                params.max_open_per_ecosystem,
+                format!("ecosystem {}", package.ecosystem),
+            ),
+        ];
+        for (key, limit, scope) in scopes {
+            let open: u32 = self.get(&key)?.unwrap_or(0);
+            if open >= limit {
+                return Err(TxError::TooManyOpen { scope, limit });
+            }
+            self.put(key, &(open + 1));
+        }
+        Ok(())
+    }
+
+    /// A request left its selection rounds: it no longer counts against the
+    /// limits of [`Exec::open_request`].
+    pub(super) fn close_request(
+        &mut self,
+        requester: PublicKey,
+        package: &PackageId,
+    ) -> Result<(), TxError> {
+        for key in [
+            state_key::open_by_signer(requester),
+            state_key::open_by_package(&package.ecosystem, &package.name),
+            state_key::open_by_ecosystem(&package.ecosystem),
+        ] {
+            let open: u32 = self.get(&key)?.unwrap_or(0);
+            match open.checked_sub(1) {
+                Some(0) => self.delete(key),
+                Some(n) => self.put(key, &n),
+                None => return Err(super::builders::corrupt(&key)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `id` to the requests whose round ends at `height`.
+    pub(super) fn schedule(&mut self, height: u64, id: Digest) -> Result<(), TxError> {
+        let key = state_key::deadline(height);
+        let mut due: Vec<Digest> = self.get(&key)?.unwrap_or_default();
+        due.push(id);
+        self.put(key, &due);
+        Ok(())
     }
 
     pub(super) fn set_level(

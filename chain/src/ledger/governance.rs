@@ -67,6 +67,12 @@ impl Exec<'_> {
             GovAction::CertifyTrustedNode { node, valid_until } => {
                 let key = state_key::node(*node);
                 let mut record: NodeRecord = self.get(&key)?.unwrap_or_default();
+                if record.admission.is_some() {
+                    return Err(TxError::RoleConflict {
+                        key: node.to_string(),
+                        is: "an admitted builder (remove it first)",
+                    });
+                }
                 record.certification = Some(Certification {
                     valid_until: *valid_until,
                     certified_height: self.height,
@@ -89,6 +95,12 @@ impl Exec<'_> {
                 self.name_fields(b)?;
                 self.bind_name(b, NameAuthority::Board);
             }
+            GovAction::AdmitBuilder { builder } => self.admit_builder(*builder, Sponsor::Board)?,
+            GovAction::RemoveBuilder {
+                builder,
+                reason,
+                since_height,
+            } => self.remove_builder(*builder, reason, *since_height)?,
             GovAction::UpdateParams(p) => {
                 validate_params(p)?;
                 self.put(state_key::PARAMS.into(), p);
@@ -99,8 +111,10 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// Ends the node's certification and voids its trusted attestations made
-    /// at or after the incident's start, re-deriving those requests' levels.
+    /// Ends the node's certification and queues the voiding of its trusted
+    /// attestations made at or after the incident's start. The builders it
+    /// admitted during the incident are removed too: a compromised sponsor
+    /// may have admitted Sybils.
     pub(super) fn revoke(
         &mut self,
         node: PublicKey,
@@ -124,29 +138,17 @@ impl Exec<'_> {
             since_height: since,
             revoked_height: self.height,
         });
-        let pages = record.attestation_count.div_ceil(ATTEST_PAGE);
+        self.queue_void(node, AttesterRole::Trusted, since, &record)?;
         self.put(key, &record);
-        for page in 0..pages {
-            let ids: Vec<Digest> = self
-                .get(&state_key::attested(node, page))?
-                .unwrap_or_default();
-            for id in ids {
-                let request_key = state_key::request(id);
-                let Some(mut request) = self.get::<RequestRecord>(&request_key)? else {
-                    continue;
-                };
-                let mut changed = false;
-                for a in &mut request.attestations {
-                    if a.attester == node && a.role == AttesterRole::Trusted && a.height >= since {
-                        a.role = AttesterRole::Void;
-                        changed = true;
-                    }
-                }
-                if changed {
-                    let level = evaluate(&params, &request.attestations);
-                    self.set_level(&mut request, level)?;
-                    self.put(request_key, &request);
-                }
+        for builder in record.sponsored {
+            let admitted: Option<NodeRecord> = self.get(&state_key::node(builder))?;
+            let during_incident = admitted
+                .and_then(|b| b.admission)
+                .is_some_and(|a| a.height >= since);
+            if during_incident {
+                let reason = format!("admitted by {node}, revoked for an incident");
+                let reason: String = reason.chars().take(params.max_field_len as usize).collect();
+                self.remove_builder(builder, &reason, since)?;
             }
         }
         self.emit(

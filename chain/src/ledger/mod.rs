@@ -17,12 +17,16 @@ use crate::crypto::{gov_sign_bytes, tx_sign_bytes, verify, verify_batch};
 use crate::error::TxError;
 use crate::state_key;
 use crate::store::{key_hash, Committed, Store, StoreError};
-use crate::trust::{evaluate, select_builders};
+use crate::trust::{evaluate, select};
 use crate::types::*;
 
+mod builders;
 mod builds;
 mod governance;
 mod names;
+mod upkeep;
+
+pub use upkeep::VOID_PAGES_PER_BLOCK;
 
 /// Largest transaction accepted, in bytes.
 pub const MAX_TX_BYTES: usize = 64 * 1024;
@@ -53,11 +57,13 @@ pub enum LedgerError {
     OutOfOrder { committed: u64, got: u64 },
     #[error("commit without a finalized block")]
     NothingToCommit,
+    #[error("the block's upkeep failed, so the state breaks an invariant")]
+    Upkeep(#[source] TxError),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, released/ECO/NAME/VERSION, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, gov/seq, params or board")]
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, released/ECO/NAME/VERSION, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
     UnknownPath(String),
     #[error("height {asked} is not available (latest committed is {latest})")]
     Height { asked: u64, latest: u64 },
@@ -107,6 +113,8 @@ impl TxResult {
 pub struct BlockResult {
     pub app_hash: [u8; 32],
     pub txs: Vec<TxResult>,
+    /// Events of the block's upkeep (rounds ended, builders replaced).
+    pub events: Vec<Event>,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +218,21 @@ impl Ledger {
         put(state_key::PARAMS.into(), encode(&genesis.params));
         put(state_key::BOARD.into(), encode(board));
         put(state_key::GOV_SEQ.into(), encode(&0u64));
+        for b in &genesis.builders {
+            if genesis.trusted_nodes.iter().any(|t| t.node == *b) {
+                return Err(LedgerError::Genesis(format!(
+                    "{b} is both a trusted node and a builder"
+                )));
+            }
+            let record = NodeRecord {
+                admission: Some(Admission {
+                    sponsor: Sponsor::Board,
+                    height: 0,
+                }),
+                ..NodeRecord::default()
+            };
+            put(state_key::node(*b), encode(&record));
+        }
         for t in &genesis.trusted_nodes {
             let record = NodeRecord {
                 certification: Some(Certification {
@@ -361,6 +384,21 @@ impl Ledger {
 
         let chain_id = self.chain_id.clone().unwrap_or_default();
         let mut writes = Writes::new();
+        let mut upkeep = Exec {
+            store: &self.store,
+            version,
+            block: &mut writes,
+            tx: Writes::new(),
+            events: Vec::new(),
+            height: block.height,
+            time: block.time,
+            block_hash: Some(&block.hash),
+            chain_id: &chain_id,
+        };
+        upkeep.upkeep().map_err(LedgerError::Upkeep)?;
+        let upkeep_writes = std::mem::take(&mut upkeep.tx);
+        let upkeep_events = std::mem::take(&mut upkeep.events);
+        writes.extend(upkeep_writes);
         let mut results = Vec::with_capacity(txs.len());
         for d in decoded {
             let outcome = match d {
@@ -401,6 +439,7 @@ impl Ledger {
         Ok(BlockResult {
             app_hash,
             txs: results,
+            events: upkeep_events,
         })
     }
 
@@ -465,9 +504,30 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
         "params" if rest.is_empty() => Ok(state_key::PARAMS.to_owned()),
         "board" if rest.is_empty() => Ok(state_key::BOARD.to_owned()),
         "gov" if rest == "seq" => Ok(state_key::GOV_SEQ.to_owned()),
+        "void" if rest == "queue" => Ok(state_key::VOID_QUEUE.to_owned()),
+        "open" => match rest.split_once('/').ok_or_else(unknown)? {
+            ("signer", k) => Ok(state_key::open_by_signer(k.parse().map_err(|_| unknown())?)),
+            ("ecosystem", eco) if !eco.is_empty() && !eco.contains('/') => {
+                Ok(state_key::open_by_ecosystem(eco))
+            }
+            ("package", eco_name) => {
+                let (eco, name) = eco_name.split_once('/').ok_or_else(unknown)?;
+                if eco.is_empty() || name.is_empty() {
+                    return Err(unknown());
+                }
+                Ok(state_key::open_by_package(eco, name))
+            }
+            _ => Err(unknown()),
+        },
         "request" => Ok(state_key::request(digest()?)),
         "artifact" => Ok(state_key::artifact(digest()?)),
         "node" => Ok(state_key::node(key()?)),
+        "builders" if !rest.is_empty() && !rest.contains('/') => Ok(state_key::builders(rest)),
+        "builder" => {
+            let (ecosystem, slot) = rest.split_once('/').ok_or_else(unknown)?;
+            let slot: u32 = slot.parse().map_err(|_| unknown())?;
+            Ok(state_key::builder_slot(ecosystem, slot))
+        }
         "nonce" => Ok(state_key::nonce(key()?)),
         "package" | "released" => {
             let (ecosystem, name_version) = rest.split_once('/').ok_or_else(unknown)?;
@@ -588,6 +648,10 @@ impl Exec<'_> {
             TxKind::TrustedImport(i) => self.trusted_import(tx.signer, i),
             TxKind::Governance(g) => self.governance(g),
             TxKind::BindName(b) => self.bind_name_by_trusted_node(tx.signer, b),
+            TxKind::AdmitBuilder(a) => {
+                self.require_trusted_node(tx.signer)?;
+                self.admit_builder(a.builder, Sponsor::TrustedNode(tx.signer))
+            }
         };
         outcome?;
         let writes = std::mem::take(&mut self.tx);

@@ -121,13 +121,18 @@ pub struct Testnet {
     services: std::collections::BTreeMap<String, Child>,
 }
 
-/// Stores and builders node 0 runs beside its validator.
-#[derive(Clone, Copy, Debug, Default)]
+/// Stores and builders node 0 runs beside its validator, and what genesis
+/// holds besides the defaults.
+#[derive(Clone, Debug, Default)]
 pub struct ServicePlan {
     pub regular_builders: usize,
     pub trusted_builders: usize,
     /// `consensus.timeout_commit` (default 300ms).
-    pub timeout_commit: Option<&'static str>,
+    pub timeout_commit: Option<String>,
+    /// Genesis ledger parameters (a JSON object; omitted fields default).
+    pub params: Option<serde_json::Value>,
+    /// Builder keys the board admits at genesis.
+    pub admitted_builders: Vec<pyrsia_chain::PublicKey>,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -149,11 +154,23 @@ pub fn devnet_init(
     dir: &Path,
     validators: usize,
     timeout_commit: &str,
-    plan: ServicePlan,
+    plan: &ServicePlan,
 ) -> Result<u16> {
     let base = free_base_port(validators)?;
     let stores = 1 + plan.regular_builders + plan.trusted_builders;
     let store_ports = free_port_run(stores * 2)?;
+    let mut extra: Vec<String> = Vec::new();
+    if let Some(params) = &plan.params {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("params.json");
+        std::fs::write(&path, params.to_string())?;
+        extra.push("--params".into());
+        extra.push(path.display().to_string());
+    }
+    for key in &plan.admitted_builders {
+        extra.push("--admit-builder".into());
+        extra.push(key.to_string());
+    }
     let out = Command::new(pyrsia_bin())
         .args(["--json", "devnet", "init", "--dir"])
         .arg(dir)
@@ -168,6 +185,7 @@ pub fn devnet_init(
             "--store-api-base",
             &(store_ports + stores as u16).to_string(),
         ])
+        .args(&extra)
         .arg("--cometbft")
         .arg(cometbft())
         .output()
@@ -198,13 +216,16 @@ impl Testnet {
     /// One validator whose home also declares `plan`'s stores and builders;
     /// they are not started (see [`Testnet::start_services`]).
     pub async fn start_with_services(plan: ServicePlan) -> Result<Testnet> {
-        Self::start_full(
-            1,
-            AppKind::Pyrsia,
-            plan.timeout_commit.unwrap_or("300ms"),
-            plan,
-        )
-        .await
+        Self::start_planned(1, plan).await
+    }
+
+    /// `validators` validators with `plan`'s genesis and services.
+    pub async fn start_planned(validators: usize, plan: ServicePlan) -> Result<Testnet> {
+        let timeout_commit = plan
+            .timeout_commit
+            .clone()
+            .unwrap_or_else(|| "300ms".into());
+        Self::start_full(validators, AppKind::Pyrsia, &timeout_commit, plan).await
     }
 
     async fn start_full(
@@ -214,7 +235,7 @@ impl Testnet {
         plan: ServicePlan,
     ) -> Result<Testnet> {
         let dir = tempfile::tempdir()?;
-        let base = devnet_init(dir.path(), validators, timeout_commit, plan)?;
+        let base = devnet_init(dir.path(), validators, timeout_commit, &plan)?;
         let nodes = (0..validators)
             .map(|i| TestNode {
                 home: dir.path().join(format!("node{i}")),

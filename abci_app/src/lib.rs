@@ -1,8 +1,11 @@
 //! The Pyrsia ABCI 2.0 application: binds [`pyrsia_chain::Ledger`] to CometBFT.
 //!
-//! CometBFT opens four connections (consensus, mempool, info, snapshot); all
-//! of them feed one [`App`] through `tower_abci::v038::split`, so requests are
-//! handled one at a time by the single owner of the ledger, in arrival order.
+//! CometBFT opens four connections (consensus, mempool, info, snapshot). The
+//! consensus, mempool and snapshot ones feed one [`App`] through
+//! `tower_abci::v038::split`, so those requests are handled one at a time by
+//! the single owner of the ledger, in arrival order. The info connection
+//! (Info, Query) is served by [`Queries`] from the committed versions only,
+//! on blocking threads, so a large proved query never delays FinalizeBlock.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,11 +15,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use pyrsia_chain::ledger::BlockInfo;
 use pyrsia_chain::proof::{encode_proof, PROOF_OP_TYPE};
-use pyrsia_chain::{GenesisState, Ledger};
+use pyrsia_chain::{GenesisState, Ledger, LedgerReader};
 use tendermint::abci::types::ExecTxResult;
 use tendermint::abci::{response, Code, Event, EventAttributeIndexExt};
 use tendermint::merkle::proof::{ProofOp, ProofOps};
-use tendermint::v0_38::abci::{request, Request, Response};
+use tendermint::v0_38::abci::{request, InfoRequest, InfoResponse, Request, Response};
 use tendermint::AppHash;
 use tower::Service;
 use tower_abci::v038::{split, Server};
@@ -60,21 +63,6 @@ fn to_events(events: Vec<pyrsia_chain::Event>) -> Vec<Event> {
 impl App {
     pub fn new(ledger: Ledger) -> App {
         App { ledger }
-    }
-
-    fn info(&self) -> response::Info {
-        let (height, hash) = self
-            .ledger
-            .info()
-            .map(|c| (c.height, app_hash(&c.app_hash)))
-            .unwrap_or_default();
-        response::Info {
-            data: "pyrsia".into(),
-            version: APP_VERSION.into(),
-            app_version: 1,
-            last_block_height: height.try_into().unwrap_or_default(),
-            last_block_app_hash: hash,
-        }
     }
 
     fn init_chain(&mut self, req: request::InitChain) -> Result<response::InitChain, BoxError> {
@@ -130,41 +118,11 @@ impl App {
         })
     }
 
-    fn query(&self, req: request::Query) -> response::Query {
-        match self.ledger.query(&req.path, req.height.value(), req.prove) {
-            Ok(answer) => response::Query {
-                code: Code::Ok,
-                log: if answer.value.is_some() {
-                    "exists"
-                } else {
-                    "does not exist"
-                }
-                .into(),
-                key: Bytes::from(answer.key.clone()),
-                value: answer.value.map(Bytes::from).unwrap_or_default(),
-                proof: answer.proof.map(|p| ProofOps {
-                    ops: vec![ProofOp {
-                        field_type: PROOF_OP_TYPE.into(),
-                        key: answer.key,
-                        data: encode_proof(&p),
-                    }],
-                }),
-                height: answer.height.try_into().unwrap_or_default(),
-                ..Default::default()
-            },
-            Err(e) => response::Query {
-                code: Code::from(1),
-                log: e.to_string(),
-                ..Default::default()
-            },
-        }
-    }
-
     fn handle(&mut self, req: Request) -> Result<Response, BoxError> {
         Ok(match req {
-            Request::Info(_) => Response::Info(self.info()),
+            Request::Info(_) => Response::Info(info(&self.ledger.reader())),
             Request::InitChain(r) => Response::InitChain(self.init_chain(r)?),
-            Request::Query(r) => Response::Query(self.query(r)),
+            Request::Query(r) => Response::Query(query(&self.ledger.reader(), r)),
             Request::CheckTx(r) => Response::CheckTx(self.check_tx(r)),
             Request::PrepareProposal(r) => {
                 // Keep the mempool's order, within the byte budget.
@@ -230,17 +188,93 @@ impl Service<Request> for App {
     }
 }
 
+fn info(reader: &LedgerReader) -> response::Info {
+    let (height, hash) = reader
+        .info()
+        .map(|c| (c.height, app_hash(&c.app_hash)))
+        .unwrap_or_default();
+    response::Info {
+        data: "pyrsia".into(),
+        version: APP_VERSION.into(),
+        app_version: 1,
+        last_block_height: height.try_into().unwrap_or_default(),
+        last_block_app_hash: hash,
+    }
+}
+
+fn query(reader: &LedgerReader, req: request::Query) -> response::Query {
+    match reader.query(&req.path, req.height.value(), req.prove) {
+        Ok(answer) => response::Query {
+            code: Code::Ok,
+            log: if answer.value.is_some() {
+                "exists"
+            } else {
+                "does not exist"
+            }
+            .into(),
+            key: Bytes::from(answer.key.clone()),
+            value: answer.value.map(Bytes::from).unwrap_or_default(),
+            proof: answer.proof.map(|p| ProofOps {
+                ops: vec![ProofOp {
+                    field_type: PROOF_OP_TYPE.into(),
+                    key: answer.key,
+                    data: encode_proof(&p),
+                }],
+            }),
+            height: answer.height.try_into().unwrap_or_default(),
+            ..Default::default()
+        },
+        Err(e) => response::Query {
+            code: Code::from(1),
+            log: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The info connection: Info and Query from the committed state.
+#[derive(Clone, Debug)]
+pub struct Queries {
+    reader: LedgerReader,
+}
+
+impl Service<InfoRequest> for Queries {
+    type Response = InfoResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<InfoResponse, BoxError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: InfoRequest) -> Self::Future {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            Ok(match req {
+                InfoRequest::Info(_) => InfoResponse::Info(info(&reader)),
+                InfoRequest::Query(q) => InfoResponse::Query(
+                    tokio::task::spawn_blocking(move || query(&reader, q)).await?,
+                ),
+                InfoRequest::Echo(e) => InfoResponse::Echo(response::Echo { message: e.message }),
+            })
+        })
+    }
+}
+
 /// Serves the ledger to CometBFT on `addr` until the process ends.
 pub async fn serve(ledger: Ledger, addr: SocketAddr) -> Result<(), AbciError> {
     // The bound queues each connection's requests before the single owner.
-    let (consensus, mempool, snapshot, info) = split::service(App::new(ledger), 64);
+    let queries = Queries {
+        reader: ledger.reader(),
+    };
+    let (consensus, mempool, snapshot, _) = split::service(App::new(ledger), 64);
     let server = Server::builder()
         .consensus(consensus)
         .snapshot(snapshot)
         // No load shedding: tower-abci drops the connection on any service
         // error, and CometBFT stops when a connection drops. Back-pressure instead.
         .mempool(mempool)
-        .info(info)
+        .info(queries)
         .finish()
         .ok_or_else(|| AbciError::Server("incomplete server".into()))?;
     tracing::info!(%addr, "ABCI app listening");

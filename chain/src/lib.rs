@@ -19,6 +19,7 @@ pub mod types;
 pub use crypto::{sign_tx, Keypair};
 pub use error::{code, TxError};
 pub use ledger::{
-    BlockInfo, BlockResult, Event, Ledger, LedgerError, QueryAnswer, QueryError, TxResult,
+    BlockInfo, BlockResult, Event, Ledger, LedgerError, LedgerReader, QueryAnswer, QueryError,
+    TxResult,
 };
 pub use types::*;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use jmt::storage::TreeUpdateBatch;
@@ -135,9 +136,11 @@ struct Pending {
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 pub struct Ledger {
-    store: Store,
+    store: Arc<Store>,
     chain_id: Option<String>,
     committed: Option<Committed>,
+    /// What [`LedgerReader`]s see: updated only once a version is durable.
+    published: Arc<Mutex<Option<Committed>>>,
     last_block_time: u64,
     pending: Option<Pending>,
 }
@@ -153,7 +156,7 @@ impl std::fmt::Debug for Ledger {
 
 impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
-        let store = Store::open(path)?;
+        let store = Arc::new(Store::open(path)?);
         let committed = store.committed()?;
         let chain_id = store
             .meta(META_CHAIN_ID)?
@@ -166,6 +169,7 @@ impl Ledger {
         Ok(Ledger {
             store,
             chain_id,
+            published: Arc::new(Mutex::new(committed.clone())),
             committed,
             last_block_time,
             pending: None,
@@ -252,7 +256,7 @@ impl Ledger {
         )?;
         self.chain_id = Some(chain_id.to_owned());
         let app_hash = genesis.committed.app_hash;
-        self.committed = Some(genesis.committed);
+        self.publish(genesis.committed);
         Ok(app_hash)
     }
 
@@ -453,19 +457,65 @@ impl Ledger {
             &[(META_BLOCK_TIME, p.time.to_be_bytes().to_vec())],
         )?;
         let height = p.committed.height;
-        self.committed = Some(p.committed);
+        self.publish(p.committed);
         self.last_block_time = p.time;
         Ok(height)
+    }
+
+    fn publish(&mut self, committed: Committed) {
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(committed.clone());
+        self.committed = Some(committed);
+    }
+
+    /// A read-only handle on the committed state, for queries.
+    pub fn reader(&self) -> LedgerReader {
+        LedgerReader {
+            store: Arc::clone(&self.store),
+            committed: Arc::clone(&self.published),
+        }
     }
 
     /// Reads a state key at `height` (0 = latest committed), with an ICS23
     /// proof against that height's app hash if `prove`.
     pub fn query(&self, path: &str, height: u64, prove: bool) -> Result<QueryAnswer, QueryError> {
-        let latest = self
-            .committed
-            .as_ref()
-            .ok_or(LedgerError::NotInitialised)?
-            .height;
+        self.reader().query(path, height, prove)
+    }
+}
+
+/// A cloneable, read-only handle on the committed versions of the state.
+/// Versions are immutable once committed, so a query through it never waits
+/// for (nor delays) the block being executed; it sees the state up to the
+/// last commit.
+#[derive(Clone)]
+pub struct LedgerReader {
+    store: Arc<Store>,
+    committed: Arc<Mutex<Option<Committed>>>,
+}
+
+impl std::fmt::Debug for LedgerReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerReader")
+            .field("committed", &self.info())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LedgerReader {
+    /// The last committed height and app hash.
+    pub fn info(&self) -> Option<Committed> {
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads a state key at `height` (0 = latest committed), with an ICS23
+    /// proof against that height's app hash if `prove`.
+    pub fn query(&self, path: &str, height: u64, prove: bool) -> Result<QueryAnswer, QueryError> {
+        let latest = self.info().ok_or(LedgerError::NotInitialised)?.height;
         let key = normalise_query_path(path)?;
         let height = if height == 0 { latest } else { height };
         if height > latest {

@@ -37,6 +37,12 @@ pub fn value_to_json(key: &str, bytes: &[u8]) -> Result<serde_json::Value, Rende
         "params" => decode::<Params>(key, bytes),
         "board" => decode::<Board>(key, bytes),
         "nonce" | "gov" => decode::<u64>(key, bytes),
+        "package-requests" | "artifact-requests" | "attested" | "deadline" => {
+            decode::<Vec<Digest>>(key, bytes)
+        }
+        "builders" | "open" => decode::<u32>(key, bytes),
+        "builder" => decode::<PublicKey>(key, bytes),
+        "void" => decode::<Vec<VoidJob>>(key, bytes),
         _ => Err(RenderError {
             key: key.to_owned(),
             reason: "no known record type".into(),

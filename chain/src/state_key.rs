@@ -67,6 +67,21 @@ pub fn package(p: &PackageId) -> String {
     format!("package/{}/{}/{}", p.ecosystem, p.name, p.version)
 }
 
+/// `package-requests/{page}/{ecosystem}/{name}/{version}`: a page of the
+/// coordinates' request ids (the page comes first because names may hold `/`).
+pub fn package_requests(p: &PackageId, page: u64) -> String {
+    format!(
+        "package-requests/{page}/{}/{}/{}",
+        p.ecosystem, p.name, p.version
+    )
+}
+
+/// `artifact-requests/{page}/{sha256}`: a page of the requests that attested
+/// these bytes.
+pub fn artifact_requests(sha256: Digest, page: u64) -> String {
+    format!("artifact-requests/{page}/{sha256}")
+}
+
 /// `released/{ecosystem}/{name}/{version}`: the source these coordinates are
 /// released from.
 pub fn released(p: &PackageId) -> String {

@@ -498,7 +498,19 @@ pub struct RequestRecord {
     Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]
 pub struct PackageRecord {
-    pub requests: Vec<Digest>,
+    /// How many requests these coordinates have had; their ids are in
+    /// pages of [`INDEX_PAGE`] at `package-requests/{page}/{eco}/{name}/{version}`,
+    /// oldest first.
+    pub request_count: u64,
+}
+
+/// Ids per page of a paged index (`package-requests`, `artifact-requests`,
+/// `attested`), so appending one costs O(1) whatever the history.
+pub const INDEX_PAGE: u64 = 256;
+
+/// The pages holding `count` entries of a paged index.
+pub fn index_pages(count: u64) -> u64 {
+    count.div_ceil(INDEX_PAGE)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -510,10 +522,15 @@ pub struct StripeLayout {
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ArtifactRecord {
     pub size: u64,
-    /// Each distinct stripe layout attested for these bytes.
+    /// The first [`MAX_LAYOUTS`] distinct stripe layouts attested for these bytes.
     pub layouts: Vec<StripeLayout>,
-    pub requests: Vec<Digest>,
+    /// How many requests attested these bytes; their ids are in pages at
+    /// `artifact-requests/{page}/{sha256}`.
+    pub request_count: u64,
 }
+
+/// Distinct stripe layouts an artifact record keeps.
+pub const MAX_LAYOUTS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct BuilderInfo {

@@ -371,3 +371,45 @@ fn a_large_revocation_voids_a_bounded_number_of_pages_per_block() {
         assert_eq!(c.request(r.id()).level, TrustLevel::Pending);
     }
 }
+
+#[test]
+fn package_and_artifact_indexes_are_paged() {
+    const REQUESTS: u32 = 300;
+    let mut c = Chain::new(with_params(|p| {
+        p.max_open_per_signer = u16::MAX;
+        p.max_open_per_package = u16::MAX;
+    }));
+    let requester = key(50);
+    let trusted = key(100);
+    let sign = |k: &Keypair, nonce: u64, kind: TxKind| {
+        borsh::to_vec(&sign_tx(k, common::CHAIN, TxBody { nonce, kind })).unwrap()
+    };
+    // One version requested from 300 commits (nobody attests a release).
+    let requests: Vec<BuildRequest> = (0..REQUESTS).map(|i| npm_request("left-pad", i)).collect();
+    let txs: Vec<Vec<u8>> = requests
+        .iter()
+        .zip(1..)
+        .map(|(r, n)| sign(&requester, n, TxKind::RequestBuild(r.clone())))
+        .collect();
+    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+    let record: PackageRecord = c.get("package/npm/left-pad/1.0.0").unwrap();
+    assert_eq!(record.request_count, u64::from(REQUESTS));
+    let first: Vec<Digest> = c.get("package-requests/0/npm/left-pad/1.0.0").unwrap();
+    let second: Vec<Digest> = c.get("package-requests/1/npm/left-pad/1.0.0").unwrap();
+    assert_eq!(first.len(), INDEX_PAGE as usize);
+    let listed: Vec<Digest> = first.into_iter().chain(second).collect();
+    let ids: Vec<Digest> = requests.iter().map(BuildRequest::id).collect();
+    assert_eq!(listed, ids, "every request, oldest first");
+
+    // The same bytes attested for two requests, twice each: indexed once per request.
+    let (a, b) = (ids[0], ids[1]);
+    let txs = vec![sign(&trusted, 1, attest(a)), sign(&trusted, 2, attest(b))];
+    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+    let txs = vec![sign(&key(101), 1, attest(a)), sign(&key(101), 2, attest(b))];
+    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+    let sha = Digest([7; 32]);
+    let artifact: ArtifactRecord = c.get(&format!("artifact/{sha}")).unwrap();
+    assert_eq!(artifact.request_count, 2);
+    let page: Vec<Digest> = c.get(&format!("artifact-requests/0/{sha}")).unwrap();
+    assert_eq!(page, vec![a, b]);
+}

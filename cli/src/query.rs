@@ -71,6 +71,13 @@ pub enum QueryCommand {
         #[command(flatten)]
         opts: QueryOpts,
     },
+    /// Any state key, e.g. `package-requests/0/npm/left-pad/1.3.0`,
+    /// `builders/npm` or `void/queue` (see docs/protocol.md, State).
+    Key {
+        path: String,
+        #[command(flatten)]
+        opts: QueryOpts,
+    },
 }
 
 pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
@@ -97,6 +104,7 @@ pub async fn run(ctx: &Context, cmd: QueryCommand) -> Result<()> {
         QueryCommand::Node { pubkey, opts } => (format!("node/{pubkey}"), opts),
         QueryCommand::Params { opts } => ("params".to_owned(), opts),
         QueryCommand::GovSeq { opts } => ("gov/seq".to_owned(), opts),
+        QueryCommand::Key { path, opts } => (path, opts),
     };
     let (height, value, verified) = if opts.unverified {
         let client = LedgerClient::new(&ctx.node)?;

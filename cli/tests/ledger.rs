@@ -200,15 +200,23 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
     assert_eq!(verified["builds"].as_array().unwrap().len(), 1);
     assert_eq!(verified["builds"][0]["request_id"], request.as_str());
 
-    // The artifact and package records point back at the request.
-    let artifact = net
-        .pyrsia_json(&["query", "artifact", &Digest([7; 32]).to_string()])
+    // The artifact and package records count the request, and their paged
+    // indexes point back at it.
+    let sha = Digest([7; 32]).to_string();
+    let artifact = net.pyrsia_json(&["query", "artifact", &sha]).unwrap();
+    assert_eq!(artifact["value"]["request_count"], 1);
+    let page = net
+        .pyrsia_json(&["query", "key", &format!("artifact-requests/0/{sha}")])
         .unwrap();
-    assert_eq!(artifact["value"]["requests"][0], request.as_str());
+    assert_eq!(page["value"][0], request.as_str());
     let package = net
         .pyrsia_json(&["query", "package", "npm", "left-pad", "1.0.0"])
         .unwrap();
-    assert_eq!(package["value"]["requests"][0], request.as_str());
+    assert_eq!(package["value"]["request_count"], 1);
+    let page = net
+        .pyrsia_json(&["query", "key", "package-requests/0/npm/left-pad/1.0.0"])
+        .unwrap();
+    assert_eq!(page["value"][0], request.as_str());
     assert!(package["verified_against_app_hash"].is_string());
 
     // Trusted import by a certified trusted node.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use borsh::BorshDeserialize;
 use pyrsia_chain::ledger::normalise_query_path;
 use pyrsia_chain::proof::{decode_proof, verify_value, ProofError, PROOF_OP_TYPE};
-use pyrsia_chain::{Digest, PackageId, PackageRecord, RequestRecord};
+use pyrsia_chain::{index_pages, state_key, Digest, PackageId, PackageRecord, RequestRecord};
 use tendermint::Time;
 use tendermint_rpc::endpoint::abci_query::AbciQuery;
 
@@ -287,8 +287,27 @@ impl VerifiedLedger {
         let snapshot = self.snapshot(at).await?;
         let record: Option<PackageRecord> =
             self.get_decoded(&snapshot, &package.state_key()).await?;
+        let count = record.map(|r| r.request_count).unwrap_or(0);
+        let mut ids = Vec::new();
+        for page in 0..index_pages(count) {
+            let key = state_key::package_requests(package, page);
+            let page: Vec<Digest> = self
+                .get_decoded(&snapshot, &key)
+                .await?
+                .ok_or(VerifyError::Missing { key })?;
+            ids.extend(page);
+        }
+        if ids.len() as u64 != count {
+            return Err(VerifyError::Missing {
+                key: format!(
+                    "{} (lists {} of {count} requests)",
+                    package.state_key(),
+                    ids.len()
+                ),
+            });
+        }
         let mut builds = Vec::new();
-        for id in record.map(|r| r.requests).unwrap_or_default() {
+        for id in ids {
             let build =
                 self.request(&snapshot, &id)
                     .await?

@@ -23,7 +23,11 @@ impl Exec<'_> {
     ) -> Result<(), TxError> {
         let key = state_key::package(package);
         let mut record: PackageRecord = self.get(&key)?.unwrap_or_default();
-        record.requests.push(id);
+        self.append_to_page(
+            state_key::package_requests(package, record.request_count / INDEX_PAGE),
+            id,
+        )?;
+        record.request_count += 1;
         self.put(key, &record);
         Ok(())
     }
@@ -249,15 +253,24 @@ impl Exec<'_> {
             let mut artifact = self.get::<ArtifactRecord>(&key)?.unwrap_or(ArtifactRecord {
                 size: o.size,
                 layouts: Vec::new(),
-                requests: Vec::new(),
+                request_count: 0,
             });
-            let new_layout = !artifact.layouts.contains(&layout);
-            let new_request = !artifact.requests.contains(&record.id);
+            let new_layout =
+                artifact.layouts.len() < MAX_LAYOUTS && !artifact.layouts.contains(&layout);
+            // The request is indexed under these bytes by its first attestation of them.
+            let new_request = !record
+                .attestations
+                .iter()
+                .any(|a| a.outputs.iter().any(|x| x.sha256 == o.sha256));
             if new_layout {
                 artifact.layouts.push(layout);
             }
             if new_request {
-                artifact.requests.push(record.id);
+                self.append_to_page(
+                    state_key::artifact_requests(o.sha256, artifact.request_count / INDEX_PAGE),
+                    record.id,
+                )?;
+                artifact.request_count += 1;
             }
             if new_layout || new_request {
                 self.put(key, &artifact);
@@ -265,11 +278,10 @@ impl Exec<'_> {
         }
         let node_key = state_key::node(attestation.attester);
         let mut node: NodeRecord = self.get(&node_key)?.unwrap_or_default();
-        let page_key =
-            state_key::attested(attestation.attester, node.attestation_count / ATTEST_PAGE);
-        let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
-        page.push(record.id);
-        self.put(page_key, &page);
+        self.append_to_page(
+            state_key::attested(attestation.attester, node.attestation_count / INDEX_PAGE),
+            record.id,
+        )?;
         node.attestation_count += 1;
         if let Some(builder) = node.builder.as_mut() {
             builder.missed_deadlines = 0;
@@ -341,6 +353,14 @@ impl Exec<'_> {
                 None => return Err(super::builders::corrupt(&key)),
             }
         }
+        Ok(())
+    }
+
+    /// Appends `id` to one page of a paged index.
+    fn append_to_page(&mut self, page_key: String, id: Digest) -> Result<(), TxError> {
+        let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
+        page.push(id);
+        self.put(page_key, &page);
         Ok(())
     }
 

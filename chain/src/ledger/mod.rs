@@ -39,8 +39,6 @@ pub const MAX_NONCE_STEP: u64 = 1 << 20;
 pub const MIN_STRIPE_SIZE: u32 = 4 * 1024;
 pub const MAX_STRIPE_SIZE: u32 = 16 * 1024 * 1024;
 pub const MAX_STRIPES: u64 = 256 * 1024;
-/// Request ids per page of a trusted node's attestation index.
-const ATTEST_PAGE: u64 = 256;
 const META_CHAIN_ID: &[u8] = b"chain_id";
 const META_BLOCK_TIME: &[u8] = b"block_time";
 
@@ -64,7 +62,7 @@ pub enum LedgerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, released/ECO/NAME/VERSION, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, package-requests/PAGE/ECO/NAME/VERSION, released/ECO/NAME/VERSION, artifact-requests/PAGE/SHA256, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
     UnknownPath(String),
     #[error("height {asked} is not available (latest committed is {latest})")]
     Height { asked: u64, latest: u64 },
@@ -543,6 +541,20 @@ impl LedgerReader {
     }
 }
 
+/// `{ecosystem}/{name}/{version}`, where the name may hold `/`.
+fn package_path(rest: &str) -> Option<PackageId> {
+    let (ecosystem, name_version) = rest.split_once('/')?;
+    let (name, version) = name_version.rsplit_once('/')?;
+    if ecosystem.is_empty() || name.is_empty() || version.is_empty() {
+        return None;
+    }
+    Some(PackageId {
+        ecosystem: ecosystem.to_owned(),
+        name: name.to_owned(),
+        version: version.to_owned(),
+    })
+}
+
 /// Maps a query path to its state key, refusing anything else.
 pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
     let path = path.trim_start_matches('/');
@@ -580,21 +592,24 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
         }
         "nonce" => Ok(state_key::nonce(key()?)),
         "package" | "released" => {
-            let (ecosystem, name_version) = rest.split_once('/').ok_or_else(unknown)?;
-            let (name, version) = name_version.rsplit_once('/').ok_or_else(unknown)?;
-            if ecosystem.is_empty() || name.is_empty() || version.is_empty() {
-                return Err(unknown());
-            }
-            let p = PackageId {
-                ecosystem: ecosystem.to_owned(),
-                name: name.to_owned(),
-                version: version.to_owned(),
-            };
+            let p = package_path(rest).ok_or_else(unknown)?;
             Ok(if prefix == "package" {
                 state_key::package(&p)
             } else {
                 state_key::released(&p)
             })
+        }
+        "package-requests" => {
+            let (page, rest) = rest.split_once('/').ok_or_else(unknown)?;
+            let page: u64 = page.parse().map_err(|_| unknown())?;
+            let p = package_path(rest).ok_or_else(unknown)?;
+            Ok(state_key::package_requests(&p, page))
+        }
+        "artifact-requests" => {
+            let (page, sha) = rest.split_once('/').ok_or_else(unknown)?;
+            let page: u64 = page.parse().map_err(|_| unknown())?;
+            let sha: Digest = sha.parse().map_err(|_| unknown())?;
+            Ok(state_key::artifact_requests(sha, page))
         }
         "name" => {
             let (ecosystem, name) = rest.split_once('/').ok_or_else(unknown)?;

@@ -124,7 +124,7 @@ impl Exec<'_> {
         since: u64,
         record: &NodeRecord,
     ) -> Result<(), TxError> {
-        let pages = record.attestation_count.div_ceil(ATTEST_PAGE);
+        let pages = index_pages(record.attestation_count);
         if pages == 0 {
             return Ok(());
         }

@@ -267,13 +267,18 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     let mut outputs = Vec::with_capacity(raw_names.len());
     for name in raw_names {
         let path = dirs.out.join(&name);
-        normalize::normalise(&dirs.raw.join(&name), &name, &path, checkout.commit_time).map_err(
-            |reason| BuildError::OutputMismatch {
-                name: name.clone(),
-                reason: format!("cannot normalise: {reason}"),
-                log_path: log_path.clone(),
-            },
-        )?;
+        normalize::normalise(
+            &dirs.raw.join(&name),
+            &name,
+            &path,
+            checkout.commit_time,
+            normalize::UNPACK_LIMITS,
+        )
+        .map_err(|reason| BuildError::OutputMismatch {
+            name: name.clone(),
+            reason: format!("cannot normalise: {reason}"),
+            log_path: log_path.clone(),
+        })?;
         outputs.push(OutputFile { name, path });
     }
     outputs.sort_by(|a, b| a.name.cmp(&b.name));

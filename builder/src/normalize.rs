@@ -20,6 +20,65 @@ const ZIP_LEVEL: i64 = 9;
 /// gzip's "unknown" OS byte: the header must not say which OS built it.
 const GZIP_OS_UNKNOWN: u8 = 255;
 
+/// What unpacking one output may take. The entries are held in memory to be
+/// sorted, outside the sandbox, so a compression bomb built by the package
+/// must fail the build with a reason, not exhaust the builder's memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnpackLimits {
+    pub bytes: u64,
+    pub entries: usize,
+}
+
+pub(crate) const UNPACK_LIMITS: UnpackLimits = UnpackLimits {
+    bytes: 1 << 30,
+    entries: 200_000,
+};
+
+/// Counts what an archive expands to against [`UnpackLimits`].
+struct Budget {
+    limits: UnpackLimits,
+    bytes: u64,
+    entries: usize,
+}
+
+impl Budget {
+    fn new(limits: UnpackLimits) -> Budget {
+        Budget {
+            limits,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    fn entry(&mut self) -> Result<(), String> {
+        self.entries += 1;
+        if self.entries > self.limits.entries {
+            return Err(format!(
+                "the archive holds more than {} entries",
+                self.limits.entries
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads one entry's data, stopping one byte past the budget left.
+    fn read(&mut self, r: impl Read, what: &str) -> Result<Vec<u8>, String> {
+        let left = self.limits.bytes - self.bytes;
+        let mut data = Vec::new();
+        r.take(left + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("{what}: {e}"))?;
+        self.bytes += data.len() as u64;
+        if self.bytes > self.limits.bytes {
+            return Err(format!(
+                "the archive expands beyond {} bytes (a compression bomb?)",
+                self.limits.bytes
+            ));
+        }
+        Ok(data)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     TarGz,
@@ -42,10 +101,17 @@ fn format_of(name: &str) -> Format {
 
 /// Writes the normalised form of `raw` (an output named `name`) to `dest`.
 /// Files in formats we do not know are copied unchanged.
-pub(crate) fn normalise(raw: &Path, name: &str, dest: &Path, epoch: i64) -> Result<(), String> {
+pub(crate) fn normalise(
+    raw: &Path,
+    name: &str,
+    dest: &Path,
+    epoch: i64,
+    limits: UnpackLimits,
+) -> Result<(), String> {
+    let mut budget = Budget::new(limits);
     match format_of(name) {
         Format::TarGz => {
-            let entries = read_tar(GzDecoder::new(open(raw)?))?;
+            let entries = read_tar(GzDecoder::new(open(raw)?), &mut budget)?;
             let out = create(dest)?;
             let gz = GzBuilder::new()
                 .mtime(0)
@@ -56,11 +122,11 @@ pub(crate) fn normalise(raw: &Path, name: &str, dest: &Path, epoch: i64) -> Resu
             out.flush().map_err(|e| e.to_string())
         }
         Format::Tar => {
-            let entries = read_tar(open(raw)?)?;
+            let entries = read_tar(open(raw)?, &mut budget)?;
             let mut out = write_tar(create(dest)?, entries, epoch)?;
             out.flush().map_err(|e| e.to_string())
         }
-        Format::Zip => repack_zip(raw, dest, epoch),
+        Format::Zip => repack_zip(raw, dest, epoch, &mut budget),
         Format::Opaque => std::fs::copy(raw, dest)
             .map(|_| ())
             .map_err(|e| format!("copying: {e}")),
@@ -86,11 +152,12 @@ enum TarItem {
     Symlink(PathBuf),
 }
 
-fn read_tar(r: impl Read) -> Result<Vec<(PathBuf, TarItem)>, String> {
+fn read_tar(r: impl Read, budget: &mut Budget) -> Result<Vec<(PathBuf, TarItem)>, String> {
     let mut archive = tar::Archive::new(r);
     let mut items = Vec::new();
     for entry in archive.entries().map_err(|e| format!("tar: {e}"))? {
         let mut entry = entry.map_err(|e| format!("tar: {e}"))?;
+        budget.entry()?;
         let path = entry
             .path()
             .map_err(|e| format!("tar entry path: {e}"))?
@@ -102,10 +169,7 @@ fn read_tar(r: impl Read) -> Result<Vec<(PathBuf, TarItem)>, String> {
                     .header()
                     .mode()
                     .map_err(|e| format!("tar mode: {e}"))?;
-                let mut data = Vec::new();
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|e| format!("tar data: {e}"))?;
+                let data = budget.read(&mut entry, "tar data")?;
                 TarItem::File {
                     executable: mode & 0o111 != 0,
                     data,
@@ -170,19 +234,20 @@ fn write_tar<W: Write>(w: W, mut items: Vec<(PathBuf, TarItem)>, epoch: i64) -> 
         .map_err(|e| format!("finishing tar: {e}"))
 }
 
-fn repack_zip(raw: &Path, dest: &Path, epoch: i64) -> Result<(), String> {
+fn repack_zip(raw: &Path, dest: &Path, epoch: i64, budget: &mut Budget) -> Result<(), String> {
     let mut zin = zip::ZipArchive::new(open(raw)?).map_err(|e| format!("zip: {e}"))?;
     let mut items = Vec::with_capacity(zin.len());
     for i in 0..zin.len() {
+        budget.entry()?;
         let mut f = zin.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
         let name = f.name().to_string();
         let is_dir = f.is_dir();
         let executable = f.unix_mode().is_some_and(|m| m & 0o111 != 0);
-        let mut data = Vec::new();
-        if !is_dir {
-            f.read_to_end(&mut data)
-                .map_err(|e| format!("zip entry {name}: {e}"))?;
-        }
+        let data = if is_dir {
+            Vec::new()
+        } else {
+            budget.read(&mut f, &format!("zip entry {name}"))?
+        };
         items.push((name, is_dir, executable, data));
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -311,8 +376,60 @@ mod tests {
         let a = make("a.tgz", &[("p/b", 5), ("p/a", 7)], 1000);
         let b = make("b.tgz", &[("p/a", 9), ("p/b", 1)], 0);
         let (na, nb) = (dir.path().join("na.tgz"), dir.path().join("nb.tgz"));
-        normalise(&a, "a.tgz", &na, 1_700_000_000).unwrap();
-        normalise(&b, "b.tgz", &nb, 1_700_000_000).unwrap();
+        normalise(&a, "a.tgz", &na, 1_700_000_000, UNPACK_LIMITS).unwrap();
+        normalise(&b, "b.tgz", &nb, 1_700_000_000, UNPACK_LIMITS).unwrap();
         assert_eq!(std::fs::read(&na).unwrap(), std::fs::read(&nb).unwrap());
+    }
+
+    const SMALL: UnpackLimits = UnpackLimits {
+        bytes: 1 << 20,
+        entries: 100,
+    };
+
+    /// A tarball whose one file is `size` zero bytes: about 1/1000 of it compressed.
+    fn zeros_tgz(path: &Path, size: u64) {
+        let gz = flate2::write::GzEncoder::new(File::create(path).unwrap(), Compression::best());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "package/zeros", std::io::repeat(0).take(size))
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn a_compression_bomb_fails_with_a_reason_instead_of_filling_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let bomb = dir.path().join("bomb.tgz");
+        zeros_tgz(&bomb, 64 << 20);
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+        let err = normalise(&bomb, "bomb.tgz", &dir.path().join("out.tgz"), 0, SMALL).unwrap_err();
+        assert!(err.contains("compression bomb"), "{err}");
+
+        let fine = dir.path().join("fine.tgz");
+        zeros_tgz(&fine, 512 << 10);
+        normalise(
+            &fine,
+            "fine.tgz",
+            &dir.path().join("fine-out.tgz"),
+            0,
+            SMALL,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn archives_with_too_many_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("many.zip");
+        let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
+        for i in 0..=SMALL.entries {
+            z.start_file(format!("f{i}"), SimpleFileOptions::default())
+                .unwrap();
+        }
+        z.finish().unwrap();
+        let err = normalise(&path, "many.zip", &dir.path().join("out.zip"), 0, SMALL).unwrap_err();
+        assert!(err.contains("more than 100 entries"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use pyrsia_chain::beacon::{is_beacon_tx, BeaconKey};
 use pyrsia_chain::ledger::BlockInfo;
 use pyrsia_chain::proof::{encode_proof, PROOF_OP_TYPE};
 use pyrsia_chain::{GenesisState, Ledger, LedgerReader};
@@ -37,6 +38,14 @@ pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 pub struct App {
     ledger: Ledger,
+    proposer: Option<Proposer>,
+}
+
+/// What this validator proposes with: its CometBFT address and beacon key.
+#[derive(Debug)]
+pub struct Proposer {
+    pub address: Vec<u8>,
+    pub key: BeaconKey,
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send + 'static>>;
@@ -61,8 +70,54 @@ fn to_events(events: Vec<pyrsia_chain::Event>) -> Vec<Event> {
 }
 
 impl App {
-    pub fn new(ledger: Ledger) -> App {
-        App { ledger }
+    pub fn new(ledger: Ledger, proposer: Option<Proposer>) -> App {
+        App { ledger, proposer }
+    }
+
+    /// The mempool's transactions within the byte budget, after this
+    /// proposer's beacon when the chain has beacon keys.
+    fn prepare_proposal(
+        &self,
+        r: request::PrepareProposal,
+    ) -> Result<response::PrepareProposal, BoxError> {
+        let mut budget = usize::try_from(r.max_tx_bytes).unwrap_or(0);
+        let mut txs = Vec::new();
+        let ours = self
+            .proposer
+            .as_ref()
+            .filter(|p| p.address.as_slice() == r.proposer_address.as_bytes());
+        if let Some(p) = ours {
+            if let Some(beacon) = self.ledger.beacon_tx(&p.key, r.height.value())? {
+                budget = budget.saturating_sub(beacon.len());
+                txs.push(Bytes::from(beacon));
+            }
+        }
+        txs.extend(
+            r.txs
+                .into_iter()
+                .filter(|tx| !is_beacon_tx(tx))
+                .take_while(|tx| match budget.checked_sub(tx.len()) {
+                    Some(rest) => {
+                        budget = rest;
+                        true
+                    }
+                    None => false,
+                }),
+        );
+        Ok(response::PrepareProposal { txs })
+    }
+
+    fn process_proposal(&self, r: request::ProcessProposal) -> response::ProcessProposal {
+        match self
+            .ledger
+            .check_proposal(&r.txs, r.proposer_address.as_bytes(), r.height.value())
+        {
+            Ok(()) => response::ProcessProposal::Accept,
+            Err(e) => {
+                tracing::warn!(height = r.height.value(), error = %e, "proposal rejected");
+                response::ProcessProposal::Reject
+            }
+        }
     }
 
     fn init_chain(&mut self, req: request::InitChain) -> Result<response::InitChain, BoxError> {
@@ -97,6 +152,7 @@ impl App {
             height: req.height.value(),
             time: u64::try_from(req.time.unix_timestamp()).unwrap_or(0),
             hash: req.hash.as_bytes().to_vec(),
+            proposer: req.proposer_address.as_bytes().to_vec(),
         };
         let result = self.ledger.finalize_block(&block, &req.txs)?;
         tracing::debug!(height = block.height, txs = req.txs.len(), app_hash = %hex::encode(result.app_hash), "finalized");
@@ -124,25 +180,8 @@ impl App {
             Request::InitChain(r) => Response::InitChain(self.init_chain(r)?),
             Request::Query(r) => Response::Query(query(&self.ledger.reader(), r)),
             Request::CheckTx(r) => Response::CheckTx(self.check_tx(r)),
-            Request::PrepareProposal(r) => {
-                // Keep the mempool's order, within the byte budget.
-                let mut budget = usize::try_from(r.max_tx_bytes).unwrap_or(0);
-                let txs = r
-                    .txs
-                    .into_iter()
-                    .take_while(|tx| match budget.checked_sub(tx.len()) {
-                        Some(rest) => {
-                            budget = rest;
-                            true
-                        }
-                        None => false,
-                    })
-                    .collect();
-                Response::PrepareProposal(response::PrepareProposal { txs })
-            }
-            Request::ProcessProposal(_) => {
-                Response::ProcessProposal(response::ProcessProposal::Accept)
-            }
+            Request::PrepareProposal(r) => Response::PrepareProposal(self.prepare_proposal(r)?),
+            Request::ProcessProposal(r) => Response::ProcessProposal(self.process_proposal(r)),
             Request::ExtendVote(_) => Response::ExtendVote(response::ExtendVote {
                 vote_extension: Bytes::new(),
             }),
@@ -262,12 +301,16 @@ impl Service<InfoRequest> for Queries {
 }
 
 /// Serves the ledger to CometBFT on `addr` until the process ends.
-pub async fn serve(ledger: Ledger, addr: SocketAddr) -> Result<(), AbciError> {
+pub async fn serve(
+    ledger: Ledger,
+    proposer: Option<Proposer>,
+    addr: SocketAddr,
+) -> Result<(), AbciError> {
     // The bound queues each connection's requests before the single owner.
     let queries = Queries {
         reader: ledger.reader(),
     };
-    let (consensus, mempool, snapshot, _) = split::service(App::new(ledger), 64);
+    let (consensus, mempool, snapshot, _) = split::service(App::new(ledger, proposer), 64);
     let server = Server::builder()
         .consensus(consensus)
         .snapshot(snapshot)

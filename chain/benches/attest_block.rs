@@ -31,6 +31,7 @@ impl Chain {
     fn block(&mut self, txs: &[Vec<u8>]) -> BlockResult {
         self.height += 1;
         let info = BlockInfo {
+            proposer: Vec::new(),
             height: self.height,
             time: 1,
             hash: self.height.to_be_bytes().to_vec(),
@@ -64,6 +65,7 @@ fn main() {
         },
         trusted_nodes: vec![],
         builders: (1..=64).map(|i| key(i).public()).collect(),
+        beacon_keys: Vec::new(),
     };
     ledger.init_chain(CHAIN, &genesis, 1).unwrap();
     let mut chain = Chain { ledger, height: 0 };
@@ -107,6 +109,8 @@ fn main() {
             .collect();
         chain.block(&txs);
     }
+    // The last requests' builders are drawn in the next block.
+    chain.block(&[]);
 
     // Each selected builder attests each request.
     let mut nonces = vec![1u64; builders.len()];

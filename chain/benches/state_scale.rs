@@ -18,7 +18,7 @@ use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
 const CHAIN: &str = "scale-chain";
-/// Requests per block; each brings five attestations one block later.
+/// Requests per block; each brings five attestations two blocks later.
 const REQUESTS_PER_BLOCK: usize = 166;
 const ATTESTERS: usize = 5;
 const BUILDERS: u32 = 64;
@@ -65,6 +65,7 @@ impl Chain {
     fn block(&mut self, txs: &[Vec<u8>]) -> (f64, BlockResult) {
         self.height += 1;
         let info = BlockInfo {
+            proposer: Vec::new(),
             height: self.height,
             time: 1,
             hash: self.height.to_be_bytes().to_vec(),
@@ -164,6 +165,7 @@ fn main() {
             valid_until: u64::MAX,
         }],
         builders: (1..=BUILDERS).map(|i| key(i).public()).collect(),
+        beacon_keys: Vec::new(),
     };
     ledger.init_chain(CHAIN, &genesis, 1).unwrap();
     let mut chain = Chain {
@@ -187,13 +189,20 @@ fn main() {
 
     let mut made = 0;
     let mut attestations = 0u64;
-    let mut previous: Vec<(usize, Digest)> = Vec::new();
+    // Requests of each block, attested two blocks later: their builders are
+    // drawn at the start of the next block.
+    let mut batches: std::collections::VecDeque<Vec<(usize, Digest)>> = Default::default();
     let mut at_1k = Vec::new();
     let mut at_full = Vec::new();
     let started = Instant::now();
-    while made < total || !previous.is_empty() {
+    while made < total || !batches.is_empty() {
         let mut txs = Vec::with_capacity(1000);
-        for (i, id) in std::mem::take(&mut previous) {
+        let due = if batches.len() >= 2 || made == total {
+            batches.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for (i, id) in due {
             let record: RequestRecord = chain.get(&format!("request/{id}"));
             for s in &record.selected {
                 let b = &builders[builders.iter().position(|b| b.public() == *s).unwrap()];
@@ -206,13 +215,17 @@ fn main() {
             }
         }
         let n = REQUESTS_PER_BLOCK.min(total - made);
+        let mut batch = Vec::with_capacity(n);
         for i in made..made + n {
             let r = request(i);
-            previous.push((i, r.id()));
+            batch.push((i, r.id()));
             let requester = &requesters[i % requesters.len()];
             txs.push(chain.tx(requester, TxKind::RequestBuild(r)));
         }
         made += n;
+        if n > 0 {
+            batches.push_back(batch);
+        }
         let (secs, _) = chain.block(&txs);
         if txs.len() >= 990 {
             if (1_000..1_000 + 5 * REQUESTS_PER_BLOCK).contains(&made) {

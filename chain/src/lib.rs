@@ -6,6 +6,7 @@
 //! - [`ledger`]: the state machine over the authenticated [`store`];
 //! - [`proof`]: client-side verification of query proofs.
 
+pub mod beacon;
 pub mod crypto;
 pub mod error;
 pub mod ledger;

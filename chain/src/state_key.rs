@@ -8,6 +8,10 @@ use crate::types::{Digest, PackageId, PublicKey};
 pub const PARAMS: &str = "params";
 pub const BOARD: &str = "board";
 pub const GOV_SEQ: &str = "gov/seq";
+/// `beacon/keys`: the validators' VRF keys ([`crate::types::BeaconKeys`]).
+pub const BEACON_KEYS: &str = "beacon/keys";
+/// `beacon/seed`: the selection seed after the last block.
+pub const BEACON_SEED: &str = "beacon/seed";
 /// `void/queue`: the pending [`crate::types::VoidJob`]s.
 pub const VOID_QUEUE: &str = "void/queue";
 
@@ -40,6 +44,11 @@ pub fn builders(ecosystem: &str) -> String {
 /// draw reads one key whatever the number of builders.
 pub fn builder_slot(ecosystem: &str, slot: u32) -> String {
     format!("builder/{ecosystem}/{slot}")
+}
+
+/// `select/{height}`: the requests whose builders are drawn at `height`.
+pub fn select(height: u64) -> String {
+    format!("select/{height}")
 }
 
 /// `deadline/{height}`: the requests whose selection round ends at `height`.

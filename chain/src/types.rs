@@ -619,6 +619,37 @@ pub struct GenesisState {
     /// Builder keys admitted by the board at genesis.
     #[serde(default)]
     pub builders: Vec<PublicKey>,
+    /// Each validator's VRF key for the selection beacon. Without any, the
+    /// seed comes from block hashes, which a proposer can grind: for tests
+    /// and single-operator networks only.
+    #[serde(default)]
+    pub beacon_keys: Vec<GenesisBeaconKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisBeaconKey {
+    /// The validator's CometBFT address (hex, as in `priv_validator_key.json`).
+    pub validator: String,
+    /// Its sr25519 VRF public key (hex).
+    pub vrf_public: String,
+}
+
+/// `beacon/keys`: which VRF key each validator address proposes with.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct BeaconKeys {
+    /// Sorted by address.
+    pub keys: Vec<(Vec<u8>, [u8; 32])>,
+}
+
+impl BeaconKeys {
+    pub fn of(&self, address: &[u8]) -> Option<&[u8; 32]> {
+        self.keys
+            .binary_search_by(|(a, _)| a.as_slice().cmp(address))
+            .ok()
+            .map(|i| &self.keys[i].1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

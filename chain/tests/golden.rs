@@ -10,6 +10,7 @@
 //! and say so in the commit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use pyrsia_chain::beacon::BeaconKey;
 use pyrsia_chain::crypto::approve;
 use pyrsia_chain::*;
 
@@ -64,8 +65,9 @@ fn gov(seq: u64, action: GovAction) -> TxKind {
     })
 }
 
-/// Each block's transactions: (signer seed, nonce, kind). Builders 1..=4 are
-/// registered; which of them a request selects depends on the block hash, so
+/// Each block's transactions: (signer seed, nonce, kind), after the
+/// proposer's beacon. Builders 1..=4 are registered; which of them a request
+/// selects depends on the next block's beacon, so
 /// every registered builder attests and the unselected ones are refused:
 /// the codes record that too. The last blocks admit and remove builders and
 /// let a request's silent builders be replaced at their deadline.
@@ -184,19 +186,34 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
 fn run() -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::open(dir.path()).unwrap();
-    let genesis = genesis(2_000_000_000);
+    // Two validators with fixed beacon keys, proposing in turn: the VRF
+    // outputs, and so the seeds and selections, are consensus too.
+    let proposers: Vec<(Vec<u8>, BeaconKey)> = (1..=2u8)
+        .map(|i| (vec![i; 20], BeaconKey::from_seed([i; 32])))
+        .collect();
+    let mut genesis = genesis(2_000_000_000);
+    genesis.beacon_keys = proposers
+        .iter()
+        .map(|(address, k)| GenesisBeaconKey {
+            validator: hex::encode(address),
+            vrf_public: hex::encode(k.public()),
+        })
+        .collect();
     let genesis_hash = ledger.init_chain(CHAIN, &genesis, 1).unwrap();
     let mut lines = vec![format!("0 {}", hex::encode(genesis_hash))];
     for (i, txs) in blocks().into_iter().enumerate() {
         let height = i as u64 + 1;
-        let txs: Vec<Vec<u8>> = txs
-            .into_iter()
-            .map(|(signer, nonce, kind)| {
+        let (proposer, beacon_key) = &proposers[i % 2];
+        let beacon = ledger.beacon_tx(beacon_key, height).unwrap().unwrap();
+        let txs: Vec<Vec<u8>> = std::iter::once(beacon)
+            .chain(txs.into_iter().map(|(signer, nonce, kind)| {
                 borsh::to_vec(&sign_tx(&key(signer), CHAIN, TxBody { nonce, kind })).unwrap()
-            })
+            }))
             .collect();
+        ledger.check_proposal(&txs, proposer, height).unwrap();
         let info = BlockInfo {
             height,
+            proposer: proposer.clone(),
             time: 1_700_000_000 + height,
             hash: pyrsia_chain::Digest::of(&height.to_be_bytes()).0.to_vec(),
         };

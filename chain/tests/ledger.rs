@@ -46,6 +46,7 @@ impl Harness {
     fn block_at(&mut self, time: u64, txs: &[Vec<u8>]) -> BlockResult {
         self.height += 1;
         let info = BlockInfo {
+            proposer: Vec::new(),
             height: self.height,
             time,
             hash: self.height.to_be_bytes().to_vec(),
@@ -121,7 +122,11 @@ fn setup_request(h: &mut Harness) -> (Digest, Vec<PublicKey>) {
     let tx = h.tx(&key(50), TxKind::RequestBuild(request));
     let result = h.block(&[tx]);
     assert_eq!(result.txs[0].code, 0, "{}", result.txs[0].log);
+    // The builders are drawn at the start of the next block.
+    assert!(h.request(&id).selected.is_empty());
+    h.block(&[]);
     let selected = h.request(&id).selected;
+    assert_eq!(selected.len(), 3);
     (id, selected)
 }
 
@@ -161,6 +166,7 @@ fn a_block_finalized_but_not_committed_is_replayed_to_the_same_hash_after_restar
     ))
     .unwrap();
     let block = BlockInfo {
+        proposer: Vec::new(),
         height: 1,
         time: 5,
         hash: vec![1; 32],

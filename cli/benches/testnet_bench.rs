@@ -124,9 +124,14 @@ async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec
                 .await?,
         );
     }
+    let mut last = 0;
     for h in hashes.drain(..) {
-        client.wait_tx(h, Duration::from_secs(120)).await?;
+        last = last.max(client.wait_tx(h, Duration::from_secs(120)).await?.height);
     }
+    // Builders are drawn in the block after each request.
+    client
+        .wait_height(last + 1, Duration::from_secs(60))
+        .await?;
     let mut nonces = vec![1u64; builders.len()];
     let mut lanes = vec![Vec::new(); senders];
     let mut made = 0;

@@ -255,8 +255,8 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
 /// as a replacement.
 fn is_for_me(e: &LedgerEvent, me: &PublicKey, trusted: bool, ecosystems: &[String]) -> bool {
     match e.kind.as_str() {
-        "build_requested" => {}
-        "builders_replaced" if !trusted => {}
+        "build_requested" if trusted => {}
+        "builders_selected" | "builders_replaced" if !trusted => {}
         _ => return false,
     }
     if trusted {

@@ -314,13 +314,30 @@ pub async fn run_abci(ctx: &Context, args: AbciArgs) -> Result<()> {
     if let Some(c) = ledger.info() {
         tracing::info!(height = c.height, app_hash = %hex::encode(c.app_hash), "ledger state loaded");
     }
+    let proposer = load_proposer(&ctx.home)?;
+    if proposer.is_none() {
+        tracing::info!("no beacon key in this home: this app never proposes a beacon");
+    }
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
-        r = pyrsia_abci::serve(ledger, addr) => r?,
+        r = pyrsia_abci::serve(ledger, proposer, addr) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = term.recv() => tracing::info!("terminated"),
     }
     Ok(())
+}
+
+/// This validator's address (CometBFT's `priv_validator_key.json`) and its
+/// beacon key (`config/beacon_key.json`), if the home holds both.
+fn load_proposer(home: &Path) -> Result<Option<pyrsia_abci::Proposer>> {
+    let beacon = home.join("config").join(pyrsia_genesis::BEACON_KEY_FILE);
+    let validator = home.join("config").join("priv_validator_key.json");
+    if !beacon.exists() || !validator.exists() {
+        return Ok(None);
+    }
+    let key = pyrsia_chain::beacon::BeaconKey::load(&beacon)?;
+    let address = pyrsia_genesis::validator_address(&validator)?;
+    Ok(Some(pyrsia_abci::Proposer { address, key }))
 }
 
 fn log_file(home: &Path, name: &str) -> Result<std::fs::File> {

@@ -22,19 +22,9 @@ pub async fn follow_request(
     timeout: Duration,
 ) -> Result<()> {
     let id_hex = id.to_string();
-    let selected: Vec<String> = tx
-        .attribute("build_requested", "selected")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let mut selected: Vec<String> = Vec::new();
     if !ctx.json {
         println!("build request {id_hex} committed at height {}", tx.height);
-        println!("  selected builders ({}):", selected.len());
-        for b in &selected {
-            println!("    {b}");
-        }
     }
     let ledger = LedgerClient::new(&ctx.node)?;
     let mut follower = Follower::new(ledger, tx.height + 1);
@@ -60,6 +50,26 @@ pub async fn follow_request(
             .filter(|e| e.attribute("request_id") == Some(id_hex.as_str()))
         {
             match e.kind.as_str() {
+                "builders_selected" | "builders_replaced" => {
+                    let picks: Vec<String> = e
+                        .attribute("selected")
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if !ctx.json {
+                        println!(
+                            "  height {height}: {} ({}):",
+                            e.kind.replace('_', " "),
+                            picks.len()
+                        );
+                        for b in &picks {
+                            println!("    {b}");
+                        }
+                    }
+                    selected.extend(picks);
+                }
                 "attested" => {
                     let attester = e.attribute("attester").unwrap_or_default().to_owned();
                     let role = e.attribute("role").unwrap_or_default().to_owned();

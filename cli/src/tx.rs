@@ -173,6 +173,35 @@ pub async fn submit(ctx: &Context, key: &Keypair, kind: TxKind) -> Result<Commit
     Ok(committed)
 }
 
+/// The builders drawn for request `id`, committed at `height`: the ledger
+/// draws them at the start of the next block, from that block's beacon.
+pub async fn selection(ctx: &Context, id: Digest, height: u64) -> Result<Vec<String>> {
+    let client = LedgerClient::new(&ctx.node)?;
+    client
+        .wait_height(height + 1, Duration::from_secs(120))
+        .await
+        .context("waiting for the block that selects the builders")?;
+    let id = id.to_string();
+    // CometBFT reports a height before it has stored its results.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        match client.block_events(height + 1).await {
+            Ok(events) => break events,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    Ok(events
+        .iter()
+        .find(|e| e.kind == "builders_selected" && e.attribute("request_id") == Some(id.as_str()))
+        .and_then(|e| e.attribute("selected"))
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 pub fn report(ctx: &Context, what: &str, tx: &CommittedTx, extra: serde_json::Value) {
     let mut json = serde_json::to_value(tx).unwrap_or_default();
     if let (Some(obj), serde_json::Value::Object(more)) = (json.as_object_mut(), extra) {
@@ -246,11 +275,19 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
             if wait {
                 crate::progress::follow_request(ctx, id, &tx, Duration::from_secs(timeout)).await?;
             } else {
+                let selected = selection(ctx, id, tx.height).await?;
+                if !ctx.json {
+                    println!(
+                        "selected builders ({}): {}",
+                        selected.len(),
+                        selected.join(" ")
+                    );
+                }
                 report(
                     ctx,
                     &format!("build request {id}"),
                     &tx,
-                    serde_json::json!({"request_id": id}),
+                    serde_json::json!({"request_id": id, "selected": selected}),
                 );
             }
         }

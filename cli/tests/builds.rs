@@ -16,22 +16,11 @@ use support::{ServicePlan, Testnet};
 fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {
     let r = net.request_build(f, &[]).unwrap();
     let id = r["request_id"].as_str().unwrap().to_owned();
-    let selected = r["events"]
+    let selected = r["selected"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e[0] == "build_requested")
-        .and_then(|e| {
-            e[1].as_array()?
-                .iter()
-                .find(|kv| kv[0] == "selected")
-                .map(|kv| kv[1].as_str().unwrap_or_default().to_owned())
-        })
-        .unwrap_or_default();
-    let selected = selected
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+        .map(|s| s.as_str().unwrap().to_owned())
         .collect();
     (id, selected)
 }

@@ -154,7 +154,13 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
     }
     total += batch.len() - 1;
     let hashes = send_all(&clients, batch).await;
-    wait_all(&clients[0], &hashes).await;
+    let committed = wait_all(&clients[0], &hashes).await;
+    // Builders are drawn in the block after each request.
+    let last = committed.iter().map(|t| t.height).max().unwrap();
+    clients[0]
+        .wait_height(last + 1, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     // Every selected builder attests; every fifth request gets two
     // dissenting digests (a dispute), and the trusted nodes attest every fourth.

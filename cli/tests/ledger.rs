@@ -100,22 +100,11 @@ fn request_build(net: &Testnet, version: &str) -> (String, Vec<String>) {
     assert!(out.status.success(), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = r["request_id"].as_str().unwrap().to_owned();
-    let events = r["events"].as_array().unwrap();
-    let requested = events
-        .iter()
-        .find(|e| e[0] == "build_requested")
-        .expect("build_requested event");
-    let selected = requested[1]
+    let selected = r["selected"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|kv| kv[0] == "selected")
-        .unwrap()[1]
-        .as_str()
-        .unwrap()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+        .map(|s| s.as_str().unwrap().to_owned())
         .collect();
     (id, selected)
 }
@@ -735,4 +724,40 @@ async fn governance_goes_through_approval_files_signed_by_separate_processes() {
         .as_u64()
         .unwrap();
     assert_eq!(next, seq + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_block_moves_the_seed_by_its_proposers_beacon() {
+    let net = Testnet::start(1).await.unwrap();
+    let client = net.client(0).unwrap();
+    client
+        .wait_height(4, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys: pyrsia_chain::BeaconKeys = client.query_value("beacon/keys").await.unwrap().unwrap();
+    assert_eq!(
+        keys.keys.len(),
+        1,
+        "devnet init lists the validator's VRF key"
+    );
+    let mut seeds = Vec::new();
+    for h in 1..=3 {
+        let (_, seed) = client.query_raw("beacon/seed", h).await.unwrap();
+        seeds.push(seed.unwrap());
+    }
+    assert!(
+        seeds[0] != seeds[1] && seeds[1] != seeds[2],
+        "the seed moves every block"
+    );
+    // The validator accepts only its own valid beacon first in a block
+    // (ProcessProposal), so a chain that commits is one whose every block
+    // carried it; and a beacon sent as a transaction is refused.
+    let beacon =
+        pyrsia_chain::beacon::BeaconKey::generate().beacon("pyrsia-test", 9, &Digest([0; 32]));
+    match client.broadcast_bytes(beacon.to_tx()).await {
+        Err(pyrsia_ledger_client::rpc::ClientError::Rejected { code, .. }) => {
+            assert_eq!(code, code::DECODE)
+        }
+        other => panic!("a beacon entered the mempool: {other:?}"),
+    }
 }

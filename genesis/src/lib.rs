@@ -116,6 +116,18 @@ fn read_json(path: &Path) -> Result<serde_json::Value, GenesisError> {
     serde_json::from_str(&text).map_err(|e| format_err(path, e))
 }
 
+/// A validator's beacon (VRF) key, beside CometBFT's keys in HOME/config.
+pub const BEACON_KEY_FILE: &str = "beacon_key.json";
+
+/// The validator address in CometBFT's `priv_validator_key.json`.
+pub fn validator_address(path: &Path) -> Result<Vec<u8>, GenesisError> {
+    let json = read_json(path)?;
+    let address = json["address"]
+        .as_str()
+        .ok_or_else(|| format_err(path, "no address"))?;
+    hex::decode(address).map_err(|e| format_err(path, e))
+}
+
 /// The node id CometBFT derives from `node_key.json`: hex of the first 20
 /// bytes of SHA-256 of the ed25519 public key.
 pub fn node_id(home: &Path) -> Result<String, GenesisError> {
@@ -163,6 +175,7 @@ pub fn create_network(
     }
     let mut homes = Vec::new();
     let mut validators = Vec::new();
+    let mut beacon_keys = Vec::new();
     for (i, home) in homes_at.iter().enumerate() {
         let home = home.clone();
         if home.join("config").join("genesis.json").exists() {
@@ -175,6 +188,18 @@ pub fn create_network(
         run_cometbft(&spec.cometbft, &["init", "--home", &home_str])?;
         let key_path = home.join("config").join("priv_validator_key.json");
         let key = read_json(&key_path)?;
+        let beacon = pyrsia_chain::beacon::BeaconKey::generate();
+        let beacon_path = home.join("config").join(BEACON_KEY_FILE);
+        beacon
+            .save(&beacon_path)
+            .map_err(|e| format_err(&beacon_path, e))?;
+        beacon_keys.push(pyrsia_chain::GenesisBeaconKey {
+            validator: key["address"]
+                .as_str()
+                .ok_or_else(|| format_err(&key_path, "no address"))?
+                .to_owned(),
+            vrf_public: hex::encode(beacon.public()),
+        });
         validators.push(serde_json::json!({
             "address": key["address"],
             "pub_key": key["pub_key"],
@@ -202,6 +227,7 @@ pub fn create_network(
         board: spec.board.clone(),
         trusted_nodes: spec.trusted_nodes.clone(),
         builders: spec.builders.clone(),
+        beacon_keys,
     };
     genesis["chain_id"] = spec.chain_id.clone().into();
     genesis["initial_height"] = "1".into();

@@ -192,9 +192,15 @@ impl LedgerClient {
         Ok(t as f64 / 1e9)
     }
 
-    /// How many transactions block `height` holds.
+    /// How many transactions block `height` holds, not counting its
+    /// proposer's beacon.
     pub async fn block_tx_count(&self, height: u64) -> Result<usize, ClientError> {
-        Ok(self.block(height).await?.data.len())
+        let block = self.block(height).await?;
+        Ok(block
+            .data
+            .iter()
+            .filter(|tx| !pyrsia_chain::beacon::is_beacon_tx(tx))
+            .count())
     }
 
     /// The chain id, as the node reports it.

@@ -85,38 +85,25 @@ impl Exec<'_> {
             return Err(TxError::DuplicateRequest(id));
         }
         self.open_request(signer, &r.package, &params)?;
-        // CheckTx has no block yet: it checks the rules, selection happens
-        // when the block is executed.
-        let seed = self.block_hash.map(Digest::of).unwrap_or_default();
-        let eco = r.package.ecosystem.clone();
-        let count: u32 = self.get(&state_key::builders(&eco))?.unwrap_or(0);
-        let want = usize::from(params.builders_per_request);
-        let (selected, draws) = if self.block_hash.is_some() {
-            select(&seed, &id, 0, count, want, &[], |slot| {
-                self.builder_in_slot(&eco, slot)
-            })?
-        } else {
-            (Vec::new(), 0)
-        };
-        let deadline = self.height + u64::from(params.attest_timeout_blocks);
-        self.schedule(deadline, id)?;
+        // Builders are drawn at the start of the next block, from the seed
+        // its proposer's beacon makes: unknown to whoever orders this block.
+        self.append_to(state_key::select(self.height + 1), id)?;
         let record = RequestRecord {
             id,
             origin: RequestOrigin::Build(r.clone()),
             requester: signer,
             height: self.height,
-            selected: selected.clone(),
+            selected: Vec::new(),
             attestations: Vec::new(),
             level: TrustLevel::Pending,
-            seed,
-            draws,
+            seed: Digest::default(),
+            draws: 0,
             replaced: Vec::new(),
-            round: 1,
-            deadline: Some(deadline),
+            round: 0,
+            deadline: None,
         };
         self.put(key, &record);
         self.add_to_package(&r.package, id)?;
-        let selected: Vec<String> = selected.iter().map(ToString::to_string).collect();
         self.emit(
             "build_requested",
             vec![
@@ -124,7 +111,6 @@ impl Exec<'_> {
                 ("ecosystem", r.package.ecosystem.clone()),
                 ("package", r.package.to_string()),
                 ("recipe", r.recipe.clone()),
-                ("selected", selected.join(",")),
             ],
         );
         Ok(())
@@ -364,9 +350,8 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// Adds `id` to the requests whose round ends at `height`.
-    pub(super) fn schedule(&mut self, height: u64, id: Digest) -> Result<(), TxError> {
-        let key = state_key::deadline(height);
+    /// Appends `id` to the list at `key` (one block's work list).
+    pub(super) fn append_to(&mut self, key: String, id: Digest) -> Result<(), TxError> {
         let mut due: Vec<Digest> = self.get(&key)?.unwrap_or_default();
         due.push(id);
         self.put(key, &due);

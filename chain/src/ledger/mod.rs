@@ -14,6 +14,7 @@ use jmt::storage::TreeUpdateBatch;
 use jmt::KeyHash;
 use sha2::{Digest as _, Sha256};
 
+use crate::beacon::{self, Beacon, BeaconKey};
 use crate::crypto::{gov_sign_bytes, tx_sign_bytes, verify, verify_batch};
 use crate::error::TxError;
 use crate::state_key;
@@ -58,6 +59,8 @@ pub enum LedgerError {
     NothingToCommit,
     #[error("the block's upkeep failed, so the state breaks an invariant")]
     Upkeep(#[source] TxError),
+    #[error("proposal refused: {0}")]
+    Proposal(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,8 @@ pub struct BlockInfo {
     /// Block time, unix seconds (agreed by consensus, so deterministic).
     pub time: u64,
     pub hash: Vec<u8>,
+    /// The proposer's validator address.
+    pub proposer: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +225,26 @@ impl Ledger {
         put(state_key::PARAMS.into(), encode(&genesis.params));
         put(state_key::BOARD.into(), encode(board));
         put(state_key::GOV_SEQ.into(), encode(&0u64));
+        let mut beacon_keys = BeaconKeys::default();
+        for k in &genesis.beacon_keys {
+            let bad = |what: &str| LedgerError::Genesis(format!("beacon key {k:?}: {what}"));
+            let address = hex::decode(&k.validator).map_err(|_| bad("validator is not hex"))?;
+            let mut public = [0u8; 32];
+            hex::decode_to_slice(&k.vrf_public, &mut public)
+                .map_err(|_| bad("vrf_public is not 32 bytes of hex"))?;
+            beacon_keys.keys.push((address, public));
+        }
+        beacon_keys.keys.sort();
+        if beacon_keys.keys.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(LedgerError::Genesis(
+                "two beacon keys for one validator".into(),
+            ));
+        }
+        put(state_key::BEACON_KEYS.into(), encode(&beacon_keys));
+        put(
+            state_key::BEACON_SEED.into(),
+            encode(&Digest::of(&encode(&("pyrsia-beacon-genesis", chain_id)))),
+        );
         for b in &genesis.builders {
             if genesis.trusted_nodes.iter().any(|t| t.node == *b) {
                 return Err(LedgerError::Genesis(format!(
@@ -328,7 +353,6 @@ impl Ledger {
                 events: Vec::new(),
                 height: committed.height + 1,
                 time: self.last_block_time,
-                block_hash: None,
                 chain_id: self.chain_id.as_deref().unwrap_or_default(),
             };
             exec.run(&tx)
@@ -358,6 +382,14 @@ impl Ledger {
             });
         }
         let version = committed.height;
+        let chain_id = self.chain_id.clone().unwrap_or_default();
+        let mut writes = Writes::new();
+        let beacon_result = self.apply_beacon(block, txs, &mut writes)?;
+        let txs = if beacon_result.is_some() {
+            &txs[1..]
+        } else {
+            txs
+        };
         let decoded: Vec<Result<SignedTx, TxError>> =
             txs.iter().map(|b| self.decode(b.as_ref(), false)).collect();
 
@@ -384,8 +416,6 @@ impl Ledger {
             .collect();
         let mut verdicts = verify_batch(&items, seed.finalize().into()).into_iter();
 
-        let chain_id = self.chain_id.clone().unwrap_or_default();
-        let mut writes = Writes::new();
         let mut upkeep = Exec {
             store: &self.store,
             version,
@@ -394,14 +424,14 @@ impl Ledger {
             events: Vec::new(),
             height: block.height,
             time: block.time,
-            block_hash: Some(&block.hash),
             chain_id: &chain_id,
         };
         upkeep.upkeep().map_err(LedgerError::Upkeep)?;
         let upkeep_writes = std::mem::take(&mut upkeep.tx);
         let upkeep_events = std::mem::take(&mut upkeep.events);
         writes.extend(upkeep_writes);
-        let mut results = Vec::with_capacity(txs.len());
+        let mut results = Vec::with_capacity(txs.len() + 1);
+        results.extend(beacon_result);
         for d in decoded {
             let outcome = match d {
                 Err(e) => Err(e),
@@ -415,7 +445,6 @@ impl Ledger {
                             events: Vec::new(),
                             height: block.height,
                             time: block.time,
-                            block_hash: Some(&block.hash),
                             chain_id: &chain_id,
                         };
                         exec.run(&tx)
@@ -443,6 +472,131 @@ impl Ledger {
             txs: results,
             events: upkeep_events,
         })
+    }
+
+    /// Updates the seed from the block's beacon, if the block starts with
+    /// one: returns its result, or `None` if the first transaction is not a
+    /// beacon. ProcessProposal has refused any block whose beacon is missing
+    /// or does not verify, so a beacon that fails here was accepted by more
+    /// than 2/3 of the voting power: the seed then stays as it was, the same
+    /// on every node.
+    fn apply_beacon<T: AsRef<[u8]>>(
+        &self,
+        block: &BlockInfo,
+        txs: &[T],
+        writes: &mut Writes,
+    ) -> Result<Option<TxResult>, LedgerError> {
+        let version = self.info().ok_or(LedgerError::NotInitialised)?.height;
+        let keys: BeaconKeys = self
+            .store
+            .get_decoded(state_key::BEACON_KEYS.as_bytes(), version)?
+            .unwrap_or_default();
+        let seed: Digest = self
+            .store
+            .get_decoded(state_key::BEACON_SEED.as_bytes(), version)?
+            .unwrap_or_default();
+        let first = txs.first().map(AsRef::as_ref);
+        let (next, result) = match first.filter(|tx| beacon::is_beacon_tx(tx)) {
+            Some(tx) => {
+                let checked = self.check_beacon(&keys, &seed, block.height, &block.proposer, tx);
+                let result = TxResult {
+                    code: 0,
+                    log: match &checked {
+                        Ok(_) => "beacon".to_owned(),
+                        Err(e) => format!("beacon ignored: {e}"),
+                    },
+                    events: Vec::new(),
+                };
+                let next = checked
+                    .map(|r| beacon::next_seed(&seed, &r))
+                    .unwrap_or(seed);
+                (next, Some(result))
+            }
+            // A network without beacon keys: the block hash, which its
+            // proposer can grind (see docs/protocol.md).
+            None if keys.keys.is_empty() => {
+                (beacon::next_seed(&seed, &Digest::of(&block.hash).0), None)
+            }
+            None => (seed, None),
+        };
+        writes.insert(
+            state_key::BEACON_SEED.as_bytes().to_vec(),
+            Some(encode(&next)),
+        );
+        Ok(result)
+    }
+
+    fn check_beacon(
+        &self,
+        keys: &BeaconKeys,
+        seed: &Digest,
+        height: u64,
+        proposer: &[u8],
+        tx: &[u8],
+    ) -> Result<[u8; 32], String> {
+        let beacon = Beacon::from_tx(tx).ok_or("undecodable beacon")?;
+        let public = keys
+            .of(proposer)
+            .ok_or_else(|| format!("proposer {} has no beacon key", hex::encode(proposer)))?;
+        let chain_id = self.chain_id.as_deref().unwrap_or_default();
+        beacon::verify(public, chain_id, height, seed, &beacon).map_err(|e| e.to_string())
+    }
+
+    /// ProcessProposal: a block for `height` by `proposer` must start with
+    /// the proposer's valid beacon when the chain has beacon keys, and no
+    /// other transaction may be one.
+    pub fn check_proposal<T: AsRef<[u8]>>(
+        &self,
+        txs: &[T],
+        proposer: &[u8],
+        height: u64,
+    ) -> Result<(), LedgerError> {
+        let version = self.info().ok_or(LedgerError::NotInitialised)?.height;
+        let refuse = |why: String| Err(LedgerError::Proposal(why));
+        if txs.iter().skip(1).any(|t| beacon::is_beacon_tx(t.as_ref())) {
+            return refuse("a beacon that is not the first transaction".into());
+        }
+        let keys: BeaconKeys = self
+            .store
+            .get_decoded(state_key::BEACON_KEYS.as_bytes(), version)?
+            .unwrap_or_default();
+        let first = txs
+            .first()
+            .map(AsRef::as_ref)
+            .filter(|t| beacon::is_beacon_tx(t));
+        match (keys.keys.is_empty(), first) {
+            (true, None) => Ok(()),
+            (true, Some(_)) => refuse("a beacon on a chain without beacon keys".into()),
+            (false, None) => refuse("no beacon".into()),
+            (false, Some(tx)) => {
+                let seed: Digest = self
+                    .store
+                    .get_decoded(state_key::BEACON_SEED.as_bytes(), version)?
+                    .unwrap_or_default();
+                self.check_beacon(&keys, &seed, height, proposer, tx)
+                    .map(|_| ())
+                    .or_else(refuse)
+            }
+        }
+    }
+
+    /// PrepareProposal: this validator's beacon transaction for `height`,
+    /// or `None` if the chain has no beacon keys.
+    pub fn beacon_tx(&self, key: &BeaconKey, height: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        let version = self.info().ok_or(LedgerError::NotInitialised)?.height;
+        let keys: BeaconKeys = self
+            .store
+            .get_decoded(state_key::BEACON_KEYS.as_bytes(), version)?
+            .unwrap_or_default();
+        if keys.keys.is_empty() {
+            return Ok(None);
+        }
+        let seed: Digest = self
+            .store
+            .get_decoded(state_key::BEACON_SEED.as_bytes(), version)?
+            .unwrap_or_default();
+        let chain_id = self.chain_id.as_deref().unwrap_or_default();
+        Ok(Some(key.beacon(chain_id, height, &seed).to_tx()))
     }
 
     /// Persists the finalized block atomically; returns the committed height.
@@ -567,6 +721,8 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
         "board" if rest.is_empty() => Ok(state_key::BOARD.to_owned()),
         "gov" if rest == "seq" => Ok(state_key::GOV_SEQ.to_owned()),
         "void" if rest == "queue" => Ok(state_key::VOID_QUEUE.to_owned()),
+        "beacon" if rest == "seed" => Ok(state_key::BEACON_SEED.to_owned()),
+        "beacon" if rest == "keys" => Ok(state_key::BEACON_KEYS.to_owned()),
         "open" => match rest.split_once('/').ok_or_else(unknown)? {
             ("signer", k) => Ok(state_key::open_by_signer(k.parse().map_err(|_| unknown())?)),
             ("ecosystem", eco) if !eco.is_empty() && !eco.contains('/') => {
@@ -632,8 +788,6 @@ struct Exec<'a> {
     events: Vec<Event>,
     height: u64,
     time: u64,
-    /// `None` in CheckTx, where no block exists yet.
-    block_hash: Option<&'a [u8]>,
     chain_id: &'a str,
 }
 

@@ -1,5 +1,6 @@
-//! Work the ledger does at the start of every block, before its
-//! transactions, each step bounded: ending the selection rounds due at this
+//! Work the ledger does at the start of every block, after its beacon and
+//! before its transactions, each step bounded: drawing the builders of the
+//! previous block's requests, ending the selection rounds due at this
 //! height, and voiding a few pages of a revoked node's attestations.
 
 use super::*;
@@ -11,8 +12,55 @@ pub const VOID_PAGES_PER_BLOCK: u64 = 2;
 impl Exec<'_> {
     pub(super) fn upkeep(&mut self) -> Result<(), TxError> {
         let params = self.params()?;
+        self.start_rounds(&params)?;
         self.end_rounds(&params)?;
         self.void_step(&params)
+    }
+
+    /// Draws the builders of the requests committed in the previous block,
+    /// from the seed this block's beacon made.
+    fn start_rounds(&mut self, params: &Params) -> Result<(), TxError> {
+        let key = state_key::select(self.height);
+        let Some(ids) = self.get::<Vec<Digest>>(&key)? else {
+            return Ok(());
+        };
+        self.delete(key);
+        let seed: Digest = self
+            .get(state_key::BEACON_SEED)?
+            .ok_or_else(|| super::builders::corrupt(state_key::BEACON_SEED))?;
+        for id in ids {
+            let key = state_key::request(id);
+            let mut record: RequestRecord = self
+                .get(&key)?
+                .ok_or_else(|| super::builders::corrupt(&key))?;
+            let RequestOrigin::Build(request) = &record.origin else {
+                return Err(super::builders::corrupt(&key));
+            };
+            let eco = request.package.ecosystem.clone();
+            let count: u32 = self.get(&state_key::builders(&eco))?.unwrap_or(0);
+            let want = usize::from(params.builders_per_request);
+            let (selected, draws) = select(&seed, &id, 0, count, want, &[], |slot| {
+                self.builder_in_slot(&eco, slot)
+            })?;
+            let deadline = self.height + u64::from(params.attest_timeout_blocks);
+            self.append_to(state_key::deadline(deadline), id)?;
+            let names: Vec<String> = selected.iter().map(ToString::to_string).collect();
+            record.seed = seed;
+            record.selected = selected;
+            record.draws = draws;
+            record.round = 1;
+            record.deadline = Some(deadline);
+            self.put(key, &record);
+            self.emit(
+                "builders_selected",
+                vec![
+                    ("request_id", id.to_string()),
+                    ("ecosystem", eco),
+                    ("selected", names.join(",")),
+                ],
+            );
+        }
+        Ok(())
     }
 
     /// Ends every selection round due at this height. The requests due were
@@ -84,7 +132,7 @@ impl Exec<'_> {
             record.draws = next;
             if !picks.is_empty() {
                 let deadline = self.height + u64::from(params.attest_timeout_blocks);
-                self.schedule(deadline, id)?;
+                self.append_to(state_key::deadline(deadline), id)?;
                 record.round += 1;
                 record.deadline = Some(deadline);
                 let replacements: Vec<String> = picks.iter().map(ToString::to_string).collect();

@@ -26,6 +26,7 @@ pub fn genesis(valid_until: u64) -> GenesisState {
             })
             .to_vec(),
         builders: (1..=30).map(|i| key(i).public()).collect(),
+        beacon_keys: Vec::new(),
     }
 }
 
@@ -81,6 +82,7 @@ impl Chain {
     pub fn block(&mut self, txs: &[Vec<u8>]) -> BlockResult {
         self.height += 1;
         let info = BlockInfo {
+            proposer: Vec::new(),
             height: self.height,
             time: 1_000,
             hash: self.height.to_be_bytes().to_vec(),

@@ -64,6 +64,20 @@ fn attest(id: Digest) -> TxKind {
     })
 }
 
+fn sign(k: &Keypair, nonce: u64, kind: TxKind) -> Vec<u8> {
+    borsh::to_vec(&sign_tx(k, common::CHAIN, TxBody { nonce, kind })).unwrap()
+}
+
+/// One block of `requests`, each signed by `requester` with nonces 1, 2, ….
+fn request_all(c: &mut Chain, requester: &Keypair, requests: &[BuildRequest]) {
+    let txs: Vec<Vec<u8>> = requests
+        .iter()
+        .zip(1..)
+        .map(|(r, n)| sign(requester, n, TxKind::RequestBuild(r.clone())))
+        .collect();
+    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+}
+
 fn signer_of(builder: &PublicKey) -> Keypair {
     (1..100)
         .map(key)
@@ -326,18 +340,10 @@ fn a_large_revocation_voids_a_bounded_number_of_pages_per_block() {
     }));
     let requester = key(50);
     let trusted = key(100);
-    let sign = |k: &Keypair, nonce: u64, kind: TxKind| {
-        borsh::to_vec(&sign_tx(k, common::CHAIN, TxBody { nonce, kind })).unwrap()
-    };
     let requests: Vec<BuildRequest> = (0..REQUESTS)
         .map(|i| npm_request(&format!("p{i}"), i))
         .collect();
-    let txs: Vec<Vec<u8>> = requests
-        .iter()
-        .zip(1..)
-        .map(|(r, n)| sign(&requester, n, TxKind::RequestBuild(r.clone())))
-        .collect();
-    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+    request_all(&mut c, &requester, &requests);
     let txs: Vec<Vec<u8>> = requests
         .iter()
         .zip(1..)
@@ -389,17 +395,9 @@ fn package_and_artifact_indexes_are_paged() {
     }));
     let requester = key(50);
     let trusted = key(100);
-    let sign = |k: &Keypair, nonce: u64, kind: TxKind| {
-        borsh::to_vec(&sign_tx(k, common::CHAIN, TxBody { nonce, kind })).unwrap()
-    };
     // One version requested from 300 commits (nobody attests a release).
     let requests: Vec<BuildRequest> = (0..REQUESTS).map(|i| npm_request("left-pad", i)).collect();
-    let txs: Vec<Vec<u8>> = requests
-        .iter()
-        .zip(1..)
-        .map(|(r, n)| sign(&requester, n, TxKind::RequestBuild(r.clone())))
-        .collect();
-    assert!(c.block(&txs).txs.iter().all(|r| r.code == 0));
+    request_all(&mut c, &requester, &requests);
     let record: PackageRecord = c.get("package/npm/left-pad/1.0.0").unwrap();
     assert_eq!(record.request_count, u64::from(REQUESTS));
     let first: Vec<Digest> = c.get("package-requests/0/npm/left-pad/1.0.0").unwrap();

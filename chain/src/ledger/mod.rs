@@ -416,16 +416,7 @@ impl Ledger {
             .collect();
         let mut verdicts = verify_batch(&items, seed.finalize().into()).into_iter();
 
-        let mut upkeep = Exec {
-            store: &self.store,
-            version,
-            block: &mut writes,
-            tx: Writes::new(),
-            events: Vec::new(),
-            height: block.height,
-            time: block.time,
-            chain_id: &chain_id,
-        };
+        let mut upkeep = Exec::new(&self.store, version, &mut writes, block, &chain_id);
         upkeep.upkeep().map_err(LedgerError::Upkeep)?;
         let upkeep_writes = std::mem::take(&mut upkeep.tx);
         let upkeep_events = std::mem::take(&mut upkeep.events);
@@ -437,16 +428,8 @@ impl Ledger {
                 Err(e) => Err(e),
                 Ok(tx) => {
                     if verdicts.next().unwrap_or(false) {
-                        let mut exec = Exec {
-                            store: &self.store,
-                            version,
-                            block: &mut writes,
-                            tx: Writes::new(),
-                            events: Vec::new(),
-                            height: block.height,
-                            time: block.time,
-                            chain_id: &chain_id,
-                        };
+                        let mut exec =
+                            Exec::new(&self.store, version, &mut writes, block, &chain_id);
                         exec.run(&tx)
                     } else {
                         Err(TxError::BadSignature(tx.signer.to_string()))
@@ -791,7 +774,27 @@ struct Exec<'a> {
     chain_id: &'a str,
 }
 
-impl Exec<'_> {
+impl<'a> Exec<'a> {
+    /// Executes against `version` plus this block's earlier `writes`.
+    fn new(
+        store: &'a Store,
+        version: u64,
+        writes: &'a mut Writes,
+        block: &BlockInfo,
+        chain_id: &'a str,
+    ) -> Exec<'a> {
+        Exec {
+            store,
+            version,
+            block: writes,
+            tx: Writes::new(),
+            events: Vec::new(),
+            height: block.height,
+            time: block.time,
+            chain_id,
+        }
+    }
+
     fn get<T: BorshDeserialize>(&self, key: &str) -> Result<Option<T>, TxError> {
         let k = key.as_bytes();
         let raw = match self.tx.get(k).or_else(|| self.block.get(k)) {

@@ -494,6 +494,32 @@ pub struct RequestRecord {
     pub deadline: Option<u64>,
 }
 
+impl RequestRecord {
+    /// A request or import as it is first recorded: no builders drawn yet,
+    /// no attestations.
+    pub fn new(
+        id: Digest,
+        origin: RequestOrigin,
+        requester: PublicKey,
+        height: u64,
+    ) -> RequestRecord {
+        RequestRecord {
+            id,
+            origin,
+            requester,
+            height,
+            selected: Vec::new(),
+            attestations: Vec::new(),
+            level: TrustLevel::Pending,
+            seed: Digest::default(),
+            draws: 0,
+            replaced: Vec::new(),
+            round: 0,
+            deadline: None,
+        }
+    }
+}
+
 #[derive(
     Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]

@@ -239,19 +239,15 @@ mod tests {
     }
 
     fn build(id: u8, level: TrustLevel, sha: u8) -> RequestRecord {
-        RequestRecord {
-            id: Digest([id; 32]),
-            origin: pyrsia_chain::RequestOrigin::Import {
-                package: PackageId {
-                    ecosystem: "npm".into(),
-                    name: "a".into(),
-                    version: "1".into(),
-                },
-                upstream: "u".into(),
+        let origin = pyrsia_chain::RequestOrigin::Import {
+            package: PackageId {
+                ecosystem: "npm".into(),
+                name: "a".into(),
+                version: "1".into(),
             },
-            requester: Default::default(),
-            height: 1,
-            selected: vec![],
+            upstream: "u".into(),
+        };
+        RequestRecord {
             attestations: vec![pyrsia_chain::AttestationRecord {
                 attester: Default::default(),
                 role: AttesterRole::Trusted,
@@ -267,11 +263,7 @@ mod tests {
                 log_digest: Digest::default(),
             }],
             level,
-            seed: Digest::default(),
-            draws: 0,
-            replaced: vec![],
-            round: 0,
-            deadline: None,
+            ..RequestRecord::new(Digest([id; 32]), origin, Default::default(), 1)
         }
     }
 

@@ -119,13 +119,6 @@ impl Exec<'_> {
         reason: &str,
         since: u64,
     ) -> Result<(), TxError> {
-        let params = self.params()?;
-        self.text("reason", reason, params.max_field_len)?;
-        if since > self.height {
-            return Err(TxError::InvalidField(
-                "since_height is in the future".into(),
-            ));
-        }
         let key = state_key::node(builder);
         let mut record = or_new(self.get(&key)?);
         let Some(admission) = record.admission.take() else {
@@ -139,12 +132,7 @@ impl Exec<'_> {
         }
         self.leave_selection(builder, &mut record)?;
         record.builder = None;
-        record.incidents.push(Incident {
-            description: reason.to_owned(),
-            since_height: since,
-            revoked_height: self.height,
-        });
-        self.queue_void(builder, AttesterRole::Regular, since, &record)?;
+        self.record_incident(builder, &mut record, AttesterRole::Regular, reason, since)?;
         self.put(key, &record);
         self.emit(
             "builder_removed",

@@ -88,20 +88,7 @@ impl Exec<'_> {
         // Builders are drawn at the start of the next block, from the seed
         // its proposer's beacon makes: unknown to whoever orders this block.
         self.append_to(state_key::select(self.height + 1), id)?;
-        let record = RequestRecord {
-            id,
-            origin: RequestOrigin::Build(r.clone()),
-            requester: signer,
-            height: self.height,
-            selected: Vec::new(),
-            attestations: Vec::new(),
-            level: TrustLevel::Pending,
-            seed: Digest::default(),
-            draws: 0,
-            replaced: Vec::new(),
-            round: 0,
-            deadline: None,
-        };
+        let record = RequestRecord::new(id, RequestOrigin::Build(r.clone()), signer, self.height);
         self.put(key, &record);
         self.add_to_package(&r.package, id)?;
         self.emit(
@@ -180,23 +167,11 @@ impl Exec<'_> {
             Some(r) => r,
             None => {
                 self.add_to_package(&i.package, id)?;
-                RequestRecord {
-                    id,
-                    origin: RequestOrigin::Import {
-                        package: i.package.clone(),
-                        upstream: i.upstream.clone(),
-                    },
-                    requester: signer,
-                    height: self.height,
-                    selected: Vec::new(),
-                    attestations: Vec::new(),
-                    level: TrustLevel::Pending,
-                    seed: Digest::default(),
-                    draws: 0,
-                    replaced: Vec::new(),
-                    round: 0,
-                    deadline: None,
-                }
+                let origin = RequestOrigin::Import {
+                    package: i.package.clone(),
+                    upstream: i.upstream.clone(),
+                };
+                RequestRecord::new(id, origin, signer, self.height)
             }
         };
         if record.attestations.iter().any(|x| x.attester == signer) {

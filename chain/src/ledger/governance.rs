@@ -122,23 +122,12 @@ impl Exec<'_> {
         since: u64,
     ) -> Result<(), TxError> {
         let params = self.params()?;
-        self.text("incident", incident, params.max_field_len)?;
         let key = state_key::node(node);
         let mut record: NodeRecord = self
             .get(&key)?
             .ok_or_else(|| TxError::UnknownNode(node.to_string()))?;
-        if since > self.height {
-            return Err(TxError::InvalidField(
-                "incident_since_height is in the future".into(),
-            ));
-        }
         record.certification = None;
-        record.incidents.push(Incident {
-            description: incident.to_owned(),
-            since_height: since,
-            revoked_height: self.height,
-        });
-        self.queue_void(node, AttesterRole::Trusted, since, &record)?;
+        self.record_incident(node, &mut record, AttesterRole::Trusted, incident, since)?;
         self.put(key, &record);
         for builder in record.sponsored {
             let admitted: Option<NodeRecord> = self.get(&state_key::node(builder))?;

@@ -163,9 +163,34 @@ impl Exec<'_> {
         Ok(())
     }
 
+    /// Records an incident on `node` (whose record the caller holds and
+    /// stores) and queues the voiding of its attestations in `role` made at
+    /// or after `since`.
+    pub(super) fn record_incident(
+        &mut self,
+        node: PublicKey,
+        record: &mut NodeRecord,
+        role: AttesterRole,
+        description: &str,
+        since: u64,
+    ) -> Result<(), TxError> {
+        self.text("incident", description, self.params()?.max_field_len)?;
+        if since > self.height {
+            return Err(TxError::InvalidField(format!(
+                "the incident's start, height {since}, is in the future"
+            )));
+        }
+        record.incidents.push(Incident {
+            description: description.to_owned(),
+            since_height: since,
+            revoked_height: self.height,
+        });
+        self.queue_void(node, role, since, record)
+    }
+
     /// Queues the voiding of `node`'s attestations in `role` made at or
     /// after `since`; `record` is the node's record as it will be stored.
-    pub(super) fn queue_void(
+    fn queue_void(
         &mut self,
         node: PublicKey,
         role: AttesterRole,

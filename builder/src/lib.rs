@@ -121,7 +121,21 @@ pub struct BuildOutcome {
     /// Sandbox kind, memory-limit mechanism and tool versions, e.g.
     /// `sandbox=bwrap bwrap=0.8.0 mem=cgroup1 builder=0.1.0 node=20.20.2 npm=11.19.1`.
     pub build_env: String,
+    /// Every file the dependency step fetched, in the order first fetched.
+    pub resolved_dependencies: Vec<ResolvedDependency>,
     pub duration: Duration,
+}
+
+/// One file a build's dependency step fetched from a configured registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDependency {
+    /// Where it was fetched from, as the registry names it, e.g.
+    /// `npm:/left-pad/-/left-pad-1.3.0.tgz`: the configured upstream's name,
+    /// then the path below it (so no registry host is recorded).
+    pub uri: String,
+    /// Lower-case hex SHA-256 of the bytes fetched.
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// The recipes this builder knows.
@@ -300,6 +314,7 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
         log_path,
         build_dir,
         build_env,
+        resolved_dependencies: Vec::new(),
         duration: started.elapsed(),
     })
 }

@@ -15,12 +15,13 @@
 //! # Ok::<(), BuildError>(())
 //! ```
 
+mod cgroup;
 mod error;
-mod memory;
 mod normalize;
 mod proc;
 mod recipe;
 mod sandbox;
+mod seccomp;
 mod source;
 
 use std::fs::{self, File};
@@ -32,10 +33,10 @@ use std::time::{Duration, Instant};
 
 pub use error::BuildError;
 
+use cgroup::BuildCgroup;
 use error::IoContext;
-use memory::MemoryLimit;
 use recipe::{Collect, Kind};
-use sandbox::{HostView, Ran};
+use sandbox::{HostView, Job, Ran};
 
 /// What to build: a package version from a repository at an exact commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub struct BuildSpec {
     pub ecosystem: String,
     pub name: String,
     pub version: String,
-    /// An `https://`, `http://` or `git://` URL.
+    /// An `https://` or `git://` URL.
     pub repo_url: String,
     /// The full 40-hex-digit commit id.
     pub commit: String,
@@ -62,6 +63,11 @@ pub struct Limits {
     /// Size of the sandbox's only writable filesystem (source copy, caches,
     /// build products), and the cap on the outputs taken out of it.
     pub disk_bytes: u64,
+    /// The most processes and threads the sandbox may have at once.
+    pub max_processes: u32,
+    /// The most the source checkout may take, in the clone sandbox's tmpfs
+    /// and on the builder's disk.
+    pub source_bytes: u64,
 }
 
 impl Default for Limits {
@@ -70,27 +76,19 @@ impl Default for Limits {
             time: Duration::from_secs(30 * 60),
             memory_bytes: 4 << 30,
             disk_bytes: 4 << 30,
+            max_processes: 4096,
+            source_bytes: 1 << 30,
         }
     }
 }
 
-/// Which sandbox implementation to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SandboxKind {
-    /// bubblewrap if installed, else util-linux `unshare`.
-    #[default]
-    Auto,
-    Bubblewrap,
-    Unshare,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuilderConfig {
-    /// Where per-build directories are created. Each build leaves its
-    /// directory (outputs and log) for the caller to remove.
+    /// Where per-build directories are created. A build's directory is
+    /// removed when its [`BuildOutcome`] is dropped, or before [`build`]
+    /// returns an error; only the log, next to it, is left for the caller.
     pub work_dir: PathBuf,
     pub limits: Limits,
-    pub sandbox: SandboxKind,
 }
 
 impl BuilderConfig {
@@ -98,7 +96,6 @@ impl BuilderConfig {
         BuilderConfig {
             work_dir: work_dir.into(),
             limits: Limits::default(),
-            sandbox: SandboxKind::Auto,
         }
     }
 }
@@ -111,19 +108,27 @@ pub struct OutputFile {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct BuildOutcome {
-    /// Sorted by name.
+    /// Sorted by name; inside the build directory, so valid until the
+    /// outcome is dropped.
     pub outputs: Vec<OutputFile>,
+    /// Outside the build directory: the caller removes or keeps it.
     pub log_path: PathBuf,
-    /// The per-build directory holding outputs and log.
-    pub build_dir: PathBuf,
-    /// Sandbox kind, memory-limit mechanism and tool versions, e.g.
-    /// `sandbox=bwrap bwrap=0.8.0 mem=cgroup1 builder=0.1.0 node=20.20.2 npm=11.19.1`.
+    /// Sandbox, limit mechanisms and tool versions, e.g.
+    /// `sandbox=bwrap bwrap=0.8.0 limits=cgroup1 builder=0.1.0 node=20.20.2 npm=11.19.1`.
     pub build_env: String,
     /// Every file the dependency step fetched, in the order first fetched.
     pub resolved_dependencies: Vec<ResolvedDependency>,
     pub duration: Duration,
+    dir: tempfile::TempDir,
+}
+
+impl BuildOutcome {
+    /// The build's directory, removed with the outcome.
+    pub fn build_dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 /// One file a build's dependency step fetched from a configured registry.
@@ -143,6 +148,13 @@ pub fn supported_ecosystems() -> &'static [&'static str] {
     recipe::NAMES
 }
 
+/// Checks that this host can run builds: bubblewrap is installed and can
+/// start a sandbox in a user namespace. Returns bubblewrap's version. A
+/// builder should call it once at start; [`build`] checks it again.
+pub fn check_sandbox() -> Result<String, BuildError> {
+    sandbox::check()
+}
+
 /// Fetches, builds and normalises `spec`. Blocking; takes up to
 /// `cfg.limits.time` plus a little cleanup.
 pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, BuildError> {
@@ -157,16 +169,21 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     }
     check_spec_field("name", &spec.name)?;
     check_spec_field("version", &spec.version)?;
-    let (backend, backend_version) = sandbox::detect(cfg.sandbox)?;
+    let bwrap_version = sandbox::check()?;
 
     fs::create_dir_all(&cfg.work_dir).context(|| format!("creating {}", cfg.work_dir.display()))?;
-    let build_dir = tempfile::Builder::new()
+    // Removed on every way out, unless moved into the outcome.
+    let dir = tempfile::Builder::new()
         .prefix(&format!("build-{}-", file_name_safe(&spec.name)))
         .tempdir_in(&cfg.work_dir)
-        .context(|| format!("creating a build directory in {}", cfg.work_dir.display()))?
-        .keep();
-    let dirs = BuildDirs::create(&build_dir)?;
-    let log_path = build_dir.join("build.log");
+        .context(|| format!("creating a build directory in {}", cfg.work_dir.display()))?;
+    let dir_name = dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "build".to_string());
+    let dirs = BuildDirs::create(dir.path())?;
+    let log_path = cfg.work_dir.join(format!("{dir_name}.log"));
     let mut log = File::create(&log_path).context(|| format!("creating {}", log_path.display()))?;
     let _ = writeln!(
         log,
@@ -174,32 +191,36 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
         spec.ecosystem, spec.name, spec.version, spec.recipe, spec.repo_url
     );
 
-    let checkout = source::fetch(&spec.repo_url, &commit, &dirs.src, deadline, &mut log)?;
+    let checkout = source::fetch(
+        &spec.repo_url,
+        &commit,
+        &dirs.src,
+        &dirs.fetch,
+        &cfg.limits,
+        &format!("pyrsia-{dir_name}-fetch"),
+        deadline,
+        &mut log,
+    )?;
     let recipe = recipe::resolve(kind, &dirs.src)?;
-    let view = HostView::discover();
-    let memory = CgroupGuard(MemoryLimit::new(
-        &build_dir
-            .file_name()
-            .map(|n| format!("pyrsia-{}", n.to_string_lossy()))
-            .unwrap_or_else(|| "pyrsia-build".to_string()),
+    let view = HostView::discover(&recipe.toolchains);
+    let cgroup = BuildCgroup::new(
+        &format!("pyrsia-{dir_name}"),
         cfg.limits.memory_bytes,
-    ));
+        cfg.limits.max_processes,
+    );
 
     let mut env = base_env(&view, checkout.commit_time);
     env.extend(recipe.env.iter().cloned());
-    if kind == Kind::Cargo {
-        if let Some(rustup) = &view.rustup_home {
-            env.push(("RUSTUP_HOME".into(), rustup.to_string_lossy().into_owned()));
-        }
+    if let Some(rustup) = &view.rustup_home {
+        env.push(("RUSTUP_HOME".into(), rustup.to_string_lossy().into_owned()));
     }
     let build_env = describe_env(
-        backend.name(),
-        &backend_version,
-        memory.0.describe(),
+        &bwrap_version,
+        &cgroup.describe(),
         &recipe,
         &view,
         &env,
-        &build_dir,
+        dir.path(),
         deadline,
     );
     let _ = writeln!(
@@ -210,19 +231,20 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     tracing::info!(name = %spec.name, version = %spec.version, %build_env, "building");
 
     let outputs_tar = dirs.ctl.join("outputs.tar");
-    let job = sandbox::Job {
+    let job = Job {
         ctl_dir: &dirs.ctl,
-        root_dir: &dirs.root,
-        source: &dirs.src,
-        recipe: &recipe,
+        binds: vec![(dirs.src.as_path(), "/pyrsia/source")],
+        script: recipe::build_script(&recipe),
         env: &env,
+        tmpfs_bytes: cfg.limits.disk_bytes,
+        network: false,
         limits: &cfg.limits,
-        memory: &memory.0,
+        cgroup: &cgroup,
         deadline,
-        outputs_tar: &outputs_tar,
+        results: &outputs_tar,
+        results_cap: cfg.limits.disk_bytes,
     };
-    let ran = sandbox::run(backend, &view, &job, &log)?;
-    drop(memory);
+    let ran = sandbox::run(&view, &job, &log)?;
     match ran {
         Ran::TimedOut => {
             let _ = writeln!(
@@ -242,7 +264,7 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
             });
         }
         Ran::Exited {
-            outputs_truncated: true,
+            results_truncated: true,
             ..
         } => {
             return Err(BuildError::BuildFailed {
@@ -255,9 +277,12 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
         }
         Ran::Exited { .. } => {}
     }
+    // The source copy is in the sandbox's tmpfs; the host's can go now.
+    let _ = fs::remove_dir_all(&dirs.src);
 
     let raw_names = unpack_outputs(&outputs_tar, &dirs.raw)
         .map_err(|reason| BuildError::Sandbox(format!("reading the outputs stream: {reason}")))?;
+    let _ = fs::remove_file(&outputs_tar);
     let missing = |name: String| BuildError::OutputMissing {
         name,
         log_path: log_path.clone(),
@@ -312,27 +337,21 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     Ok(BuildOutcome {
         outputs,
         log_path,
-        build_dir,
         build_env,
         resolved_dependencies: Vec::new(),
         duration: started.elapsed(),
+        dir,
     })
-}
-
-/// Removes the build's cgroup on every path out of [`build`].
-struct CgroupGuard(MemoryLimit);
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }
 
 #[derive(Debug)]
 struct BuildDirs {
+    /// The checkout.
     src: PathBuf,
+    /// The clone sandbox's control files and stream.
+    fetch: PathBuf,
+    /// The build sandbox's control files and outputs stream.
     ctl: PathBuf,
-    root: PathBuf,
     raw: PathBuf,
     out: PathBuf,
 }
@@ -341,12 +360,12 @@ impl BuildDirs {
     fn create(base: &Path) -> Result<BuildDirs, BuildError> {
         let dirs = BuildDirs {
             src: base.join("src"),
+            fetch: base.join("fetch"),
             ctl: base.join("ctl"),
-            root: base.join("root"),
             raw: base.join("raw"),
             out: base.join("out"),
         };
-        for d in [&dirs.ctl, &dirs.root, &dirs.raw, &dirs.out] {
+        for d in [&dirs.fetch, &dirs.ctl, &dirs.raw, &dirs.out] {
             fs::create_dir(d).context(|| format!("creating {}", d.display()))?;
         }
         Ok(dirs)
@@ -381,7 +400,7 @@ fn base_env(view: &HostView, commit_time: i64) -> Vec<(String, String)> {
         ("PATH", view.path()),
         ("HOME", "/build/home".to_string()),
         ("TMPDIR", "/build/tmp".to_string()),
-        ("USER", "root".to_string()),
+        ("USER", "builder".to_string()),
         ("SOURCE_DATE_EPOCH", commit_time.to_string()),
         ("TZ", "UTC".to_string()),
         ("LC_ALL", "C".to_string()),
@@ -395,11 +414,9 @@ fn base_env(view: &HostView, commit_time: i64) -> Vec<(String, String)> {
 /// `build_env`: how and with what this build ran. Tool versions are probed
 /// on the host with the sandbox's PATH (the same binaries the build sees),
 /// from the build directory so that nothing in the source is consulted.
-#[allow(clippy::too_many_arguments)]
 fn describe_env(
-    backend: &str,
-    backend_version: &str,
-    memory: &str,
+    bwrap_version: &str,
+    limits: &str,
     recipe: &recipe::Recipe,
     view: &HostView,
     env: &[(String, String)],
@@ -407,9 +424,9 @@ fn describe_env(
     deadline: Instant,
 ) -> String {
     let mut parts = vec![
-        format!("sandbox={backend}"),
-        format!("{backend}={backend_version}"),
-        format!("mem={memory}"),
+        "sandbox=bwrap".to_string(),
+        format!("bwrap={bwrap_version}"),
+        format!("limits={limits}"),
         format!("builder={}", env!("CARGO_PKG_VERSION")),
     ];
     let probe_deadline = deadline.min(Instant::now() + Duration::from_secs(30));

@@ -139,6 +139,20 @@ fn open(path: &Path) -> Result<BufReader<File>, String> {
         .map_err(|e| format!("opening {}: {e}", path.display()))
 }
 
+/// Refuses an absolute path or one with `..`: whoever unpacks the
+/// published archive must not be led outside its directory.
+fn check_inside(what: &str, path: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let plain = path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if plain && !path.as_os_str().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what} {} leaves the archive", path.display()))
+    }
+}
+
 fn create(path: &Path) -> Result<BufWriter<File>, String> {
     File::create(path)
         .map(BufWriter::new)
@@ -162,6 +176,7 @@ fn read_tar(r: impl Read, budget: &mut Budget) -> Result<Vec<(PathBuf, TarItem)>
             .path()
             .map_err(|e| format!("tar entry path: {e}"))?
             .into_owned();
+        check_inside("entry", &path)?;
         let ty = entry.header().entry_type();
         let item = match ty {
             EntryType::Regular | EntryType::Continuous => {
@@ -182,6 +197,7 @@ fn read_tar(r: impl Read, budget: &mut Budget) -> Result<Vec<(PathBuf, TarItem)>
                     .map_err(|e| format!("tar link: {e}"))?
                     .ok_or_else(|| format!("symlink {} without target", path.display()))?
                     .into_owned();
+                check_inside(&format!("target of symlink {}", path.display()), &target)?;
                 TarItem::Symlink(target)
             }
             // Archive-wide metadata (pax global headers) carries no content.
@@ -241,6 +257,10 @@ fn repack_zip(raw: &Path, dest: &Path, epoch: i64, budget: &mut Budget) -> Resul
         budget.entry()?;
         let mut f = zin.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
         let name = f.name().to_string();
+        check_inside("entry", Path::new(&name))?;
+        if f.is_symlink() {
+            return Err(format!("zip entry {name} is a symlink"));
+        }
         let is_dir = f.is_dir();
         let executable = f.unix_mode().is_some_and(|m| m & 0o111 != 0);
         let data = if is_dir {
@@ -343,7 +363,7 @@ pub(crate) fn npm_name_version(tgz: &Path) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -417,6 +437,44 @@ mod tests {
             SMALL,
         )
         .unwrap();
+    }
+
+    /// tar's builder refuses to write such paths, so they go in raw.
+    fn tgz_with_raw(path: &Path, name: &[u8], link: Option<&[u8]>) {
+        let gz = flate2::write::GzEncoder::new(File::create(path).unwrap(), Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_mode(0o644);
+        h.set_size(0);
+        if let Some(target) = link {
+            h.set_entry_type(EntryType::Symlink);
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target);
+        }
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn entries_and_links_that_leave_the_archive_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], Option<&[u8]>); 4] = [
+            (b"package/link", Some(b"/etc/passwd")),
+            (b"package/link", Some(b"../../outside")),
+            (b"../escape", None),
+            (b"/abs", None),
+        ];
+        for (name, link) in cases {
+            let bad = dir.path().join("bad.tgz");
+            tgz_with_raw(&bad, name, link);
+            let err = normalise(&bad, "bad.tgz", &dir.path().join("out.tgz"), 0, SMALL)
+                .expect_err("refused");
+            assert!(err.contains("leaves the archive"), "{err}");
+        }
+        let fine = dir.path().join("fine.tgz");
+        tgz_with_raw(&fine, b"package/link", Some(b"sibling"));
+        normalise(&fine, "fine.tgz", &dir.path().join("out.tgz"), 0, SMALL).unwrap();
     }
 
     #[test]

@@ -16,7 +16,6 @@ const POLL: Duration = Duration::from_millis(25);
 pub(crate) struct Captured {
     pub status: ExitStatus,
     pub stdout: String,
-    pub stderr: String,
 }
 
 #[derive(Debug)]
@@ -54,7 +53,7 @@ pub(crate) fn kill_group(child: &Child) {
     }
 }
 
-/// Runs `cmd` to completion (or the deadline) with stdout and stderr captured.
+/// Runs `cmd` to completion (or the deadline) with stdout captured.
 /// Returns None on timeout.
 pub(crate) fn run_captured(
     cmd: &mut Command,
@@ -62,19 +61,13 @@ pub(crate) fn run_captured(
 ) -> std::io::Result<Option<Captured>> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::null());
     let mut child = spawn_group(cmd)?;
     let stdout = child.stdout.take().map(read_to_string_thread);
-    let stderr = child.stderr.take().map(read_to_string_thread);
     let waited = wait_until(&mut child, deadline)?;
     let stdout = stdout.map(join_string).unwrap_or_default();
-    let stderr = stderr.map(join_string).unwrap_or_default();
     match waited {
-        Waited::Exited(status) => Ok(Some(Captured {
-            status,
-            stdout,
-            stderr,
-        })),
+        Waited::Exited(status) => Ok(Some(Captured { status, stdout })),
         Waited::TimedOut => Ok(None),
     }
 }
@@ -82,8 +75,7 @@ pub(crate) fn run_captured(
 fn read_to_string_thread<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        // Git's chatter is small; cap it anyway so a hostile server cannot
-        // make us buffer without bound.
+        // Version strings are small; cap them anyway.
         let _ = copy_capped(&mut r, &mut buf, 1 << 20);
         String::from_utf8_lossy(&buf).into_owned()
     })
@@ -123,16 +115,4 @@ pub(crate) fn copy_capped(
     }
     w.flush()?;
     Ok((written, dropped))
-}
-
-/// The last lines of a command's stderr, for error messages.
-pub(crate) fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(3);
-    let t = lines[start..].join(" | ");
-    if t.is_empty() {
-        "no error output".to_string()
-    } else {
-        t
-    }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{BuildError, IoContext};
 use crate::normalize;
+use crate::sandbox::{sq, Toolchain};
 use crate::OutputFile;
 
 /// Recipes, in the order [`crate::supported_ecosystems`] lists them.
@@ -64,6 +65,48 @@ pub(crate) struct Recipe {
     /// Added to the sandbox's base environment.
     pub env: Vec<(String, String)>,
     pub probes: &'static [Probe],
+    /// What of the host's toolchains the sandbox sees.
+    pub toolchains: Vec<Toolchain>,
+}
+
+/// Where the checkout is copied inside the sandbox and the build runs.
+const SRC_DIR: &str = "/build/src";
+
+/// The build sandbox's script: copy the source to the fixed path, run the
+/// recipe, then stream the collected outputs as tar on fd 3.
+pub(crate) fn build_script(recipe: &Recipe) -> String {
+    let command: Vec<String> = recipe.command.iter().map(|a| sq(a)).collect();
+    let mut s = String::new();
+    s.push_str(
+        "mkdir -p /build/src /build/home /build/tmp /build/pack /build/dist /build/target /build/.pyrsia-out || exit 120\n",
+    );
+    s.push_str("cp -a /pyrsia/source/. /build/src/ || { echo 'pyrsia: copying the source into the sandbox failed'; exit 121; }\n");
+    s.push_str(&format!("cd {SRC_DIR} || exit 120\n"));
+    s.push_str(&format!(
+        "echo {}\n",
+        sq(&format!("pyrsia: running {:?}", recipe.command))
+    ));
+    s.push_str(&format!("{} 3>&-\n", command.join(" ")));
+    s.push_str("status=$?\n");
+    s.push_str("if [ \"$status\" -ne 0 ]; then echo \"pyrsia: build command exited with status $status\"; exit \"$status\"; fi\n");
+    match &recipe.collect {
+        Collect::Files(files) => {
+            for f in files {
+                let q = sq(f);
+                s.push_str(&format!(
+                    "if [ -f {q} ] && [ ! -L {q} ]; then cp -- {q} /build/.pyrsia-out/ || exit 122; else echo {}; fi\n",
+                    sq(&format!("pyrsia: declared output {f} is missing or not a regular file"))
+                ));
+            }
+        }
+        Collect::Glob(pattern) => {
+            s.push_str(&format!(
+                "for f in {pattern}; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then cp -- \"$f\" /build/.pyrsia-out/ || exit 122; fi; done\n"
+            ));
+        }
+    }
+    s.push_str("cd /build/.pyrsia-out && exec tar -cf - . >&3\n");
+    s
 }
 
 const PY_MODULES_PROBE: &str = "import importlib.metadata as m\n\
@@ -85,11 +128,23 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
     Ok(match kind {
         Kind::Script => {
             let file = read_script_file(src)?;
+            let toolchains = file
+                .toolchains
+                .iter()
+                .map(|t| {
+                    Toolchain::parse(t).ok_or_else(|| BuildError::BadRecipe {
+                        reason: format!(
+                            "unknown toolchain {t:?} (known: rust, python, node, java)"
+                        ),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             Recipe {
                 command: file.command,
                 collect: Collect::Files(file.outputs),
                 env: Vec::new(),
                 probes: &[],
+                toolchains,
             }
         }
         Kind::Npm => Recipe {
@@ -114,6 +169,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                     argv: &["npm", "--version"],
                 },
             ],
+            toolchains: vec![Toolchain::Node],
         },
         Kind::Cargo => Recipe {
             command: argv(&[
@@ -140,6 +196,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                     argv: &["rustc", "--version"],
                 },
             ],
+            toolchains: vec![Toolchain::Rust],
         },
         Kind::Python => Recipe {
             command: argv(&[
@@ -170,6 +227,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                     argv: &["python3", "-c", PY_MODULES_PROBE],
                 },
             ],
+            toolchains: vec![Toolchain::Python],
         },
     })
 }
@@ -179,6 +237,10 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
 struct ScriptFile {
     command: Vec<String>,
     outputs: Vec<String>,
+    /// Host toolchains the command needs beyond the base system: any of
+    /// `rust`, `python`, `node`, `java`.
+    #[serde(default)]
+    toolchains: Vec<String>,
 }
 
 fn read_script_file(src: &Path) -> Result<ScriptFile, BuildError> {

@@ -1,38 +1,51 @@
-//! Running a recipe in a fresh sandbox: new mount, pid, net, ipc and uts
-//! namespaces, no capabilities, the host's toolchains read-only, and one
-//! size-limited tmpfs at /build as the only writable place.
+//! Running a script in a fresh bubblewrap sandbox.
 //!
-//! Outputs leave the sandbox as a tar stream on its stdout (the build's own
-//! stdout and stderr go to stderr, which becomes the log); nothing on the
-//! host is writable from inside, and both streams are capped on the host.
+//! Every sandbox gets new user, mount, pid, ipc, uts and (unless it clones
+//! the source) network namespaces. Its user namespace is made here, before
+//! bubblewrap starts, and maps the build's uid 1000 to an unprivileged host
+//! uid: `nobody` when the builder runs as root, else the builder's own uid.
+//! So a build is never host root, not even for files it can see, and has no
+//! capability anywhere. On top of that: a seccomp filter (see [`crate::seccomp`]),
+//! the host's system directories and the recipe's toolchains read-only, a
+//! /proc whose host-wide knobs are masked or read-only, a /dev with only the
+//! harmless devices, and one size-limited tmpfs at /build as the only
+//! writable place.
+//!
+//! Results leave the sandbox as a stream on its stdout (the script's own
+//! output goes to stderr, which becomes the log); nothing on the host is
+//! writable from inside, and both streams are capped on the host.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::unistd::{getegid, geteuid};
+
+use crate::cgroup::BuildCgroup;
 use crate::error::{BuildError, IoContext};
-use crate::memory::MemoryLimit;
 use crate::proc::{copy_capped, kill_group, spawn_group, wait_until, Waited};
-use crate::recipe::{Collect, Recipe};
-use crate::{Limits, SandboxKind};
+use crate::seccomp;
+use crate::Limits;
 
-/// Where the checkout is copied inside the sandbox and the build runs.
-pub(crate) const SRC_DIR: &str = "/build/src";
+/// The build's uid and gid inside its user namespace.
+const INNER_ID: u32 = 1000;
+/// The host uid and gid builds map to when the builder runs as root.
+const NOBODY: u32 = 65534;
 /// The base PATH inside the sandbox, after the toolchain directories.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Host directories (or their symlinks) that make up the sandbox's system.
+/// Not /opt or /srv: hosts keep unrelated software and data there.
 const SYSTEM_ROOTS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
 /// The parts of the host's /etc a toolchain needs; the rest (keys, shadow,
-/// tool configs with tokens) stays out.
+/// tool configs with tokens) stays out. passwd and group are our own.
 const ETC_ENTRIES: &[&str] = &[
-    "passwd",
-    "group",
     "hosts",
+    "resolv.conf",
     "nsswitch.conf",
     "ld.so.cache",
     "ld.so.conf",
@@ -40,54 +53,93 @@ const ETC_ENTRIES: &[&str] = &[
     "alternatives",
     "ssl",
     "ca-certificates",
+    "java-17-openjdk",
+    "java-21-openjdk",
+    "maven",
 ];
-/// Device nodes the unshare fallback binds in (bubblewrap makes its own).
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+const PASSWD: &str = "root:x:0:0:root:/root:/usr/sbin/nologin\n\
+builder:x:1000:1000:pyrsia build:/build/home:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+const GROUP: &str = "root:x:0:\nbuilder:x:1000:\nnogroup:x:65534:\n";
+/// Device nodes a build gets: no tty, no disks, nothing that reaches the host.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// /proc entries that describe or control the host rather than the sandbox:
+/// hidden behind /dev/null.
+const PROC_HIDDEN: &[&str] = &[
+    "sysrq-trigger",
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kallsyms",
+];
+/// /proc directories of host-wide settings: read-only (bound over
+/// themselves; they are not mounts of their own to remount).
+const PROC_READ_ONLY: &[&str] = &["sys", "bus", "fs", "irq"];
 /// The log is an artifact others download: a build cannot make it huge.
 const LOG_CAP: u64 = 16 << 20;
 const HOSTNAME: &str = "pyrsia-build";
+/// The sandbox's first command: become the build's uid and gid with no
+/// capabilities at all and no way to gain any. (bubblewrap's own `--uid`
+/// cannot be used with a namespace in which root is mapped: it switches the
+/// uid first and then lacks the capability to switch the gid.)
+const DROP_TO_BUILDER: &[&str] = &[
+    "setpriv",
+    "--reuid=1000",
+    "--regid=1000",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+    "--",
+];
+/// The fds the wrapper opens the seccomp program and user namespace on
+/// (single digits: dash redirects no others).
+const SECCOMP_FD: &str = "5";
+const USERNS_FD: &str = "6";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Bubblewrap,
-    Unshare,
-}
-
-impl Backend {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Backend::Bubblewrap => "bwrap",
-            Backend::Unshare => "unshare",
-        }
+/// bubblewrap's version, after checking that it can start a sandbox in a
+/// user namespace of ours here. Refuses to go on otherwise: there is no
+/// weaker fallback.
+pub(crate) fn check() -> Result<String, BuildError> {
+    let version = Command::new("bwrap")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            version_token(&String::from_utf8_lossy(&o.stdout))
+                .unwrap_or("unknown")
+                .to_string()
+        })
+        .ok_or_else(|| {
+            BuildError::Sandbox(
+                "bubblewrap is not installed: `apt-get install -y bubblewrap`".to_string(),
+            )
+        })?;
+    let ns = UserNamespace::create()?;
+    let mut probe = Command::new("bwrap");
+    probe
+        .args(["--userns", USERNS_FD, "--ro-bind", "/", "/"])
+        .args(["--unshare-pid", "--unshare-net"])
+        .args(DROP_TO_BUILDER)
+        .arg("true");
+    let out = with_fds(&probe, None, &ns)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context(|| "running bwrap".to_string())?;
+    if !out.status.success() {
+        return Err(BuildError::Sandbox(format!(
+            "bubblewrap cannot start a sandbox in a user namespace here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-}
-
-/// Picks the sandbox implementation; Auto prefers bubblewrap.
-pub(crate) fn detect(choice: SandboxKind) -> Result<(Backend, String), BuildError> {
-    let probe = |prog: &str| -> Option<String> {
-        let out = Command::new(prog)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        Some(version_token(&text).unwrap_or("unknown").to_string())
-    };
-    let bwrap = || probe("bwrap").map(|v| (Backend::Bubblewrap, v));
-    let unshare = || probe("unshare").map(|v| (Backend::Unshare, v));
-    let found = match choice {
-        SandboxKind::Auto => bwrap().or_else(unshare),
-        SandboxKind::Bubblewrap => bwrap(),
-        SandboxKind::Unshare => unshare(),
-    };
-    found.ok_or_else(|| {
-        BuildError::Sandbox(format!(
-            "no usable sandbox for {choice:?}: install bubblewrap (`apt-get install -y bubblewrap`) or util-linux's unshare"
-        ))
-    })
+    Ok(version)
 }
 
 /// The first whitespace-separated token that contains a digit, without a
@@ -98,7 +150,98 @@ pub(crate) fn version_token(text: &str) -> Option<&str> {
         .map(|t| t.trim_start_matches('v'))
 }
 
-/// What of the host the sandbox sees, all read-only at the same paths.
+/// A user namespace mapping [`INNER_ID`] to an unprivileged host id, held
+/// open by a sleeping process until dropped. bubblewrap joins it with
+/// `--userns`: only a process outside can write a mapping to another uid.
+#[derive(Debug)]
+struct UserNamespace {
+    holder: Child,
+}
+
+impl UserNamespace {
+    fn create() -> Result<UserNamespace, BuildError> {
+        let failed = |what: String| BuildError::Sandbox(format!("user namespace: {what}"));
+        let root = geteuid().is_root();
+        let (uid, gid) = if root {
+            (NOBODY, NOBODY)
+        } else {
+            (geteuid().as_raw(), getegid().as_raw())
+        };
+        let holder = Command::new("unshare")
+            .args(["--user", "--", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| failed(format!("starting unshare: {e}")))?;
+        let ns = UserNamespace { holder };
+        let proc = PathBuf::from(format!("/proc/{}", ns.holder.id()));
+        let own = fs::read_link("/proc/self/ns/user").map_err(|e| failed(e.to_string()))?;
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match fs::read_link(proc.join("ns/user")) {
+                Ok(link) if link != own => break,
+                Ok(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(2)),
+                Ok(_) => return Err(failed("unshare --user did not create one".to_string())),
+                Err(e) => return Err(failed(format!("unshare --user exited: {e}"))),
+            }
+        }
+        let write = |file: &str, text: String| {
+            fs::write(proc.join(file), text).map_err(|e| failed(format!("writing {file}: {e}")))
+        };
+        let map = if root {
+            // bubblewrap sets the sandbox up as the namespace's root before
+            // it switches to the build's uid: with host root mapped, it can
+            // bind toolchains from below /root. The build itself can never
+            // become uid 0: it has no capabilities, and no_new_privs and
+            // nosuid mounts make setuid binaries inert.
+            format!("0 0 1\n{INNER_ID} {uid} 1\n")
+        } else {
+            // Required before an unprivileged gid_map.
+            write("setgroups", "deny".to_string())?;
+            format!("{INNER_ID} {uid} 1\n")
+        };
+        write("uid_map", map.clone())?;
+        write(
+            "gid_map",
+            map.replace(&format!(" {uid} "), &format!(" {gid} ")),
+        )?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.holder.id()))
+    }
+}
+
+impl Drop for UserNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Wraps `cmd` so that it starts with the seccomp program (when given) and
+/// the user namespace open on [`SECCOMP_FD`] and [`USERNS_FD`].
+fn with_fds(cmd: &Command, seccomp: Option<&Path>, ns: &UserNamespace) -> Command {
+    let mut wrapped = Command::new("/bin/sh");
+    wrapped.arg("-c");
+    match seccomp {
+        Some(_) => wrapped.arg(format!(
+            "s=$1 u=$2; shift 2; exec \"$@\" {SECCOMP_FD}<\"$s\" {USERNS_FD}<\"$u\""
+        )),
+        None => wrapped.arg(format!("u=$2; shift 2; exec \"$@\" {USERNS_FD}<\"$u\"")),
+    };
+    wrapped
+        .arg("sh")
+        .arg(seccomp.unwrap_or(Path::new("-")))
+        .arg(ns.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    wrapped
+}
+
+/// What of the host a sandbox sees, all read-only at the same paths.
 #[derive(Debug, Default)]
 pub(crate) struct HostView {
     binds: Vec<PathBuf>,
@@ -107,10 +250,32 @@ pub(crate) struct HostView {
     pub rustup_home: Option<PathBuf>,
 }
 
+/// The toolchains a recipe may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Toolchain {
+    Rust,
+    Python,
+    Node,
+    Java,
+}
+
+impl Toolchain {
+    pub(crate) fn parse(name: &str) -> Option<Toolchain> {
+        match name {
+            "rust" => Some(Toolchain::Rust),
+            "python" => Some(Toolchain::Python),
+            "node" => Some(Toolchain::Node),
+            "java" => Some(Toolchain::Java),
+            _ => None,
+        }
+    }
+}
+
 impl HostView {
-    /// Discovers the system directories and where this host keeps node,
-    /// cargo/rustup and python, so that they work inside unchanged.
-    pub(crate) fn discover() -> HostView {
+    /// The system directories, plus where this host keeps each of
+    /// `toolchains`, so that they work inside unchanged. Never a home
+    /// directory or anything above one.
+    pub(crate) fn discover(toolchains: &[Toolchain]) -> HostView {
         let mut view = HostView::default();
         for root in SYSTEM_ROOTS {
             let p = Path::new(root);
@@ -130,35 +295,54 @@ impl HostView {
                 view.binds.push(p);
             }
         }
-
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        // Only cargo's bin directory: CARGO_HOME also holds registry
-        // credentials.
-        if let Some(cargo) = which("cargo") {
-            if let Some(bin) = cargo.parent() {
-                view.add_tool_dir(bin, bin);
-            }
-            let rustup = std::env::var_os("RUSTUP_HOME")
-                .map(PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(".rustup")))
-                .filter(|p| p.is_dir());
-            if let Some(rustup) = rustup {
-                view.add_bind(&rustup);
-                view.rustup_home = Some(rustup);
-            }
-        }
-        // pyenv and similar put a shim on PATH that needs its manager; bind
-        // the real installation instead.
-        if let Some(prefix) = python_prefix() {
-            view.add_tool_dir(&prefix.join("bin"), &prefix);
-        }
-        for tool in ["node", "npm"] {
-            if let Some(bin) = which(tool).as_deref().and_then(Path::parent) {
-                let prefix = bin.parent().unwrap_or(bin).to_path_buf();
-                view.add_tool_dir(bin, &prefix);
+        for toolchain in toolchains {
+            match toolchain {
+                Toolchain::Rust => {
+                    // Only cargo's bin directory: CARGO_HOME also holds
+                    // registry credentials.
+                    if let Some(bin) = which("cargo").as_deref().and_then(Path::parent) {
+                        view.add_tool_dir(bin, bin);
+                    }
+                    let rustup = std::env::var_os("RUSTUP_HOME")
+                        .map(PathBuf::from)
+                        .or_else(|| home.as_ref().map(|h| h.join(".rustup")))
+                        .filter(|p| p.is_dir());
+                    if let Some(rustup) = rustup {
+                        if view.add_bind(&rustup) {
+                            view.rustup_home = Some(rustup);
+                        }
+                    }
+                }
+                // pyenv and similar put a shim on PATH that needs its
+                // manager; bind the real installation instead.
+                Toolchain::Python => {
+                    if let Some(prefix) = python_prefix() {
+                        view.add_tool_dir(&prefix.join("bin"), &prefix);
+                    }
+                }
+                Toolchain::Node => view.add_tools_of(&["node", "npm"]),
+                Toolchain::Java => view.add_tools_of(&["java", "mvn"]),
             }
         }
         view
+    }
+
+    /// Binds the installation each of `tools` resolves to (through
+    /// symlinks such as /usr/bin/mvn -> /usr/share/maven/bin/mvn).
+    fn add_tools_of(&mut self, tools: &[&str]) {
+        for tool in tools {
+            let Some(found) = which(tool) else { continue };
+            if let Some(bin) = found.parent() {
+                let prefix = bin.parent().unwrap_or(bin).to_path_buf();
+                self.add_tool_dir(bin, &prefix);
+            }
+            if let Ok(real) = fs::canonicalize(&found) {
+                if let Some(prefix) = real.parent().and_then(Path::parent) {
+                    self.add_bind(prefix);
+                }
+            }
+        }
     }
 
     fn covered(&self, p: &Path) -> bool {
@@ -168,17 +352,45 @@ impl HostView {
             .any(|b| p.starts_with(b) || real.starts_with(b))
     }
 
-    fn add_bind(&mut self, p: &Path) {
+    /// Adds `p` unless a bind already covers it. Refuses a home directory
+    /// or any directory containing one: keys live there.
+    fn add_bind(&mut self, p: &Path) -> bool {
+        if is_or_contains_a_home(p) {
+            tracing::warn!(path = %p.display(), "not binding a home directory into the sandbox");
+            return false;
+        }
         if !self.covered(p) {
             self.binds.push(p.to_path_buf());
         }
+        true
     }
 
     fn add_tool_dir(&mut self, bin: &Path, prefix: &Path) {
-        self.add_bind(prefix);
-        if !self.path_dirs.iter().any(|d| d == bin) {
+        if self.add_bind(prefix) && !self.path_dirs.iter().any(|d| d == bin) {
             self.path_dirs.push(bin.to_path_buf());
         }
+    }
+
+    /// The directories above the binds that no bind provides, outermost
+    /// first.
+    fn bind_parents(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for bind in &self.binds {
+            let mut ancestors: Vec<&Path> = bind
+                .ancestors()
+                .skip(1)
+                .filter(|a| a.parent().is_some())
+                .collect();
+            ancestors.reverse();
+            for a in ancestors {
+                let provided = self.binds.iter().any(|b| a.starts_with(b))
+                    || self.symlinks.iter().any(|(l, _)| a.starts_with(l));
+                if !provided && !dirs.iter().any(|d| d == a) {
+                    dirs.push(a.to_path_buf());
+                }
+            }
+        }
+        dirs
     }
 
     /// PATH inside the sandbox (and for the host-side version probes).
@@ -191,6 +403,17 @@ impl HostView {
         parts.push(SYSTEM_PATH.to_string());
         parts.join(":")
     }
+}
+
+fn is_or_contains_a_home(p: &Path) -> bool {
+    let real = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let homes = ["/root", "/home"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(std::env::var_os("HOME").map(PathBuf::from));
+    homes
+        .into_iter()
+        .any(|h| h.starts_with(&real) || h.starts_with(p))
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -210,68 +433,79 @@ fn python_prefix() -> Option<PathBuf> {
     (out.status.success() && prefix.join("bin").is_dir()).then_some(prefix)
 }
 
-/// One sandboxed run of a recipe.
+/// One sandboxed run.
 #[derive(Debug)]
 pub(crate) struct Job<'a> {
-    /// Host directory for this build's control files.
+    /// Host directory for this run's control files, visible read-only at
+    /// /pyrsia/ctl.
     pub ctl_dir: &'a Path,
-    /// Empty host directory the unshare fallback mounts its root on.
-    pub root_dir: &'a Path,
-    /// The normalised checkout, bound read-only and copied to /build/src.
-    pub source: &'a Path,
-    pub recipe: &'a Recipe,
+    /// Extra read-only binds: (host path, path inside).
+    pub binds: Vec<(&'a Path, &'a str)>,
+    /// The shell script the sandbox runs; fd 3 is the results stream.
+    pub script: String,
     pub env: &'a [(String, String)],
+    /// Size of the tmpfs at /build.
+    pub tmpfs_bytes: u64,
+    /// Share the host's network (only to fetch the source).
+    pub network: bool,
     pub limits: &'a Limits,
-    pub memory: &'a MemoryLimit,
+    pub cgroup: &'a BuildCgroup,
     pub deadline: Instant,
-    /// Receives the tar stream of collected outputs.
-    pub outputs_tar: &'a Path,
+    /// Receives the results stream, up to `results_cap` bytes.
+    pub results: &'a Path,
+    pub results_cap: u64,
 }
 
 #[derive(Debug)]
 pub(crate) enum Ran {
     Exited {
         status: ExitStatus,
-        /// The outputs stream was longer than the disk limit.
-        outputs_truncated: bool,
+        /// The results stream was longer than its cap.
+        results_truncated: bool,
     },
     TimedOut,
 }
 
-/// Runs `job` in `backend`, appending everything the build prints to `log`.
-pub(crate) fn run(
-    backend: Backend,
-    view: &HostView,
-    job: &Job<'_>,
-    log: &File,
-) -> Result<Ran, BuildError> {
-    let run_sh = job.ctl_dir.join("run.sh");
-    fs::write(&run_sh, wrapper_script(job.recipe)).context(|| "writing run.sh".to_string())?;
-
-    let sandbox_argv = match backend {
-        Backend::Bubblewrap => bwrap_argv(view, job),
-        Backend::Unshare => {
-            let setup = job.ctl_dir.join("setup.sh");
-            fs::write(&setup, unshare_setup_script(view, job))
-                .context(|| "writing setup.sh".to_string())?;
-            vec![
-                "unshare".to_string(),
-                "--mount".to_string(),
-                "--uts".to_string(),
-                "--ipc".to_string(),
-                "--pid".to_string(),
-                "--net".to_string(),
-                "--fork".to_string(),
-                // Killing unshare (at the deadline) kills the namespace's
-                // init, and with it every process of the build.
-                "--kill-child".to_string(),
-                "/bin/sh".to_string(),
-                setup.to_string_lossy().into_owned(),
-            ]
-        }
+/// Runs `job`, appending everything it prints to `log`.
+pub(crate) fn run(view: &HostView, job: &Job<'_>, log: &File) -> Result<Ran, BuildError> {
+    let write_ctl = |name: &str, data: &[u8]| {
+        let path = job.ctl_dir.join(name);
+        fs::write(&path, data).context(|| format!("writing {name}"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .context(|| format!("chmod {name}"))?;
+        Ok::<PathBuf, BuildError>(path)
     };
-    let mut argv = job.memory.command_prefix();
-    argv.extend(sandbox_argv);
+    write_ctl("run.sh", wrapper_script(&job.script).as_bytes())?;
+    write_ctl("passwd", PASSWD.as_bytes())?;
+    write_ctl("group", GROUP.as_bytes())?;
+    let filter = write_ctl("seccomp.bpf", &seccomp::filter_bytes())?;
+    fs::set_permissions(job.ctl_dir, fs::Permissions::from_mode(0o755))
+        .context(|| "chmod ctl".to_string())?;
+
+    let ns = UserNamespace::create()?;
+    let mut bwrap = Command::new("bwrap");
+    bwrap.args(bwrap_args(view, job));
+    let cmd = with_fds(&bwrap, Some(&filter), &ns);
+    // Joins the cgroups, then applies the rlimits no cgroup carries.
+    let mut argv: Vec<String> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@""#.into(),
+        "sh".into(),
+    ];
+    let procs = job.cgroup.procs_files();
+    argv.push(procs.len().to_string());
+    argv.extend(procs.iter().map(|p| p.to_string_lossy().into_owned()));
+    let rlimits = job
+        .cgroup
+        .rlimits(job.limits.memory_bytes, job.limits.max_processes);
+    if !rlimits.is_empty() {
+        argv.push("prlimit".into());
+        argv.extend(rlimits);
+        argv.push("--".into());
+    }
+    argv.push(cmd.get_program().to_string_lossy().into_owned());
+    argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     tracing::debug!(?argv, "starting sandbox");
 
     let mut cmd = Command::new(&argv[0]);
@@ -282,13 +516,12 @@ pub(crate) fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = spawn_group(&mut cmd).context(|| format!("starting {}", argv[0]))?;
+    let mut child = spawn_group(&mut cmd).context(|| "starting bwrap".to_string())?;
 
-    let outputs_thread = {
+    let results_thread = {
         let stdout = child.stdout.take();
-        let mut file =
-            File::create(job.outputs_tar).context(|| "creating outputs stream".to_string())?;
-        let cap = job.limits.disk_bytes;
+        let mut file = File::create(job.results).context(|| "creating results".to_string())?;
+        let cap = job.results_cap;
         std::thread::spawn(move || match stdout {
             Some(mut s) => copy_capped(&mut s, &mut file, cap),
             None => Ok((0, false)),
@@ -315,93 +548,57 @@ pub(crate) fn run(
     if waited.is_err() {
         kill_group(&child);
     }
-    // A cgroup also catches anything that left the process group.
-    job.memory.release();
+    // The cgroup also catches anything that left the process group.
+    job.cgroup.release();
+    drop(ns);
     let waited = waited.context(|| "waiting for the sandbox".to_string())?;
-
-    let outputs = outputs_thread
+    let results = results_thread
         .join()
-        .map_err(|_| BuildError::Sandbox("output reader panicked".to_string()))?
-        .context(|| "reading the outputs stream".to_string())?;
+        .map_err(|_| BuildError::Sandbox("results reader panicked".to_string()))?
+        .context(|| "reading the results stream".to_string())?;
     let _ = log_thread.join();
 
     Ok(match waited {
         Waited::Exited(status) => Ran::Exited {
             status,
-            outputs_truncated: outputs.1,
+            results_truncated: results.1,
         },
         Waited::TimedOut => Ran::TimedOut,
     })
 }
 
 /// Quotes `s` for a POSIX shell.
-fn sq(s: &str) -> String {
+pub(crate) fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn sq_path(p: &Path) -> String {
-    sq(&p.to_string_lossy())
+/// The sandbox's main process: results on fd 3 (the sandbox's stdout),
+/// everything else to stderr, the log.
+fn wrapper_script(script: &str) -> String {
+    format!("umask 022\nexec 3>&1 1>&2 </dev/null\ncd /build || exit 120\n{script}")
 }
 
-/// The script that runs as the sandbox's main process: copy the source to
-/// the fixed path, run the recipe with its stdout and stderr in the log,
-/// then stream the collected outputs as tar on fd 3 (the sandbox's stdout).
-fn wrapper_script(recipe: &Recipe) -> String {
-    let command: Vec<String> = recipe.command.iter().map(|a| sq(a)).collect();
-    let mut s = String::new();
-    s.push_str("umask 022\nexec 3>&1 1>&2\n");
-    s.push_str(
-        "mkdir -p /build/src /build/home /build/tmp /build/pack /build/dist /build/target /build/.pyrsia-out || exit 120\n",
-    );
-    s.push_str("cp -a /pyrsia/source/. /build/src/ || { echo 'pyrsia: copying the source into the sandbox failed'; exit 121; }\n");
-    s.push_str(&format!("cd {SRC_DIR} || exit 120\n"));
-    s.push_str(&format!(
-        "echo {}\n",
-        sq(&format!("pyrsia: running {:?}", recipe.command))
-    ));
-    s.push_str(&format!("{} 3>&- </dev/null\n", command.join(" ")));
-    s.push_str("status=$?\n");
-    s.push_str("if [ \"$status\" -ne 0 ]; then echo \"pyrsia: build command exited with status $status\"; exit \"$status\"; fi\n");
-    match &recipe.collect {
-        Collect::Files(files) => {
-            for f in files {
-                let q = sq(f);
-                s.push_str(&format!(
-                    "if [ -f {q} ] && [ ! -L {q} ]; then cp -- {q} /build/.pyrsia-out/ || exit 122; else echo {}; fi\n",
-                    sq(&format!("pyrsia: declared output {f} is missing or not a regular file"))
-                ));
-            }
-        }
-        Collect::Glob(pattern) => {
-            s.push_str(&format!(
-                "for f in {pattern}; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then cp -- \"$f\" /build/.pyrsia-out/ || exit 122; fi; done\n"
-            ));
-        }
-    }
-    s.push_str("cd /build/.pyrsia-out && exec tar -cf - . >&3\n");
-    s
-}
-
-fn bwrap_argv(view: &HostView, job: &Job<'_>) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "bwrap",
+fn bwrap_args(view: &HostView, job: &Job<'_>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
+    push(&[
+        "--userns",
+        USERNS_FD,
+        "--seccomp",
+        SECCOMP_FD,
         "--die-with-parent",
         "--new-session",
         "--unshare-ipc",
         "--unshare-pid",
-        "--unshare-net",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--cap-drop",
-        "ALL",
         "--hostname",
         HOSTNAME,
         "--clearenv",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
+    ]);
+    if !job.network {
+        push(&["--unshare-net"]);
+    }
     for (link, target) in &view.symlinks {
         push(&[
             "--symlink",
@@ -409,88 +606,63 @@ fn bwrap_argv(view: &HostView, job: &Job<'_>) -> Vec<String> {
             &link.to_string_lossy(),
         ]);
     }
+    // bubblewrap would give mount points below /root the host's 0700.
+    for dir in view.bind_parents() {
+        push(&["--perms", "0755", "--dir", &dir.to_string_lossy()]);
+    }
     for p in &view.binds {
         let p = p.to_string_lossy();
         push(&["--ro-bind", &p, &p]);
     }
-    let disk = job.limits.disk_bytes.to_string();
-    push(&["--dev", "/dev", "--proc", "/proc"]);
-    push(&["--size", &disk, "--tmpfs", "/build"]);
+    let ctl = job.ctl_dir.to_string_lossy();
+    push(&["--ro-bind", &format!("{ctl}/passwd"), "/etc/passwd"]);
+    push(&["--ro-bind", &format!("{ctl}/group"), "/etc/group"]);
+    push(&["--tmpfs", "/dev"]);
+    for dev in DEVICES {
+        let p = format!("/dev/{dev}");
+        push(&["--dev-bind", &p, &p]);
+    }
+    for (fd, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
+        push(&[
+            "--symlink",
+            &format!("/proc/self/fd/{fd}"),
+            &format!("/dev/{name}"),
+        ]);
+    }
+    push(&[
+        "--symlink",
+        "/proc/self/fd",
+        "/dev/fd",
+        "--tmpfs",
+        "/dev/shm",
+    ]);
+    push(&["--proc", "/proc"]);
+    for entry in PROC_HIDDEN {
+        if Path::new("/proc").join(entry).exists() {
+            push(&["--ro-bind", "/dev/null", &format!("/proc/{entry}")]);
+        }
+    }
+    for dir in PROC_READ_ONLY {
+        if Path::new("/proc").join(dir).is_dir() {
+            let p = format!("/proc/{dir}");
+            push(&["--ro-bind", &p, &p]);
+        }
+    }
+    let size = job.tmpfs_bytes.to_string();
+    push(&["--perms", "0777", "--size", &size, "--tmpfs", "/build"]);
     push(&["--symlink", "/build/tmp", "/tmp"]);
-    push(&["--ro-bind", &job.ctl_dir.to_string_lossy(), "/pyrsia/ctl"]);
-    push(&["--ro-bind", &job.source.to_string_lossy(), "/pyrsia/source"]);
+    push(&["--perms", "0755", "--dir", "/pyrsia"]);
+    push(&["--ro-bind", &ctl, "/pyrsia/ctl"]);
+    for (host, inside) in &job.binds {
+        push(&["--ro-bind", &host.to_string_lossy(), inside]);
+    }
     for (k, v) in job.env {
         push(&["--setenv", k, v]);
     }
     push(&["--remount-ro", "/", "--chdir", "/build"]);
+    push(DROP_TO_BUILDER);
     push(&["/bin/sh", "/pyrsia/ctl/run.sh"]);
     a
-}
-
-/// The fallback: a shell script run by `unshare` in the new namespaces. It
-/// assembles the same view as bubblewrap on a tmpfs, then chroots into it
-/// and drops every capability (so the chroot cannot be left).
-fn unshare_setup_script(view: &HostView, job: &Job<'_>) -> String {
-    let root = sq_path(job.root_dir);
-    let at = |p: &Path| format!("{root}{}", sq_path(p));
-    let mut s = String::new();
-    s.push_str("set -e\nmount --make-rprivate /\n");
-    s.push_str(&format!(
-        "mount -t tmpfs -o size=16m,mode=755 pyrsia-root {root}\n"
-    ));
-    for (link, target) in &view.symlinks {
-        if let Some(parent) = link.parent() {
-            s.push_str(&format!("mkdir -p {}\n", at(parent)));
-        }
-        s.push_str(&format!("ln -s {} {}\n", sq_path(target), at(link)));
-    }
-    let mut ro_bind = |host: &Path, inside: &Path| {
-        let dst = at(inside);
-        if host.is_dir() {
-            s.push_str(&format!("mkdir -p {dst}\n"));
-        } else {
-            if let Some(parent) = inside.parent() {
-                s.push_str(&format!("mkdir -p {}\n", at(parent)));
-            }
-            s.push_str(&format!("touch {dst}\n"));
-        }
-        s.push_str(&format!(
-            "mount --rbind {} {dst}\nmount -o remount,bind,ro {dst}\n",
-            sq_path(host)
-        ));
-    };
-    for p in &view.binds {
-        ro_bind(p, p);
-    }
-    ro_bind(job.ctl_dir, Path::new("/pyrsia/ctl"));
-    ro_bind(job.source, Path::new("/pyrsia/source"));
-    s.push_str(&format!("mkdir -p {root}/build {root}/proc {root}/dev\n"));
-    s.push_str(&format!(
-        "mount -t tmpfs -o size={},mode=755 pyrsia-build {root}/build\n",
-        job.limits.disk_bytes
-    ));
-    s.push_str(&format!("mount -t proc proc {root}/proc\n"));
-    for dev in DEVICES {
-        s.push_str(&format!(
-            "touch {root}/dev/{dev}\nmount --bind /dev/{dev} {root}/dev/{dev}\n"
-        ));
-    }
-    s.push_str(&format!(
-        "ln -s /proc/self/fd {root}/dev/fd\nln -s /proc/self/fd/0 {root}/dev/stdin\nln -s /proc/self/fd/1 {root}/dev/stdout\nln -s /proc/self/fd/2 {root}/dev/stderr\n"
-    ));
-    s.push_str(&format!("ln -s /build/tmp {root}/tmp\n"));
-    s.push_str(&format!("hostname {HOSTNAME}\n"));
-    s.push_str(&format!("mount -o remount,ro {root}\n"));
-    let env: Vec<String> = job
-        .env
-        .iter()
-        .map(|(k, v)| sq(&format!("{k}={v}")))
-        .collect();
-    s.push_str(&format!(
-        "cd {root}\nexec chroot {root} /usr/bin/setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- /usr/bin/env -i {} /bin/sh -c 'cd /build && exec /bin/sh /pyrsia/ctl/run.sh'\n",
-        env.join(" ")
-    ));
-    s
 }
 
 #[cfg(test)]
@@ -503,9 +675,13 @@ mod tests {
         assert_eq!(sq("a'b"), r"'a'\''b'");
         assert_eq!(version_token("bubblewrap 0.8.0"), Some("0.8.0"));
         assert_eq!(version_token("v20.20.2\n"), Some("20.20.2"));
-        assert_eq!(
-            version_token("unshare from util-linux 2.38.1"),
-            Some("2.38.1")
-        );
+    }
+
+    #[test]
+    fn home_directories_are_never_bound() {
+        assert!(is_or_contains_a_home(Path::new("/")));
+        assert!(is_or_contains_a_home(Path::new("/root")));
+        assert!(is_or_contains_a_home(Path::new("/home")));
+        assert!(!is_or_contains_a_home(Path::new("/usr")));
     }
 }

@@ -1,22 +1,33 @@
 //! Fetching the exact commit to build, and making the checkout identical on
 //! every builder (permissions, mtimes, no `.git`).
+//!
+//! git runs in a sandbox of its own: the host's network (it is the one step
+//! that needs it), but everything else as in a build: an unprivileged uid,
+//! read-only system, and a size-limited tmpfs it clones into. The checkout
+//! leaves it as a tar stream, capped at the same size, and is unpacked here
+//! with every entry checked to stay inside the destination.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Component, Path};
 use std::time::Instant;
 
 use filetime::FileTime;
 
+use crate::cgroup::BuildCgroup;
 use crate::error::{BuildError, IoContext};
-use crate::proc::{run_captured, tail};
+use crate::sandbox::{self, HostView, Job, Ran};
+use crate::Limits;
 
-/// URL schemes a build request may name. Local paths and `file://` would let a
-/// requester publish whatever repository happens to be on the builder's disk;
-/// `ext::` and friends run commands.
-const ALLOWED_SCHEMES: &[&str] = &["https://", "http://", "git://"];
+/// URL schemes a build request may name. Local paths and `file://` would let
+/// a requester publish whatever repository happens to be on the builder's
+/// disk; `ext::` and friends run commands. Plain `http://` is refused: it
+/// adds nothing over `git://`, whose use is safe only because the commit id
+/// pins every byte; https is what sources should use.
+const ALLOWED_SCHEMES: &[&str] = &["https://", "git://"];
+/// The most entries a checkout may have.
+const MAX_ENTRIES: u64 = 200_000;
 
 #[derive(Debug)]
 pub(crate) struct Checkout {
@@ -36,15 +47,46 @@ pub(crate) fn parse_commit(commit: &str) -> Result<String, BuildError> {
     }
 }
 
-/// Clones `url` into `dest`, checks out `commit` (already validated by
-/// [`parse_commit`]), verifies HEAD, then removes `.git` and normalises the
-/// tree. Git's stderr goes to `log`.
+/// How the clone script reports what went wrong.
+const EXIT_CLONE: i32 = 90;
+const EXIT_NO_COMMIT: i32 = 91;
+const EXIT_CHECKOUT: i32 = 92;
+
+/// Runs git with no user or system config, no hooks, no prompts, and only
+/// the allowed transports.
+const CLONE_SCRIPT: &str = r#"g() { git -c core.hooksPath=/dev/null -c core.symlinks=true -c core.autocrlf=false -c core.fsmonitor=false -c advice.detachedHead=false -c protocol.allow=never -c protocol.https.allow=always -c protocol.git.allow=always "$@"; }
+mkdir -p /build/home /build/tmp || exit 120
+g clone --quiet --no-checkout --no-tags -- "$PYRSIA_URL" /build/src || exit 90
+cd /build/src || exit 120
+if ! g cat-file -e "$PYRSIA_COMMIT^{commit}" 2>/dev/null; then
+  # Not reachable from any advertised ref; servers that allow fetching by
+  # id can still provide it.
+  g fetch --quiet --no-tags origin "$PYRSIA_COMMIT"
+  g cat-file -e "$PYRSIA_COMMIT^{commit}" 2>/dev/null || exit 91
+fi
+g checkout --quiet --detach "$PYRSIA_COMMIT" || exit 92
+[ "$(g rev-parse HEAD)" = "$PYRSIA_COMMIT" ] || { echo "pyrsia: HEAD is not $PYRSIA_COMMIT after checkout"; exit 92; }
+g show -s --format=%ct HEAD > /build/commit-time || exit 92
+# The build sees a plain tree: no history to leak into outputs, and no git
+# metadata whose layout differs between git versions.
+rm -rf .git || exit 120
+cd /build && exec tar -cf - commit-time src >&3
+"#;
+
+/// Clones `url` at `commit` (already validated by [`parse_commit`]) in a
+/// sandbox and unpacks the tree, normalised, into `dest`, which must not
+/// exist. `scratch` is an empty directory for control files. git's output
+/// goes to `log`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch(
     url: &str,
     commit: &str,
     dest: &Path,
+    scratch: &Path,
+    limits: &Limits,
+    cgroup_name: &str,
     deadline: Instant,
-    log: &mut fs::File,
+    log: &mut File,
 ) -> Result<Checkout, BuildError> {
     let unreachable = |reason: String| BuildError::SourceUnreachable {
         url: url.to_string(),
@@ -56,145 +98,115 @@ pub(crate) fn fetch(
             ALLOWED_SCHEMES.join(", ")
         )));
     }
-    let home = dest.parent().unwrap_or(dest);
-
-    let clone = git(home, log, deadline, |c| {
-        c.args(["clone", "--quiet", "--no-checkout", "--no-tags", "--"])
-            .arg(url)
-            .arg(dest);
-    })?;
-    match clone {
-        Some(out) if out.status.success() => {}
-        Some(out) => return Err(unreachable(tail(&out.stderr))),
-        None => return Err(unreachable("git clone timed out".to_string())),
-    }
-
-    let in_repo = |c: &mut Command| {
-        c.arg("-C").arg(dest);
-    };
-    let has_commit = |log: &mut fs::File| -> Result<bool, BuildError> {
-        let out = git(home, log, deadline, |c| {
-            in_repo(c);
-            c.args(["cat-file", "-e", &format!("{commit}^{{commit}}")]);
-        })?;
-        Ok(out.is_some_and(|o| o.status.success()))
-    };
-    if !has_commit(log)? {
-        // Not reachable from any advertised ref; servers that allow fetching
-        // by id (GitHub does) can still provide it.
-        git(home, log, deadline, |c| {
-            in_repo(c);
-            c.args(["fetch", "--quiet", "--no-tags", "origin", commit]);
-        })?;
-        if !has_commit(log)? {
-            return Err(BuildError::UnknownCommit {
-                url: url.to_string(),
-                commit: commit.to_string(),
-            });
-        }
-    }
-
-    let checkout = git(home, log, deadline, |c| {
-        in_repo(c);
-        c.args(["checkout", "--quiet", "--detach", commit]);
-    })?;
-    if !checkout.as_ref().is_some_and(|o| o.status.success()) {
-        let why = checkout.map_or("timed out".to_string(), |o| tail(&o.stderr));
-        return Err(unreachable(format!("checkout of {commit} failed: {why}")));
-    }
-    let head = git_stdout(home, log, deadline, dest, &["rev-parse", "HEAD"])?;
-    if head != commit {
-        return Err(unreachable(format!(
-            "HEAD is {head} after checking out {commit}"
-        )));
-    }
-    let time = git_stdout(
-        home,
-        log,
+    let ctl = scratch.join("ctl");
+    fs::create_dir_all(&ctl).context(|| format!("creating {}", ctl.display()))?;
+    let stream = scratch.join("source.tar");
+    let env: Vec<(String, String)> = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/build/home"),
+        ("TMPDIR", "/build/tmp"),
+        ("LC_ALL", "C"),
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GIT_ASKPASS", "/bin/false"),
+        ("PYRSIA_URL", url),
+        ("PYRSIA_COMMIT", commit),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cgroup = BuildCgroup::new(cgroup_name, limits.memory_bytes, limits.max_processes);
+    let job = Job {
+        ctl_dir: &ctl,
+        binds: Vec::new(),
+        script: CLONE_SCRIPT.to_string(),
+        env: &env,
+        tmpfs_bytes: limits.source_bytes,
+        network: true,
+        limits,
+        cgroup: &cgroup,
         deadline,
-        dest,
-        &["show", "-s", "--format=%ct", "HEAD"],
-    )?;
-    let commit_time: i64 = time
-        .parse()
-        .map_err(|_| unreachable(format!("unreadable commit time {time:?}")))?;
+        results: &stream,
+        results_cap: limits.source_bytes,
+    };
+    let _ = writeln!(log, "pyrsia: fetching the source");
+    let ran = sandbox::run(&HostView::discover(&[]), &job, log)?;
+    match ran {
+        Ran::TimedOut => return Err(unreachable("fetching timed out".to_string())),
+        Ran::Exited {
+            results_truncated: true,
+            ..
+        } => {
+            return Err(unreachable(format!(
+                "the checkout is larger than {} bytes",
+                limits.source_bytes
+            )))
+        }
+        Ran::Exited { status, .. } if !status.success() => {
+            return Err(match status.code() {
+                Some(EXIT_CLONE) => unreachable("git clone failed; see the log".to_string()),
+                Some(EXIT_NO_COMMIT) => BuildError::UnknownCommit {
+                    url: url.to_string(),
+                    commit: commit.to_string(),
+                },
+                Some(EXIT_CHECKOUT) => {
+                    unreachable(format!("checkout of {commit} failed; see the log"))
+                }
+                None => unreachable(
+                    "git was killed (the memory or process limit is the usual cause)".to_string(),
+                ),
+                Some(_) => BuildError::Sandbox(format!("fetching the source: {status}")),
+            })
+        }
+        Ran::Exited { .. } => {}
+    }
 
-    // The build sees a plain tree: no history to leak into outputs, and no
-    // git metadata whose layout differs between git versions.
-    fs::remove_dir_all(dest.join(".git")).context(|| "removing .git".to_string())?;
+    let unpacked = scratch.join("unpacked");
+    let commit_time = unpack_checkout(&stream, &unpacked)
+        .map_err(|reason| unreachable(format!("unreadable checkout: {reason}")))?;
+    let _ = fs::remove_file(&stream);
+    fs::rename(unpacked.join("src"), dest)
+        .context(|| format!("moving the checkout to {}", dest.display()))?;
+    let _ = fs::remove_dir_all(&unpacked);
     normalise_tree(dest, FileTime::from_unix_time(commit_time, 0))?;
     Ok(Checkout { commit_time })
 }
 
-/// Runs git with a clean environment and config: no user or system config,
-/// no hooks, no prompts, and only network transports.
-fn git(
-    home: &Path,
-    log: &mut fs::File,
-    deadline: Instant,
-    args: impl FnOnce(&mut Command),
-) -> Result<Option<crate::proc::Captured>, BuildError> {
-    let mut cmd = Command::new("git");
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("LC_ALL", "C")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "/bin/false")
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.symlinks=true",
-            "-c",
-            "core.autocrlf=false",
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "advice.detachedHead=false",
-            "-c",
-            "protocol.allow=never",
-            "-c",
-            "protocol.https.allow=always",
-            "-c",
-            "protocol.http.allow=always",
-            "-c",
-            "protocol.git.allow=always",
-        ]);
-    args(&mut cmd);
-    let out = run_captured(&mut cmd, deadline).context(|| "running git".to_string())?;
-    if let Some(out) = &out {
-        if !out.stderr.is_empty() {
-            let _ = log.write_all(out.stderr.as_bytes());
+/// Unpacks the clone sandbox's stream (`commit-time` and `src/…`) into
+/// `dest` and returns the commit time. Every entry must be a plain relative
+/// path, and tar's own checks keep links from writing outside `dest`.
+fn unpack_checkout(stream: &Path, dest: &Path) -> Result<i64, String> {
+    fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(File::open(stream).map_err(|e| e.to_string())?);
+    let mut entries = 0u64;
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let plain = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let top = path.components().next();
+        let inside = matches!(top, Some(Component::Normal(n)) if n == "src" || n == "commit-time");
+        if !plain || !inside {
+            return Err(format!("unexpected entry {}", path.display()));
+        }
+        if !entry
+            .unpack_in(dest)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            return Err(format!("entry {} escapes the checkout", path.display()));
         }
     }
-    Ok(out)
-}
-
-fn git_stdout(
-    home: &Path,
-    log: &mut fs::File,
-    deadline: Instant,
-    repo: &Path,
-    args: &[&str],
-) -> Result<String, BuildError> {
-    let out = git(home, log, deadline, |c| {
-        c.arg("-C").arg(repo).args(args);
-    })?;
-    match out {
-        Some(o) if o.status.success() => Ok(o.stdout.trim().to_string()),
-        Some(o) => Err(BuildError::Sandbox(format!(
-            "git {} failed: {}",
-            args.join(" "),
-            tail(&o.stderr)
-        ))),
-        None => Err(BuildError::Sandbox(format!(
-            "git {} timed out",
-            args.join(" ")
-        ))),
-    }
+    let time =
+        fs::read_to_string(dest.join("commit-time")).map_err(|e| format!("commit time: {e}"))?;
+    time.trim()
+        .parse()
+        .map_err(|_| format!("unreadable commit time {:?}", time.trim()))
 }
 
 /// Gives every entry the commit's time and git's notion of permissions

@@ -4,7 +4,7 @@
 
 mod common;
 
-use builder::{BuildError, SandboxKind};
+use builder::BuildError;
 use common::*;
 
 const NPM_PACKAGE: &str = r#"{
@@ -31,10 +31,7 @@ fn npm_pack_is_reproducible() {
             ("lib/util.js", "module.exports = 1;\n", false),
         ],
     );
-    let outputs = build_twice_identical(
-        &spec("npm", "tiny-pad", "1.0.0", &url, &commit),
-        SandboxKind::Auto,
-    );
+    let outputs = build_twice_identical(&spec("npm", "tiny-pad", "1.0.0", &url, &commit));
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].0, "tiny-pad-1.0.0.tgz");
 }
@@ -50,7 +47,7 @@ fn npm_output_must_match_the_requested_version() {
         ],
     );
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), SandboxKind::Auto);
+    let cfg = config(tmp.path());
     match builder::build(&spec("npm", "tiny-pad", "2.0.0", &url, &commit), &cfg) {
         Err(BuildError::OutputMismatch { name, reason, .. }) => {
             assert_eq!(name, "tiny-pad-1.0.0.tgz");
@@ -78,10 +75,7 @@ fn cargo_package_is_reproducible() {
             ),
         ],
     );
-    let outputs = build_twice_identical(
-        &spec("cargo", "tiny-crate", "0.1.0", &url, &commit),
-        SandboxKind::Auto,
-    );
+    let outputs = build_twice_identical(&spec("cargo", "tiny-crate", "0.1.0", &url, &commit));
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["tiny-crate-0.1.0.crate"]);
 }
@@ -100,10 +94,7 @@ fn python_sdist_and_wheel_are_reproducible() {
             ("tiny_py.py", "def hello():\n    return 'hello'\n", false),
         ],
     );
-    let outputs = build_twice_identical(
-        &spec("python", "tiny-py", "1.0.0", &url, &commit),
-        SandboxKind::Auto,
-    );
+    let outputs = build_twice_identical(&spec("python", "tiny-py", "1.0.0", &url, &commit));
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(

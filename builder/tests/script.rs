@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use builder::{BuildError, SandboxKind};
+use builder::BuildError;
 use common::*;
 
 const SCRIPT_TOML: &str = r#"command = ["sh", "build.sh"]
@@ -38,30 +38,22 @@ fn script_repo(server: &GitServer, name: &str) -> (String, String) {
 }
 
 #[test]
-fn script_builds_are_reproducible_on_every_sandbox() {
+fn script_builds_are_reproducible() {
     let server = GitServer::start();
     let (url, commit) = script_repo(&server, "hello");
     let spec = spec("script", "hello", "1.0.0", &url, &commit);
 
-    let auto = build_twice_identical(&spec, SandboxKind::Auto);
-    let names: Vec<&str> = auto.iter().map(|(n, _)| n.as_str()).collect();
+    let built = build_twice_identical(&spec);
+    let names: Vec<&str> = built.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["env.txt", "hello.tar.gz", "stat.txt"]);
 
-    let unshare = build_twice_identical(&spec, SandboxKind::Unshare);
-    if bwrap_installed() {
-        // The two sandboxes present the same build environment.
-        assert_eq!(auto, unshare);
-    } else {
-        eprintln!("bwrap not installed: Auto used the unshare fallback");
-    }
-
     let tmp = tempfile::tempdir().unwrap();
-    let out = builder::build(&spec, &config(tmp.path(), SandboxKind::Auto)).unwrap();
+    let out = builder::build(&spec, &config(tmp.path())).unwrap();
     let env = std::fs::read_to_string(&out.outputs[0].path).unwrap();
     let commit_time = 1_709_294_400; // 2024-03-01T12:00:00Z, the fixture's commit date
     assert_eq!(
         env,
-        format!("/build/src\n{commit_time} UTC C /build/home\n0022\n0\npyrsia-build\n")
+        format!("/build/src\n{commit_time} UTC C /build/home\n0022\n1000\npyrsia-build\n")
     );
     let stat = std::fs::read_to_string(&out.outputs[2].path).unwrap();
     assert!(
@@ -89,8 +81,8 @@ fn outputs_that_embed_the_time_differ() {
     );
     let spec = spec("script", "clock", "1", &url, &commit);
     let tmp = tempfile::tempdir().unwrap();
-    let a = builder::build(&spec, &config(&tmp.path().join("a"), SandboxKind::Auto)).unwrap();
-    let b = builder::build(&spec, &config(&tmp.path().join("b"), SandboxKind::Auto)).unwrap();
+    let a = builder::build(&spec, &config(&tmp.path().join("a"))).unwrap();
+    let b = builder::build(&spec, &config(&tmp.path().join("b"))).unwrap();
     assert_eq!(a.outputs[0].name, "now");
     assert_ne!(sha256(&a.outputs[0].path), sha256(&b.outputs[0].path));
 }
@@ -122,19 +114,17 @@ fn the_build_cannot_reach_the_network() {
     );
 
     let server = GitServer::start();
-    let toml = format!("command = [\"python3\", \"-c\", {connect:?}]\noutputs = [\"never\"]\n");
+    let toml = format!("command = [\"python3\", \"-c\", {connect:?}]\noutputs = [\"never\"]\ntoolchains = [\"python\"]\n");
     let (url, commit) = server.repo("net", &[("pyrsia-build.toml", &toml, false)]);
     let spec = spec("script", "net", "1", &url, &commit);
-    for sandbox in [SandboxKind::Auto, SandboxKind::Unshare] {
-        let tmp = tempfile::tempdir().unwrap();
-        match builder::build(&spec, &config(tmp.path(), sandbox)) {
-            Err(BuildError::BuildFailed { log_path, .. }) => {
-                let log = std::fs::read_to_string(log_path).unwrap();
-                assert!(!log.contains("\nconnected"), "{log}");
-                assert!(log.contains("Error"), "{sandbox:?}: {log}");
-            }
-            other => panic!("{sandbox:?}: expected BuildFailed, got {other:?}"),
+    let tmp = tempfile::tempdir().unwrap();
+    match builder::build(&spec, &config(tmp.path())) {
+        Err(BuildError::BuildFailed { log_path, .. }) => {
+            let log = std::fs::read_to_string(log_path).unwrap();
+            assert!(!log.contains("\nconnected"), "{log}");
+            assert!(log.contains("Error"), "{log}");
         }
+        other => panic!("expected BuildFailed, got {other:?}"),
     }
 }
 
@@ -152,26 +142,21 @@ fn a_build_past_its_time_limit_is_killed() {
         ],
     );
     let spec = spec("script", "sleepy", "1", &url, &commit);
-    for sandbox in [SandboxKind::Auto, SandboxKind::Unshare] {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = config(tmp.path(), sandbox);
-        cfg.limits.time = Duration::from_secs(4);
-        let started = std::time::Instant::now();
-        match builder::build(&spec, &cfg) {
-            Err(BuildError::TimedOut { limit, log_path }) => {
-                assert_eq!(limit, Duration::from_secs(4));
-                let log = std::fs::read_to_string(log_path).unwrap();
-                assert!(log.contains("started"), "{log}");
-            }
-            other => panic!("{sandbox:?}: expected TimedOut, got {other:?}"),
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.limits.time = Duration::from_secs(4);
+    let started = std::time::Instant::now();
+    match builder::build(&spec, &cfg) {
+        Err(BuildError::TimedOut { limit, log_path }) => {
+            assert_eq!(limit, Duration::from_secs(4));
+            let log = std::fs::read_to_string(log_path).unwrap();
+            assert!(log.contains("started"), "{log}");
         }
-        assert!(started.elapsed() < Duration::from_secs(15));
-        let survivors = processes_with_arg("4242").len() + processes_with_arg("4243").len();
-        assert_eq!(
-            survivors, 0,
-            "{sandbox:?}: build processes outlived the sandbox"
-        );
+        other => panic!("expected TimedOut, got {other:?}"),
     }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let survivors = processes_with_arg("4242").len() + processes_with_arg("4243").len();
+    assert_eq!(survivors, 0, "build processes outlived the sandbox");
 }
 
 fn processes_with_arg(arg: &str) -> Vec<String> {
@@ -192,7 +177,7 @@ fn processes_with_arg(arg: &str) -> Vec<String> {
 fn source_problems_are_reported_precisely() {
     let server = GitServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), SandboxKind::Auto);
+    let cfg = config(tmp.path());
     let (url, commit) = script_repo(&server, "real");
 
     let missing = format!("git://127.0.0.1:{}/no-such-repo", server.port);
@@ -230,7 +215,7 @@ fn source_problems_are_reported_precisely() {
 fn bad_recipe_files_are_refused() {
     let server = GitServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), SandboxKind::Auto);
+    let cfg = config(tmp.path());
     type Files<'a> = &'a [(&'a str, &'a str, bool)];
     let cases: &[(&str, Files<'_>, &str)] = &[
         ("no-file", &[("README", "x", false)], "missing"),
@@ -291,7 +276,7 @@ fn bad_recipe_files_are_refused() {
 fn failures_keep_their_log() {
     let server = GitServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), SandboxKind::Auto);
+    let cfg = config(tmp.path());
 
     let (url, commit) = server.repo(
         "fails",
@@ -331,7 +316,7 @@ fn failures_keep_their_log() {
 fn the_disk_limit_bounds_the_build() {
     let server = GitServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), SandboxKind::Auto);
+    let mut cfg = config(tmp.path());
     cfg.limits.disk_bytes = 8 << 20;
     let (url, commit) = server.repo(
         "big",
@@ -357,20 +342,18 @@ fn the_memory_limit_stops_a_greedy_build() {
         "greedy",
         &[(
             "pyrsia-build.toml",
-            "command = [\"python3\", \"-c\", \"b = bytearray(768 << 20); b[::4096] = b'x' * len(b[::4096]); print('allocated')\"]\noutputs = [\"x\"]\n",
+            "command = [\"python3\", \"-c\", \"b = bytearray(768 << 20); b[::4096] = b'x' * len(b[::4096]); print('allocated')\"]\noutputs = [\"x\"]\ntoolchains = [\"python\"]\n",
             false,
         )],
     );
-    for sandbox in [SandboxKind::Auto, SandboxKind::Unshare] {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = config(tmp.path(), sandbox);
-        cfg.limits.memory_bytes = 256 << 20;
-        match builder::build(&spec("script", "greedy", "1", &url, &commit), &cfg) {
-            Err(BuildError::BuildFailed { log_path, .. }) => {
-                let log = std::fs::read_to_string(log_path).unwrap();
-                assert!(!log.contains("\nallocated"), "{sandbox:?}: {log}");
-            }
-            other => panic!("{sandbox:?}: expected BuildFailed, got {other:?}"),
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.limits.memory_bytes = 256 << 20;
+    match builder::build(&spec("script", "greedy", "1", &url, &commit), &cfg) {
+        Err(BuildError::BuildFailed { log_path, .. }) => {
+            let log = std::fs::read_to_string(log_path).unwrap();
+            assert!(!log.contains("\nallocated"), "{log}");
         }
+        other => panic!("expected BuildFailed, got {other:?}"),
     }
 }

@@ -127,6 +127,8 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| ctx.home.join("builder"));
+    let bwrap = builder::check_sandbox().context("this host cannot run build sandboxes")?;
+    tracing::info!(%bwrap, "build sandbox available");
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let ecosystems = if args.ecosystems.is_empty() {
@@ -162,6 +164,7 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
             time: Duration::from_secs(args.build_timeout),
             memory_bytes: args.build_memory,
             disk_bytes: args.build_disk,
+            ..builder::Limits::default()
         },
         state: Mutex::new(StateFile {
             path: work_dir.join("state.json"),
@@ -450,7 +453,6 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
     let config = builder::BuilderConfig {
         work_dir: shared.work_dir.join("builds"),
         limits: shared.limits.clone(),
-        sandbox: builder::SandboxKind::Auto,
     };
     tracing::info!(request = %id, package = %request.package, "building");
     let built = tokio::task::spawn_blocking(move || builder::build(&spec, &config))
@@ -467,9 +469,6 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
     };
     let uploaded = upload(shared, &built).await;
     let log = keep_log(&shared.work_dir, id, &built.log_path);
-    if let Err(e) = std::fs::remove_dir_all(&built.build_dir) {
-        tracing::warn!("removing {}: {e}", built.build_dir.display());
-    }
     let (outputs, log_digest) = uploaded?;
     let attest = Attest {
         request_id: id,
@@ -527,15 +526,37 @@ async fn upload(
     }
 }
 
-/// Copies a build log to `logs/REQUEST.log`, where operators look for it.
+/// How many build logs `logs/` keeps; the oldest go first.
+const KEPT_LOGS: usize = 256;
+
+/// Moves a build log to `logs/REQUEST.log`, where operators look for it,
+/// and drops the oldest logs beyond [`KEPT_LOGS`].
 fn keep_log(work_dir: &Path, id: Digest, log: &Path) -> Option<PathBuf> {
     let dir = work_dir.join("logs");
     let kept = dir.join(format!("{id}.log"));
-    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(log, &kept)) {
-        Ok(_) => Some(kept),
-        Err(e) => {
-            tracing::warn!("keeping build log {}: {e}", log.display());
-            None
+    let moved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(log, &kept));
+    if let Err(e) = moved {
+        tracing::warn!("keeping build log {}: {e}", log.display());
+        let _ = std::fs::remove_file(log);
+        return None;
+    }
+    if let Err(e) = prune_logs(&dir) {
+        tracing::warn!("pruning {}: {e}", dir.display());
+    }
+    Some(kept)
+}
+
+fn prune_logs(dir: &Path) -> std::io::Result<()> {
+    let mut logs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        logs.push((entry.metadata()?.modified()?, entry.path()));
+    }
+    if logs.len() > KEPT_LOGS {
+        logs.sort();
+        for (_, path) in &logs[..logs.len() - KEPT_LOGS] {
+            std::fs::remove_file(path)?;
         }
     }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use builder::{BuildOutcome, BuildSpec, BuilderConfig, Limits, SandboxKind};
+use builder::{BuildOutcome, BuildSpec, BuilderConfig, Limits};
 use sha2::{Digest, Sha256};
 
 /// A `git daemon` exporting every repository under its temp dir.
@@ -112,15 +112,16 @@ pub fn spec(ecosystem: &str, name: &str, version: &str, url: &str, commit: &str)
     }
 }
 
-pub fn config(work_dir: &Path, sandbox: SandboxKind) -> BuilderConfig {
+pub fn config(work_dir: &Path) -> BuilderConfig {
     BuilderConfig {
         work_dir: work_dir.to_path_buf(),
         limits: Limits {
             time: Duration::from_secs(300),
             memory_bytes: 2 << 30,
             disk_bytes: 512 << 20,
+            max_processes: 512,
+            source_bytes: 64 << 20,
         },
-        sandbox,
     }
 }
 
@@ -143,14 +144,14 @@ pub fn log_of(outcome: &BuildOutcome) -> String {
 
 /// Builds `spec` twice, in work directories at different depths and at
 /// clone times at least a second apart, and asserts identical outputs.
-pub fn build_twice_identical(spec: &BuildSpec, sandbox: SandboxKind) -> Vec<(String, String)> {
+pub fn build_twice_identical(spec: &BuildSpec) -> Vec<(String, String)> {
     let tmp = tempfile::tempdir().unwrap();
     let first_dir = tmp.path().join("a");
     let second_dir: PathBuf = tmp.path().join("second").join("deeper-work-dir");
-    let first = builder::build(spec, &config(&first_dir, sandbox))
+    let first = builder::build(spec, &config(&first_dir))
         .unwrap_or_else(|e| panic!("first build of {}: {e}\n{}", spec.name, read_log(&e)));
     std::thread::sleep(Duration::from_millis(1100));
-    let second = builder::build(spec, &config(&second_dir, sandbox))
+    let second = builder::build(spec, &config(&second_dir))
         .unwrap_or_else(|e| panic!("second build of {}: {e}\n{}", spec.name, read_log(&e)));
     let (a, b) = (digests(&first), digests(&second));
     assert_eq!(
@@ -160,7 +161,7 @@ pub fn build_twice_identical(spec: &BuildSpec, sandbox: SandboxKind) -> Vec<(Str
         log_of(&first),
         log_of(&second)
     );
-    assert_ne!(first.build_dir, second.build_dir);
+    assert_ne!(first.build_dir(), second.build_dir());
     assert!(first.build_env.contains("sandbox="), "{}", first.build_env);
     a
 }
@@ -169,11 +170,4 @@ pub fn read_log(e: &builder::BuildError) -> String {
     e.log_path()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default()
-}
-
-pub fn bwrap_installed() -> bool {
-    Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }

@@ -23,6 +23,12 @@ pub enum BuildError {
     #[error("pyrsia-build.toml: {reason}")]
     BadRecipe { reason: String },
 
+    #[error("dependency step failed: {reason}; log: {}", log_path.display())]
+    DependencyFetch { reason: String, log_path: PathBuf },
+
+    #[error("a dependency does not match its lockfile: {reason}; log: {}", log_path.display())]
+    DependencyMismatch { reason: String, log_path: PathBuf },
+
     #[error("build failed: {status}; log: {}", log_path.display())]
     BuildFailed { status: String, log_path: PathBuf },
 
@@ -54,7 +60,9 @@ impl BuildError {
     /// The build log, for the failures that happened inside or after the sandbox.
     pub fn log_path(&self) -> Option<&Path> {
         match self {
-            BuildError::BuildFailed { log_path, .. }
+            BuildError::DependencyFetch { log_path, .. }
+            | BuildError::DependencyMismatch { log_path, .. }
+            | BuildError::BuildFailed { log_path, .. }
             | BuildError::TimedOut { log_path, .. }
             | BuildError::OutputMissing { log_path, .. }
             | BuildError::OutputMismatch { log_path, .. } => Some(log_path),

@@ -19,6 +19,7 @@ mod cgroup;
 mod error;
 mod normalize;
 mod proc;
+mod proxy;
 mod recipe;
 mod sandbox;
 mod seccomp;
@@ -36,7 +37,7 @@ pub use error::BuildError;
 use cgroup::BuildCgroup;
 use error::IoContext;
 use recipe::{Collect, Kind};
-use sandbox::{HostView, Job, Ran};
+use sandbox::{HostView, Job, Network, Ran, UserNamespace};
 
 /// What to build: a package version from a repository at an exact commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,20 @@ pub struct BuilderConfig {
     /// returns an error; only the log, next to it, is left for the caller.
     pub work_dir: PathBuf,
     pub limits: Limits,
+    /// The registries the dependency step may fetch from. A recipe whose
+    /// registry is not here builds offline, with what the source ships.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A package registry the dependency step may reach, by the name recipes
+/// use for it: `npm`, `crates` (a sparse index) and `crates-dl` (where its
+/// `dl` points), `pypi` (a PEP 503 simple index) and `pypi-files` (where
+/// its links point), `maven` (a repository layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:4873`; `https://` for real ones.
+    pub url: String,
 }
 
 impl BuilderConfig {
@@ -96,6 +111,7 @@ impl BuilderConfig {
         BuilderConfig {
             work_dir: work_dir.into(),
             limits: Limits::default(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -203,13 +219,29 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     )?;
     let recipe = recipe::resolve(kind, &dirs.src)?;
     let view = HostView::discover(&recipe.toolchains);
+    let deps = match &recipe.fetch {
+        Some(fetch) if fetch.available(&cfg.upstreams) => Some(fetch_dependencies(
+            spec,
+            fetch,
+            &cfg.upstreams,
+            &view,
+            &dirs,
+            &cfg.limits,
+            &format!("pyrsia-{dir_name}-deps"),
+            checkout.commit_time,
+            deadline,
+            &mut log,
+            &log_path,
+        )?),
+        _ => None,
+    };
     let cgroup = BuildCgroup::new(
         &format!("pyrsia-{dir_name}"),
         cfg.limits.memory_bytes,
         cfg.limits.max_processes,
     );
 
-    let mut env = base_env(&view, checkout.commit_time);
+    let mut env = base_env(&view, spec, checkout.commit_time);
     env.extend(recipe.env.iter().cloned());
     if let Some(rustup) = &view.rustup_home {
         env.push(("RUSTUP_HOME".into(), rustup.to_string_lossy().into_owned()));
@@ -231,13 +263,20 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     tracing::info!(name = %spec.name, version = %spec.version, %build_env, "building");
 
     let outputs_tar = dirs.ctl.join("outputs.tar");
+    let ns = UserNamespace::create(false)?;
+    let deps_tar = dirs.fetch.join("deps.tar");
+    let mut binds = vec![(dirs.src.as_path(), "/pyrsia/source")];
+    if deps.is_some() {
+        binds.push((deps_tar.as_path(), "/pyrsia/deps.tar"));
+    }
     let job = Job {
         ctl_dir: &dirs.ctl,
-        binds: vec![(dirs.src.as_path(), "/pyrsia/source")],
-        script: recipe::build_script(&recipe),
+        binds,
+        script: recipe::build_script(&recipe, deps.is_some()),
         env: &env,
         tmpfs_bytes: cfg.limits.disk_bytes,
-        network: false,
+        network: Network::None,
+        ns: &ns,
         limits: &cfg.limits,
         cgroup: &cgroup,
         deadline,
@@ -338,10 +377,103 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
         outputs,
         log_path,
         build_env,
-        resolved_dependencies: Vec::new(),
+        resolved_dependencies: deps.unwrap_or_default(),
         duration: started.elapsed(),
         dir,
     })
+}
+
+/// The dependency step: the recipe's fetch command in a sandbox whose only
+/// network is a [`proxy::RecordingProxy`] to the configured upstreams. What
+/// it leaves under /build (caches, a generated lockfile) goes to the build
+/// as `fetch/deps.tar`; what passed the proxy is returned.
+#[allow(clippy::too_many_arguments)]
+fn fetch_dependencies(
+    spec: &BuildSpec,
+    fetch: &recipe::Fetch,
+    upstreams: &[Upstream],
+    view: &HostView,
+    dirs: &BuildDirs,
+    limits: &Limits,
+    cgroup_name: &str,
+    commit_time: i64,
+    deadline: Instant,
+    log: &mut File,
+    log_path: &Path,
+) -> Result<Vec<ResolvedDependency>, BuildError> {
+    let failed = |reason: String| BuildError::DependencyFetch {
+        reason,
+        log_path: log_path.to_path_buf(),
+    };
+    let ns = UserNamespace::create(true)?;
+    let listener = proxy::listen_in(&ns.netns_path())
+        .map_err(|e| BuildError::Sandbox(format!("recording proxy: {e}")))?;
+    let proxy = proxy::RecordingProxy::start(listener, upstreams, limits.disk_bytes)
+        .map_err(|e| BuildError::Sandbox(format!("recording proxy: {e}")))?;
+    let mut env = base_env(view, spec, commit_time);
+    env.extend(fetch.env(&|name| proxy.url_of(name)));
+    let ctl = dirs.fetch.join("deps-ctl");
+    fs::create_dir_all(&ctl).context(|| format!("creating {}", ctl.display()))?;
+    let cgroup = BuildCgroup::new(cgroup_name, limits.memory_bytes, limits.max_processes);
+    let deps_tar = dirs.fetch.join("deps.tar");
+    let job = Job {
+        ctl_dir: &ctl,
+        binds: vec![(dirs.src.as_path(), "/pyrsia/source")],
+        script: recipe::fetch_script(fetch),
+        env: &env,
+        tmpfs_bytes: limits.disk_bytes,
+        network: Network::OfNamespace,
+        ns: &ns,
+        limits,
+        cgroup: &cgroup,
+        deadline,
+        results: &deps_tar,
+        results_cap: limits.disk_bytes,
+    };
+    let _ = writeln!(log, "pyrsia: dependency step: {}", fetch.command);
+    tracing::info!(name = %spec.name, "fetching dependencies");
+    let ran = sandbox::run(view, &job, log);
+    let record = proxy.finish();
+    drop(ns);
+    let resolved = match ran? {
+        Ran::TimedOut => {
+            return Err(BuildError::TimedOut {
+                limit: limits.time,
+                log_path: log_path.to_path_buf(),
+            })
+        }
+        Ran::Exited {
+            results_truncated: true,
+            ..
+        } => {
+            return Err(failed(format!(
+                "the dependencies exceed the disk limit of {} bytes",
+                limits.disk_bytes
+            )))
+        }
+        Ran::Exited { status, .. } if !status.success() => {
+            let text = fs::read_to_string(log_path).unwrap_or_default();
+            return Err(match recipe::integrity_failure(&text) {
+                Some(line) => BuildError::DependencyMismatch {
+                    reason: line,
+                    log_path: log_path.to_path_buf(),
+                },
+                None => failed(format!(
+                    "the fetch command failed: {}",
+                    describe_status(status)
+                )),
+            });
+        }
+        Ran::Exited { .. } => record.map_err(failed)?,
+    };
+    for dep in &resolved {
+        let _ = writeln!(
+            log,
+            "pyrsia: resolved {} sha256:{} ({} bytes)",
+            dep.uri, dep.sha256, dep.size
+        );
+    }
+    Ok(resolved)
 }
 
 #[derive(Debug)]
@@ -395,8 +527,10 @@ fn file_name_safe(s: &str) -> String {
 }
 
 /// The environment every build starts from; recipes add to it.
-fn base_env(view: &HostView, commit_time: i64) -> Vec<(String, String)> {
+fn base_env(view: &HostView, spec: &BuildSpec, commit_time: i64) -> Vec<(String, String)> {
     [
+        ("PYRSIA_PACKAGE_NAME", spec.name.clone()),
+        ("PYRSIA_PACKAGE_VERSION", spec.version.clone()),
         ("PATH", view.path()),
         ("HOME", "/build/home".to_string()),
         ("TMPDIR", "/build/tmp".to_string()),

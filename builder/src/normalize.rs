@@ -92,7 +92,7 @@ fn format_of(name: &str) -> Format {
         Format::TarGz
     } else if name.ends_with(".tar") {
         Format::Tar
-    } else if name.ends_with(".whl") || name.ends_with(".zip") {
+    } else if name.ends_with(".whl") || name.ends_with(".zip") || name.ends_with(".jar") {
         Format::Zip
     } else {
         Format::Opaque

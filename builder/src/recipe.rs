@@ -12,7 +12,7 @@ use crate::sandbox::{sq, Toolchain};
 use crate::OutputFile;
 
 /// Recipes, in the order [`crate::supported_ecosystems`] lists them.
-pub(crate) const NAMES: &[&str] = &["cargo", "npm", "python", "script"];
+pub(crate) const NAMES: &[&str] = &["cargo", "maven", "npm", "python", "script"];
 
 /// The file a `script` recipe reads from the source root.
 pub(crate) const SCRIPT_FILE: &str = "pyrsia-build.toml";
@@ -21,6 +21,7 @@ const SCRIPT_FILE_MAX: u64 = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Cargo,
+    Maven,
     Npm,
     Python,
     Script,
@@ -30,6 +31,7 @@ impl Kind {
     pub(crate) fn parse(name: &str) -> Result<Kind, BuildError> {
         match name {
             "cargo" => Ok(Kind::Cargo),
+            "maven" => Ok(Kind::Maven),
             "npm" => Ok(Kind::Npm),
             "python" => Ok(Kind::Python),
             "script" => Ok(Kind::Script),
@@ -67,6 +69,157 @@ pub(crate) struct Recipe {
     pub probes: &'static [Probe],
     /// What of the host's toolchains the sandbox sees.
     pub toolchains: Vec<Toolchain>,
+    /// The dependency step, if the recipe has one for this source.
+    pub fetch: Option<Fetch>,
+}
+
+/// A recipe's dependency step: a command run with the recording proxy as
+/// its only network, before the offline build.
+#[derive(Debug)]
+pub(crate) struct Fetch {
+    /// Shell command, run in /build/src.
+    pub command: &'static str,
+    /// The upstreams it needs; without them the build runs offline.
+    pub needs: &'static [&'static str],
+    /// Paths under /build that the build gets besides `home`.
+    pub carry: &'static [&'static str],
+    /// Environment of the step, besides the base one.
+    pub env: &'static [(&'static str, &'static str)],
+    /// (variable, upstream, suffix): the variable holds the upstream's URL
+    /// through the proxy, then the suffix.
+    pub proxied: &'static [(&'static str, &'static str, &'static str)],
+    /// The build command once the step has run.
+    pub build: &'static str,
+}
+
+impl Fetch {
+    pub(crate) fn available(&self, upstreams: &[crate::Upstream]) -> bool {
+        self.needs
+            .iter()
+            .all(|n| upstreams.iter().any(|u| u.name == *n))
+    }
+
+    pub(crate) fn env(&self, proxy_url: &dyn Fn(&str) -> String) -> Vec<(String, String)> {
+        let fixed = self.env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let proxied = self.proxied.iter().map(|(var, upstream, suffix)| {
+            (var.to_string(), format!("{}{suffix}", proxy_url(upstream)))
+        });
+        fixed.chain(proxied).collect()
+    }
+}
+
+/// The lines of a failed dependency step's log in which a client says a
+/// file does not match the digest its lockfile pins.
+pub(crate) fn integrity_failure(log: &str) -> Option<String> {
+    const MARKERS: &[&str] = &[
+        "EINTEGRITY",
+        "integrity checksum failed",
+        "failed to verify the checksum",
+        "checksum for `",
+        "DO NOT MATCH THE HASHES",
+    ];
+    let lines: Vec<String> = log
+        .lines()
+        .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
+        .take(3)
+        .map(|l| l.trim().chars().take(300).collect())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(" | "))
+}
+
+/// npm installs exactly what the lockfile pins, checking each tarball's
+/// `integrity`; no package script runs in this step. The build gets the
+/// installed tree and runs the install scripts offline.
+const NPM_FETCH: Fetch = Fetch {
+    command: "npm ci --ignore-scripts",
+    needs: &["npm"],
+    carry: &["src/node_modules"],
+    env: &[
+        ("npm_config_cache", "/build/home/.npm"),
+        ("npm_config_userconfig", "/build/home/.npmrc"),
+        ("npm_config_update_notifier", "false"),
+        ("npm_config_fund", "false"),
+        ("npm_config_audit", "false"),
+        ("npm_config_replace_registry_host", "always"),
+    ],
+    proxied: &[("npm_config_registry", "npm", "")],
+    build: "npm rebuild --offline && npm pack --pack-destination /build/pack",
+};
+
+/// A library that ships no Cargo.lock gets one here, once, recorded; then
+/// cargo fetches what it pins, checking each crate's checksum.
+const CARGO_FETCH: Fetch = Fetch {
+    command: concat!(
+        r#"mkdir -p "$CARGO_HOME" && printf '[source.crates-io]
+replace-with = "pyrsia"
+[source.pyrsia]
+registry = "sparse+%s"
+' "$PYRSIA_CRATES_INDEX" > "$CARGO_HOME/config.toml""#,
+        " && { [ -f Cargo.lock ] || cargo generate-lockfile; } && cargo fetch --locked"
+    ),
+    needs: &["crates"],
+    carry: &["src/Cargo.lock"],
+    env: &[
+        ("CARGO_HOME", "/build/home/.cargo"),
+        ("CARGO_TERM_COLOR", "never"),
+    ],
+    proxied: &[("PYRSIA_CRATES_INDEX", "crates", "")],
+    build: "cargo package --offline --no-verify --allow-dirty --locked",
+};
+
+/// PEP 517 build requirements, as wheels only (no sdist's code runs here),
+/// for an isolated build that installs them from that directory.
+const PYTHON_FETCH: Fetch = Fetch {
+    command: concat!(
+        "python3 -c \"import os, tomllib; d = tomllib.load(open('pyproject.toml', 'rb')) if os.path.exists('pyproject.toml') else {}; ",
+        "print('\\n'.join(d.get('build-system', {}).get('requires', ['setuptools>=40.8.0'])))\" > /build/tmp/requires.txt",
+        " && python3 -m pip download --only-binary=:all: --dest /build/home/wheels --index-url \"$PYRSIA_PYPI_SIMPLE\" -r /build/tmp/requires.txt"
+    ),
+    needs: &["pypi"],
+    carry: &[],
+    env: &[
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+        ("PIP_NO_CACHE_DIR", "1"),
+    ],
+    proxied: &[("PYRSIA_PYPI_SIMPLE", "pypi", "simple/")],
+    build: "python3 -m build --sdist --wheel --outdir /build/dist .",
+};
+
+/// Maven resolves while it builds, so the step is a full build through the
+/// proxy; the offline build after it uses exactly what that one fetched.
+const MAVEN_FETCH: Fetch = Fetch {
+    command: concat!(
+        r#"mkdir -p /build/home/.m2 && printf '<settings><mirrors><mirror><id>pyrsia</id><mirrorOf>*</mirrorOf><url>%s</url></mirror></mirrors></settings>
+' "$PYRSIA_MAVEN" > /build/home/.m2/settings.xml"#,
+        " && mvn -B -ntp -s /build/home/.m2/settings.xml -Dmaven.repo.local=/build/home/.m2/repository -DskipTests -Dproject.build.outputTimestamp=$SOURCE_DATE_EPOCH package"
+    ),
+    needs: &["maven"],
+    carry: &[],
+    env: &[],
+    proxied: &[("PYRSIA_MAVEN", "maven", "")],
+    build: concat!(
+        "mvn -o -B -ntp -s /build/home/.m2/settings.xml -Dmaven.repo.local=/build/home/.m2/repository -DskipTests -Dproject.build.outputTimestamp=$SOURCE_DATE_EPOCH package",
+        r#" && a="${PYRSIA_PACKAGE_NAME#*:}" && mkdir -p /build/pack && cp "target/$a-$PYRSIA_PACKAGE_VERSION.jar" pom.xml /build/pack/ && mv /build/pack/pom.xml "/build/pack/$a-$PYRSIA_PACKAGE_VERSION.pom""#
+    ),
+};
+
+/// The fetch step's sandbox script: the source copy, the command, then
+/// the carried paths as tar on fd 3.
+pub(crate) fn fetch_script(fetch: &Fetch) -> String {
+    let carry: Vec<String> = fetch.carry.iter().map(|p| sq(p)).collect();
+    format!(
+        "mkdir -p /build/src /build/home /build/tmp || exit 120\n\
+cp -a /pyrsia/source/. /build/src/ || {{ echo 'pyrsia: copying the source into the sandbox failed'; exit 121; }}\n\
+cd /build/src || exit 120\n\
+sh -c {} 3>&-\n\
+status=$?\n\
+if [ \"$status\" -ne 0 ]; then echo \"pyrsia: dependency step exited with status $status\"; exit \"$status\"; fi\n\
+cd /build || exit 120\n\
+set -- home; for p in {}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; done\n\
+exec tar -cf - \"$@\" >&3\n",
+        sq(fetch.command),
+        carry.join(" ")
+    )
 }
 
 /// Where the checkout is copied inside the sandbox and the build runs.
@@ -74,17 +227,23 @@ const SRC_DIR: &str = "/build/src";
 
 /// The build sandbox's script: copy the source to the fixed path, run the
 /// recipe, then stream the collected outputs as tar on fd 3.
-pub(crate) fn build_script(recipe: &Recipe) -> String {
-    let command: Vec<String> = recipe.command.iter().map(|a| sq(a)).collect();
+pub(crate) fn build_script(recipe: &Recipe, with_deps: bool) -> String {
+    let command: Vec<String> = match (&recipe.fetch, with_deps) {
+        (Some(fetch), true) => vec!["sh".into(), "-c".into(), sq(fetch.build)],
+        _ => recipe.command.iter().map(|a| sq(a)).collect(),
+    };
     let mut s = String::new();
     s.push_str(
         "mkdir -p /build/src /build/home /build/tmp /build/pack /build/dist /build/target /build/.pyrsia-out || exit 120\n",
     );
     s.push_str("cp -a /pyrsia/source/. /build/src/ || { echo 'pyrsia: copying the source into the sandbox failed'; exit 121; }\n");
+    if with_deps {
+        s.push_str("tar -xf /pyrsia/deps.tar -C /build || { echo 'pyrsia: unpacking the dependencies failed'; exit 123; }\n");
+    }
     s.push_str(&format!("cd {SRC_DIR} || exit 120\n"));
     s.push_str(&format!(
         "echo {}\n",
-        sq(&format!("pyrsia: running {:?}", recipe.command))
+        sq(&format!("pyrsia: running {}", command.join(" ")))
     ));
     s.push_str(&format!("{} 3>&-\n", command.join(" ")));
     s.push_str("status=$?\n");
@@ -145,6 +304,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                 env: Vec::new(),
                 probes: &[],
                 toolchains,
+                fetch: None,
             }
         }
         Kind::Npm => Recipe {
@@ -170,6 +330,10 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                 },
             ],
             toolchains: vec![Toolchain::Node],
+            fetch: ["package-lock.json", "npm-shrinkwrap.json"]
+                .iter()
+                .any(|f| src.join(f).is_file())
+                .then_some(NPM_FETCH),
         },
         Kind::Cargo => Recipe {
             command: argv(&[
@@ -197,6 +361,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                 },
             ],
             toolchains: vec![Toolchain::Rust],
+            fetch: Some(CARGO_FETCH),
         },
         Kind::Python => Recipe {
             command: argv(&[
@@ -215,6 +380,7 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                 ("PYTHONDONTWRITEBYTECODE", "1"),
                 ("PYTHONHASHSEED", "0"),
                 ("PIP_NO_INDEX", "1"),
+                ("PIP_FIND_LINKS", "/build/home/wheels"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
             ]),
             probes: &[
@@ -228,6 +394,24 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
                 },
             ],
             toolchains: vec![Toolchain::Python],
+            fetch: Some(PYTHON_FETCH),
+        },
+        Kind::Maven => Recipe {
+            command: argv(&["sh", "-c", MAVEN_FETCH.build]),
+            collect: Collect::Glob("/build/pack/*"),
+            env: Vec::new(),
+            probes: &[
+                Probe {
+                    label: "java",
+                    argv: &["java", "-version"],
+                },
+                Probe {
+                    label: "maven",
+                    argv: &["mvn", "-v"],
+                },
+            ],
+            toolchains: vec![Toolchain::Java],
+            fetch: Some(MAVEN_FETCH),
         },
     })
 }
@@ -310,6 +494,21 @@ pub(crate) fn check_outputs(
 ) -> Result<(), (String, String)> {
     match kind {
         Kind::Script => Ok(()),
+        Kind::Maven => {
+            let artifact = name.rsplit_once(':').map_or(name, |(_, a)| a);
+            let mut expected = vec![
+                format!("{artifact}-{version}.jar"),
+                format!("{artifact}-{version}.pom"),
+            ];
+            expected.sort();
+            let mut found: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+            found.sort();
+            if found == expected {
+                Ok(())
+            } else {
+                Err((expected.join(", "), format!("maven produced {found:?}")))
+            }
+        }
         Kind::Npm => {
             for out in outputs {
                 let (n, v) = normalize::npm_name_version(&out.path)

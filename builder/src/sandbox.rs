@@ -120,7 +120,7 @@ pub(crate) fn check() -> Result<String, BuildError> {
                 "bubblewrap is not installed: `apt-get install -y bubblewrap`".to_string(),
             )
         })?;
-    let ns = UserNamespace::create()?;
+    let ns = UserNamespace::create(false)?;
     let mut probe = Command::new("bwrap");
     probe
         .args(["--userns", USERNS_FD, "--ro-bind", "/", "/"])
@@ -154,12 +154,14 @@ pub(crate) fn version_token(text: &str) -> Option<&str> {
 /// open by a sleeping process until dropped. bubblewrap joins it with
 /// `--userns`: only a process outside can write a mapping to another uid.
 #[derive(Debug)]
-struct UserNamespace {
+pub(crate) struct UserNamespace {
     holder: Child,
 }
 
 impl UserNamespace {
-    fn create() -> Result<UserNamespace, BuildError> {
+    /// With `with_net`, also a network namespace owned by it, with its
+    /// loopback up: the fetch sandbox's, where the recording proxy listens.
+    pub(crate) fn create(with_net: bool) -> Result<UserNamespace, BuildError> {
         let failed = |what: String| BuildError::Sandbox(format!("user namespace: {what}"));
         let root = geteuid().is_root();
         let (uid, gid) = if root {
@@ -168,7 +170,9 @@ impl UserNamespace {
             (geteuid().as_raw(), getegid().as_raw())
         };
         let holder = Command::new("unshare")
-            .args(["--user", "--", "sleep", "infinity"])
+            .arg("--user")
+            .args(with_net.then_some("--net"))
+            .args(["--", "sleep", "infinity"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -211,6 +215,11 @@ impl UserNamespace {
 
     fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/user", self.holder.id()))
+    }
+
+    /// The network namespace (the host's unless made `with_net`).
+    pub(crate) fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 }
 
@@ -446,14 +455,27 @@ pub(crate) struct Job<'a> {
     pub env: &'a [(String, String)],
     /// Size of the tmpfs at /build.
     pub tmpfs_bytes: u64,
-    /// Share the host's network (only to fetch the source).
-    pub network: bool,
+    pub network: Network,
+    /// The namespaces to run in; the network one is used with
+    /// [`Network::OfNamespace`].
+    pub ns: &'a UserNamespace,
     pub limits: &'a Limits,
     pub cgroup: &'a BuildCgroup,
     pub deadline: Instant,
     /// Receives the results stream, up to `results_cap` bytes.
     pub results: &'a Path,
     pub results_cap: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Network {
+    /// A network namespace of its own with only a loopback: builds.
+    None,
+    /// The host's: the source clone, which runs nothing of the package.
+    Host,
+    /// The job's namespace's: the dependency step, whose loopback holds
+    /// the recording proxy and nothing else.
+    OfNamespace,
 }
 
 #[derive(Debug)]
@@ -482,10 +504,17 @@ pub(crate) fn run(view: &HostView, job: &Job<'_>, log: &File) -> Result<Ran, Bui
     fs::set_permissions(job.ctl_dir, fs::Permissions::from_mode(0o755))
         .context(|| "chmod ctl".to_string())?;
 
-    let ns = UserNamespace::create()?;
-    let mut bwrap = Command::new("bwrap");
+    let mut bwrap = if job.network == Network::OfNamespace {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", job.ns.netns_path().display()))
+            .arg("--")
+            .arg("bwrap");
+        c
+    } else {
+        Command::new("bwrap")
+    };
     bwrap.args(bwrap_args(view, job));
-    let cmd = with_fds(&bwrap, Some(&filter), &ns);
+    let cmd = with_fds(&bwrap, Some(&filter), job.ns);
     // Joins the cgroups, then applies the rlimits no cgroup carries.
     let mut argv: Vec<String> = vec![
         "/bin/sh".into(),
@@ -550,7 +579,6 @@ pub(crate) fn run(view: &HostView, job: &Job<'_>, log: &File) -> Result<Ran, Bui
     }
     // The cgroup also catches anything that left the process group.
     job.cgroup.release();
-    drop(ns);
     let waited = waited.context(|| "waiting for the sandbox".to_string())?;
     let results = results_thread
         .join()
@@ -596,7 +624,7 @@ fn bwrap_args(view: &HostView, job: &Job<'_>) -> Vec<String> {
         HOSTNAME,
         "--clearenv",
     ]);
-    if !job.network {
+    if job.network == Network::None {
         push(&["--unshare-net"]);
     }
     for (link, target) in &view.symlinks {

@@ -17,7 +17,7 @@ use filetime::FileTime;
 
 use crate::cgroup::BuildCgroup;
 use crate::error::{BuildError, IoContext};
-use crate::sandbox::{self, HostView, Job, Ran};
+use crate::sandbox::{self, HostView, Job, Network, Ran, UserNamespace};
 use crate::Limits;
 
 /// URL schemes a build request may name. Local paths and `file://` would let
@@ -117,13 +117,15 @@ pub(crate) fn fetch(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let cgroup = BuildCgroup::new(cgroup_name, limits.memory_bytes, limits.max_processes);
+    let ns = UserNamespace::create(false)?;
     let job = Job {
         ctl_dir: &ctl,
         binds: Vec::new(),
         script: CLONE_SCRIPT.to_string(),
         env: &env,
         tmpfs_bytes: limits.source_bytes,
-        network: true,
+        network: Network::Host,
+        ns: &ns,
         limits,
         cgroup: &cgroup,
         deadline,

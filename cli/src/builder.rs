@@ -56,6 +56,24 @@ pub struct BuilderArgs {
     /// Disk limit of one build (e.g. 8G).
     #[arg(long, default_value = "8G", value_parser = p2p_store::cli::parse_size)]
     pub build_disk: u64,
+    /// A registry the dependency step may fetch from, as NAME=URL (names:
+    /// npm, crates, crates-dl, pypi, pypi-files, maven). Repeatable. A
+    /// recipe whose registry is missing builds offline.
+    #[arg(long = "upstream", env = "PYRSIA_BUILD_UPSTREAMS", value_delimiter = ',', value_parser = parse_upstream)]
+    pub upstreams: Vec<builder::Upstream>,
+}
+
+fn parse_upstream(s: &str) -> Result<builder::Upstream, String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=URL"))?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("upstream {name}: {url:?} is not an http(s) URL"));
+    }
+    Ok(builder::Upstream {
+        name: name.to_string(),
+        url: url.to_string(),
+    })
 }
 
 /// What a builder remembers across restarts.
@@ -115,6 +133,7 @@ struct Shared {
     chain_id: String,
     work_dir: PathBuf,
     limits: builder::Limits,
+    upstreams: Vec<builder::Upstream>,
     state: Mutex<StateFile>,
     /// One transaction at a time, so nonces never race.
     submit: Mutex<()>,
@@ -166,6 +185,7 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
             disk_bytes: args.build_disk,
             ..builder::Limits::default()
         },
+        upstreams: args.upstreams.clone(),
         state: Mutex::new(StateFile {
             path: work_dir.join("state.json"),
             state: State::default(),
@@ -453,6 +473,7 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
     let config = builder::BuilderConfig {
         work_dir: shared.work_dir.join("builds"),
         limits: shared.limits.clone(),
+        upstreams: shared.upstreams.clone(),
     };
     tracing::info!(request = %id, package = %request.package, "building");
     let built = tokio::task::spawn_blocking(move || builder::build(&spec, &config))

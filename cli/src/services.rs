@@ -69,6 +69,9 @@ pub struct BuilderService {
     pub build_memory: String,
     #[serde(default = "default_build_disk")]
     pub build_disk: String,
+    /// Registries the dependency step may fetch from, NAME = URL.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, String>,
 }
 
 fn default_build_timeout() -> u64 {
@@ -164,6 +167,7 @@ impl Services {
                 max_builds: default_max_builds(),
                 build_memory: default_build_memory(),
                 build_disk: default_build_disk(),
+                upstreams: Default::default(),
             });
         }
         Services { stores, builders }
@@ -253,6 +257,14 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
                 build_timeout: b.build_timeout,
                 build_memory: size("build_memory", &b.build_memory)?,
                 build_disk: size("build_disk", &b.build_disk)?,
+                upstreams: b
+                    .upstreams
+                    .iter()
+                    .map(|(name, url)| builder::Upstream {
+                        name: name.clone(),
+                        url: url.clone(),
+                    })
+                    .collect(),
             };
             crate::builder::run(ctx, args).await
         }

@@ -122,6 +122,7 @@ pub fn config(work_dir: &Path) -> BuilderConfig {
             max_processes: 512,
             source_bytes: 64 << 20,
         },
+        upstreams: Vec::new(),
     }
 }
 

@@ -1,0 +1,241 @@
+//! The dependency step with real packages: taken from the registry by the
+//! ordinary client at test time, served by a local upstream on 127.0.0.1,
+//! fetched through the recording proxy, then built offline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use builder::{BuildError, Upstream};
+use common::*;
+
+/// A real package with a dependency, and that dependency.
+const PACKAGE: (&str, &str) = ("is-odd", "3.0.1");
+const DEPENDENCY: (&str, &str) = ("is-number", "6.0.0");
+
+/// `npm pack NAME@VERSION` through the machine's npm configuration, kept
+/// between runs.
+fn npm_tarball(name: &str, version: &str) -> PathBuf {
+    let cache = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/pyrsia-test-packages/npm");
+    std::fs::create_dir_all(&cache).unwrap();
+    let file = cache.join(format!("{name}-{version}.tgz"));
+    if !file.exists() {
+        let out = Command::new("npm")
+            .args(["pack", &format!("{name}@{version}"), "--silent"])
+            .current_dir(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && file.exists(),
+            "npm pack {name}@{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    file
+}
+
+/// `builder/tests/support/npm_upstream.py` serving the tarballs in `dir`.
+struct NpmUpstream {
+    child: Child,
+    url: String,
+}
+
+impl NpmUpstream {
+    fn start(dir: &Path) -> NpmUpstream {
+        let port_file = dir.join("port");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/npm_upstream.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(dir)
+            .arg(&port_file)
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p;
+            }
+            assert!(Instant::now() < until, "npm upstream did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        NpmUpstream {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for NpmUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream_dir(tarballs: &[PathBuf]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for t in tarballs {
+        std::fs::copy(t, dir.path().join(t.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// The package's published tarball as a source tree, with the lockfile its
+/// developer would commit: `npm install --package-lock-only` against the
+/// upstream. Its devDependencies (a test runner's whole tree) are dropped,
+/// so that the upstream needs to serve only the runtime dependency.
+fn source_files(tarball: &Path, registry: &str) -> Vec<(String, String, bool)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = Command::new("tar")
+        .args(["-xzf"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let pkg = tmp.path().join("package");
+    let manifest_path = pkg.join("package.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest.as_object_mut().unwrap().remove("devDependencies");
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest).unwrap() + "\n",
+    )
+    .unwrap();
+    let out = Command::new("npm")
+        .args([
+            "install",
+            "--package-lock-only",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--registry",
+            registry,
+        ])
+        .current_dir(&pkg)
+        .env("npm_config_cache", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm install --package-lock-only: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&pkg).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.push((name, std::fs::read_to_string(&path).unwrap(), false));
+        }
+    }
+    files
+}
+
+fn npm_config(work: &Path, upstream: &NpmUpstream) -> builder::BuilderConfig {
+    let mut cfg = config(work);
+    cfg.upstreams = vec![Upstream {
+        name: "npm".into(),
+        url: upstream.url.clone(),
+    }];
+    cfg
+}
+
+#[test]
+fn npm_dependencies_are_fetched_through_the_proxy_recorded_and_built_offline() {
+    let package = npm_tarball(PACKAGE.0, PACKAGE.1);
+    let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
+    let dir = upstream_dir(std::slice::from_ref(&dependency));
+    let upstream = NpmUpstream::start(dir.path());
+    let files = source_files(&package, &upstream.url);
+    assert!(files.iter().any(|(n, _, _)| n == "package-lock.json"));
+
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo("is-odd", &refs);
+    let spec = spec("npm", PACKAGE.0, PACKAGE.1, &url, &commit);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for work in ["a", "b/deeper"] {
+        let out = builder::build(&spec, &npm_config(&tmp.path().join(work), &upstream))
+            .unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
+        outcomes.push(out);
+    }
+    assert_eq!(digests(&outcomes[0]), digests(&outcomes[1]));
+    assert_eq!(outcomes[0].outputs[0].name, "is-odd-3.0.1.tgz");
+
+    let resolved = &outcomes[0].resolved_dependencies;
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0].uri, "npm:/is-number/-/is-number-6.0.0.tgz");
+    assert_eq!(resolved[0].sha256, sha256(&dependency));
+    assert_eq!(resolved, &outcomes[1].resolved_dependencies);
+    let log = log_of(&outcomes[0]);
+    assert!(log.contains("pyrsia: resolved npm:/is-number"), "{log}");
+    assert!(log.contains("npm rebuild --offline"), "{log}");
+}
+
+#[test]
+fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
+    let package = npm_tarball(PACKAGE.0, PACKAGE.1);
+    let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
+    let honest = upstream_dir(std::slice::from_ref(&dependency));
+    let upstream = NpmUpstream::start(honest.path());
+    let files = source_files(&package, &upstream.url);
+    drop(upstream);
+
+    // The same name and version with other bytes: an extra file inside.
+    let poisoned = tempfile::tempdir().unwrap();
+    let unpacked = poisoned.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(&dependency)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(unpacked.join("package/postinstall.js"), "// evil\n").unwrap();
+    let served = poisoned.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(served.join(dependency.file_name().unwrap()))
+        .arg("-C")
+        .arg(&unpacked)
+        .arg("package")
+        .status()
+        .unwrap()
+        .success());
+    let upstream = NpmUpstream::start(&served);
+
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo("is-odd", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    match builder::build(
+        &spec("npm", PACKAGE.0, PACKAGE.1, &url, &commit),
+        &npm_config(tmp.path(), &upstream),
+    ) {
+        Err(BuildError::DependencyMismatch { reason, .. }) => {
+            assert!(reason.contains("EINTEGRITY"), "{reason}")
+        }
+        other => panic!("expected DependencyMismatch, got {other:?}"),
+    }
+}

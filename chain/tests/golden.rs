@@ -81,8 +81,9 @@ fn gov(seq: u64, action: GovAction) -> TxKind {
 /// proposer's beacon. Builders 1..=4 are registered; which of them a request
 /// selects depends on the next block's beacon, so
 /// every registered builder attests and the unselected ones are refused:
-/// the codes record that too. The last blocks admit and remove builders and
-/// let a request's silent builders be replaced at their deadline.
+/// the codes record that too. The last blocks admit and remove builders,
+/// let the selected builders of a request report failures (the unselected
+/// one is refused) and replace them at their deadline.
 fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
     let left_pad = request("left-pad", "1.3.0", "https://example.org/left-pad.git");
     let impostor = request("left-pad", "1.3.1", "https://example.net/left-pad.git");
@@ -205,6 +206,8 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
             })
             .to_vec(),
         vec![],
+        vec![],
+        // The deadline: the builders that reported are replaced.
         vec![],
     ]
 }

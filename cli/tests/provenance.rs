@@ -112,6 +112,14 @@ async fn a_build_that_fails_in_every_builder_ends_wait_promptly_with_each_builde
         assert!(String::from_utf8_lossy(&log).contains("compiling broken"));
         assert_eq!(reported["log_digest"], Digest::of(&log).to_string());
     }
+    // `pyrsia verify` shows them too, proven.
+    let out = net
+        .pyrsia(&["verify", f.ecosystem, &f.name, &f.version])
+        .unwrap();
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = verified["builds"][0]["failures"].as_array().unwrap();
+    assert_eq!(shown.len(), 3, "{verified}");
+    assert!(shown.iter().all(|f| f["reason"] == "build_failed"));
 }
 
 /// The venv `scripts/python-tools.sh` makes (it installs it if missing).

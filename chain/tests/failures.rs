@@ -2,7 +2,9 @@
 //! *Failures*): only a selected builder or a certified trusted node may
 //! report one, once, never beside its own attestation; failures never count
 //! toward a trust level; a builder that reported misses no deadline, but is
-//! replaced like a silent one while the request lacks a quorum.
+//! replaced like a silent one while the request lacks a quorum. And the
+//! provenance an attestation names is recorded, checked like an output, and
+//! never compared (docs/protocol.md *Provenance*).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use pyrsia_chain::*;
@@ -261,5 +263,77 @@ fn a_builder_that_reported_a_failure_misses_no_deadline_but_is_replaced_like_a_s
         c.run(&signer_of(&silent), fail(id, FailureClass::Other))
             .code,
         code::NOT_SELECTED
+    );
+}
+
+#[test]
+fn a_failure_report_is_an_answer_that_resets_missed_deadlines() {
+    let mut g = genesis(10_000);
+    g.params.attest_timeout_blocks = 1;
+    g.params.max_attest_rounds = 1;
+    let mut c = Chain::new(g);
+    for b in 1..=3 {
+        register(&mut c, b);
+    }
+    // Nobody answers the first request: every builder misses its deadline.
+    assert_eq!(
+        c.run(&key(50), TxKind::RequestBuild(npm_request("first")))
+            .code,
+        0
+    );
+    c.idle();
+    c.idle();
+    for b in 1..=3 {
+        assert_eq!(c.node(key(b).public()).builder.unwrap().missed_deadlines, 1);
+    }
+    let second = npm_request("second");
+    let id = second.id();
+    assert_eq!(c.run(&key(50), TxKind::RequestBuild(second)).code, 0);
+    assert_eq!(
+        c.run(&key(1), fail(id, FailureClass::BuildFailed)).code,
+        0,
+        "builder 1 is selected: all three are"
+    );
+    assert_eq!(c.node(key(1).public()).builder.unwrap().missed_deadlines, 0);
+}
+
+#[test]
+fn an_attested_provenance_is_recorded_but_never_compared() {
+    let (mut c, id, selected) = requested(600);
+    let with = |seed: u8| {
+        TxKind::Attest(Attest {
+            request_id: id,
+            outputs: vec![output()],
+            build_env: "node 20".into(),
+            log_digest: Digest::default(),
+            provenance: Some(Output {
+                name: "provenance.intoto.jsonl".into(),
+                sha256: Digest([seed; 32]),
+                size: 900,
+                stripe_size: 4096,
+                stripe_root: Digest([seed.wrapping_add(1); 32]),
+            }),
+        })
+    };
+    // Each builder's provenance differs; their outputs agree.
+    assert_eq!(c.run(&signer_of(&selected[0]), with(1)).code, 0);
+    assert_eq!(c.run(&signer_of(&selected[1]), with(2)).code, 0);
+    let record = c.request(id);
+    assert_eq!(record.level, TrustLevel::QuorumOnly);
+    assert_eq!(
+        record.attestations[1].provenance.as_ref().unwrap().sha256,
+        Digest([2; 32])
+    );
+    // A provenance is checked like an output.
+    let bad = match with(3) {
+        TxKind::Attest(mut a) => {
+            a.provenance.as_mut().unwrap().stripe_size = 1;
+            TxKind::Attest(a)
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        c.run(&signer_of(&selected[2]), bad).code,
+        code::INVALID_FIELD
     );
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
-use pyrsia_chain::{AttestationRecord, AttesterRole, PackageId};
+use pyrsia_chain::{AttestationRecord, AttesterRole, Digest, PackageId};
 use pyrsia_ledger_client::verified::At;
 use pyrsia_provenance::Envelope;
 
@@ -43,7 +43,21 @@ async fn checked_envelope(store: &StoreApi, a: &AttestationRecord) -> Result<Opt
         return Ok(None);
     };
     let bytes = store.get_small(p, MAX_ENVELOPE_BYTES).await?;
-    let envelope = Envelope::from_json(&bytes)?;
+    check_envelope(&bytes, a)?;
+    Ok(Some(bytes))
+}
+
+/// Whether `bytes` are the envelope attestation `a` names, signed by its
+/// attester, stating exactly the outputs it attested.
+fn check_envelope(bytes: &[u8], a: &AttestationRecord) -> Result<()> {
+    let p = a
+        .provenance
+        .as_ref()
+        .ok_or_else(|| anyhow!("the attestation names no provenance"))?;
+    if Digest::of(bytes) != p.sha256 || bytes.len() as u64 != p.size {
+        bail!("the envelope's bytes are not the attested ones");
+    }
+    let envelope = Envelope::from_json(bytes)?;
     let statement = envelope.verify(&a.attester.0)?;
     let mut attested: Vec<(String, String)> = a
         .outputs
@@ -58,7 +72,7 @@ async fn checked_envelope(store: &StoreApi, a: &AttestationRecord) -> Result<Opt
             attested
         );
     }
-    Ok(Some(bytes))
+    Ok(())
 }
 
 pub async fn run(ctx: &Context, cmd: ProvenanceCmd) -> Result<()> {
@@ -143,4 +157,95 @@ pub async fn run(ctx: &Context, cmd: ProvenanceCmd) -> Result<()> {
         bail!("no attester of build {} stored a provenance", build.id);
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pyrsia_chain::{Keypair, Output};
+    use pyrsia_provenance::{Artifact, BuildFacts, ExternalParameters, Statement};
+
+    fn output(name: &str, seed: u8) -> Output {
+        Output {
+            name: name.into(),
+            sha256: Digest([seed; 32]),
+            size: 10,
+            stripe_size: 4096,
+            stripe_root: Digest([seed; 32]),
+        }
+    }
+
+    /// An envelope signed by `signer` stating `outputs`.
+    fn envelope(signer: &Keypair, outputs: &[Output]) -> Vec<u8> {
+        let facts = BuildFacts {
+            request_id: "00".repeat(32),
+            parameters: ExternalParameters {
+                ecosystem: "script".into(),
+                name: "x".into(),
+                version: "1".into(),
+                repo_url: "git://127.0.0.1/x.git".into(),
+                commit: "ab".repeat(20),
+                recipe: "script".into(),
+            },
+            build_env: "test".into(),
+            builder_key: signer.public().0,
+            outputs: outputs
+                .iter()
+                .map(|o| Artifact {
+                    name: o.name.clone(),
+                    sha256: o.sha256.to_string(),
+                })
+                .collect(),
+            dependencies: Vec::new(),
+            log: Artifact {
+                name: "build.log".into(),
+                sha256: "11".repeat(32),
+            },
+        };
+        Envelope::sign(&Statement::new(&facts), &signer.public().0, |m| {
+            signer.sign(m)
+        })
+        .to_json_line()
+    }
+
+    /// `attester`'s attestation of `outputs`, naming `bytes` as its provenance.
+    fn attestation(attester: &Keypair, outputs: Vec<Output>, bytes: &[u8]) -> AttestationRecord {
+        AttestationRecord {
+            attester: attester.public(),
+            role: AttesterRole::Regular,
+            height: 1,
+            outputs,
+            build_env: "test".into(),
+            log_digest: Digest::default(),
+            provenance: Some(Output {
+                name: "provenance.intoto.jsonl".into(),
+                sha256: Digest::of(bytes),
+                size: bytes.len() as u64,
+                stripe_size: 4096,
+                stripe_root: Digest::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_the_attesters_envelope_of_its_attested_outputs_passes() {
+        let builder = Keypair::from_seed([1; 32]);
+        let other = Keypair::from_seed([2; 32]);
+        let outputs = vec![output("a.tgz", 7)];
+        let good = envelope(&builder, &outputs);
+        check_envelope(&good, &attestation(&builder, outputs.clone(), &good)).unwrap();
+
+        // Signed by someone else, even if the ledger names its bytes.
+        let forged = envelope(&other, &outputs);
+        assert!(check_envelope(&forged, &attestation(&builder, outputs.clone(), &forged)).is_err());
+        // Other subjects than the attested outputs.
+        let lying = envelope(&builder, &[output("a.tgz", 8)]);
+        assert!(check_envelope(&lying, &attestation(&builder, outputs.clone(), &lying)).is_err());
+        // Bytes the attestation does not name (an altered envelope).
+        let attested = attestation(&builder, outputs.clone(), &good);
+        let mut altered = good.clone();
+        altered.insert(altered.len() - 1, b' ');
+        assert!(check_envelope(&altered, &attested).is_err());
+    }
 }

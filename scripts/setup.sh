@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Pyrsia needs on a fresh Debian machine:
 # libclang (RocksDB's bindings), bubblewrap (build sandboxes), git, Python's
-# `build` and `wheel` (the python recipe) and CometBFT v0.38.25 into .tools/bin.
+# `build` and `wheel` (the python recipe), CometBFT v0.38.25 into .tools/bin,
+# and securesystemslib in .tools/venv (scripts/python-tools.sh).
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,3 +38,5 @@ if ! "$bin/cometbft" version 2>/dev/null | grep -q "^${COMETBFT_VERSION#v}"; the
   GOBIN="$bin" GOFLAGS=-mod=mod go install "github.com/cometbft/cometbft/cmd/cometbft@${COMETBFT_VERSION}"
 fi
 "$bin/cometbft" version >/dev/null
+
+"$root/scripts/python-tools.sh"

@@ -8,7 +8,9 @@ pub enum BuildError {
     #[error("commit {commit:?} is not a full 40-hex-digit git commit id")]
     BadCommit { commit: String },
 
-    #[error("unsupported ecosystem or recipe {name:?} (supported: cargo, npm, python, script)")]
+    #[error(
+        "unsupported ecosystem or recipe {name:?} (supported: cargo, maven, npm, python, script)"
+    )]
     UnsupportedEcosystem { name: String },
 
     #[error("invalid build spec: {reason}")]

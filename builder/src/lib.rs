@@ -174,6 +174,23 @@ pub fn check_sandbox() -> Result<String, BuildError> {
 /// Fetches, builds and normalises `spec`. Blocking; takes up to
 /// `cfg.limits.time` plus a little cleanup.
 pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, BuildError> {
+    let mut log_path = None;
+    let result = build_logged(spec, cfg, &mut log_path);
+    if let (Err(e), Some(log)) = (&result, &log_path) {
+        // An error that does not point at the log carries what it said;
+        // the log is not left behind for nobody to remove.
+        if e.log_path().is_none() {
+            let _ = fs::remove_file(log);
+        }
+    }
+    result
+}
+
+fn build_logged(
+    spec: &BuildSpec,
+    cfg: &BuilderConfig,
+    log_path_out: &mut Option<PathBuf>,
+) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
     let deadline = started + cfg.limits.time;
     let commit = source::parse_commit(&spec.commit)?;
@@ -201,6 +218,7 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
     let dirs = BuildDirs::create(dir.path())?;
     let log_path = cfg.work_dir.join(format!("{dir_name}.log"));
     let mut log = File::create(&log_path).context(|| format!("creating {}", log_path.display()))?;
+    *log_path_out = Some(log_path.clone());
     let _ = writeln!(
         log,
         "pyrsia build: {} {} {} (recipe {})\nsource: {} at {commit}",
@@ -216,6 +234,7 @@ pub fn build(spec: &BuildSpec, cfg: &BuilderConfig) -> Result<BuildOutcome, Buil
         &format!("pyrsia-{dir_name}-fetch"),
         deadline,
         &mut log,
+        &log_path,
     )?;
     let recipe = recipe::resolve(kind, &dirs.src)?;
     let view = HostView::discover(&recipe.toolchains);

@@ -87,6 +87,7 @@ pub(crate) fn fetch(
     cgroup_name: &str,
     deadline: Instant,
     log: &mut File,
+    log_path: &Path,
 ) -> Result<Checkout, BuildError> {
     let unreachable = |reason: String| BuildError::SourceUnreachable {
         url: url.to_string(),
@@ -133,6 +134,21 @@ pub(crate) fn fetch(
         results_cap: limits.source_bytes,
     };
     let _ = writeln!(log, "pyrsia: fetching the source");
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    // What git said, for the error: the caller drops the log of a build
+    // that never started.
+    let git_said = || {
+        let text = fs::read(log_path).unwrap_or_default();
+        let start = usize::try_from(log_start).unwrap_or(0).min(text.len());
+        let text = String::from_utf8_lossy(&text[start..]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        if tail.is_empty() {
+            "no output".to_string()
+        } else {
+            tail.chars().take(600).collect()
+        }
+    };
     let ran = sandbox::run(&HostView::discover(&[]), &job, log)?;
     match ran {
         Ran::TimedOut => return Err(unreachable("fetching timed out".to_string())),
@@ -147,18 +163,20 @@ pub(crate) fn fetch(
         }
         Ran::Exited { status, .. } if !status.success() => {
             return Err(match status.code() {
-                Some(EXIT_CLONE) => unreachable("git clone failed; see the log".to_string()),
+                Some(EXIT_CLONE) => unreachable(format!("git clone failed: {}", git_said())),
                 Some(EXIT_NO_COMMIT) => BuildError::UnknownCommit {
                     url: url.to_string(),
                     commit: commit.to_string(),
                 },
                 Some(EXIT_CHECKOUT) => {
-                    unreachable(format!("checkout of {commit} failed; see the log"))
+                    unreachable(format!("checkout of {commit} failed: {}", git_said()))
                 }
                 None => unreachable(
                     "git was killed (the memory or process limit is the usual cause)".to_string(),
                 ),
-                Some(_) => BuildError::Sandbox(format!("fetching the source: {status}")),
+                Some(_) => {
+                    BuildError::Sandbox(format!("fetching the source: {status}: {}", git_said()))
+                }
             })
         }
         Ran::Exited { .. } => {}

@@ -182,7 +182,11 @@ fn source_problems_are_reported_precisely() {
 
     let missing = format!("git://127.0.0.1:{}/no-such-repo", server.port);
     let e = builder::build(&spec("script", "x", "1", &missing, &commit), &cfg).unwrap_err();
-    assert!(matches!(e, BuildError::SourceUnreachable { .. }), "{e}");
+    // git's own words are in the error.
+    assert!(
+        matches!(&e, BuildError::SourceUnreachable { reason, .. } if reason.contains("fatal")),
+        "{e}"
+    );
 
     let closed = format!("git://127.0.0.1:{}/real", free_port());
     let e = builder::build(&spec("script", "x", "1", &closed, &commit), &cfg).unwrap_err();
@@ -206,9 +210,13 @@ fn source_problems_are_reported_precisely() {
     assert!(matches!(e, BuildError::BadCommit { .. }), "{e}");
 
     let mut s = spec("script", "x", "1", &url, &commit);
-    s.recipe = "maven".into();
+    s.recipe = "gradle".into();
     let e = builder::build(&s, &cfg).unwrap_err();
     assert!(matches!(e, BuildError::UnsupportedEcosystem { .. }), "{e}");
+
+    // Nothing is left behind for these errors: no directory, no log.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

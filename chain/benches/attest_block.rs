@@ -135,6 +135,7 @@ fn main() {
                 }],
                 build_env: "node-20.11 npm-10".into(),
                 log_digest: Digest([9; 32]),
+                provenance: None,
             });
             attests.push(signed(&builders[i], nonces[i], kind));
         }

@@ -119,6 +119,7 @@ fn attest(id: Digest, i: usize) -> TxKind {
         }],
         build_env: "node-20.11 npm-10".into(),
         log_digest: Digest([9; 32]),
+        provenance: None,
     })
 }
 

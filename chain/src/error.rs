@@ -30,6 +30,8 @@ pub mod code {
     pub const ROLE_CONFLICT: u32 = 21;
     pub const SPONSOR_LIMIT: u32 = 22;
     pub const TOO_MANY_OPEN: u32 = 23;
+    pub const DUPLICATE_FAILURE: u32 = 24;
+    pub const ANSWER_CONFLICT: u32 = 25;
     pub const INTERNAL: u32 = 100;
 }
 
@@ -97,6 +99,14 @@ pub enum TxError {
         "{scope} already has {limit} requests in their selection rounds; retry when one closes"
     )]
     TooManyOpen { scope: String, limit: u32 },
+    #[error("{builder} already reported a failure of request {request}")]
+    DuplicateFailure { builder: String, request: Digest },
+    #[error("{builder} already {had} request {request}; a builder either attests a request or reports its failure, never both")]
+    AnswerConflict {
+        builder: String,
+        request: Digest,
+        had: &'static str,
+    },
     #[error("internal state error: {0}")]
     Store(#[from] StoreError),
 }
@@ -127,6 +137,8 @@ impl TxError {
             TxError::RoleConflict { .. } => code::ROLE_CONFLICT,
             TxError::SponsorLimit { .. } => code::SPONSOR_LIMIT,
             TxError::TooManyOpen { .. } => code::TOO_MANY_OPEN,
+            TxError::DuplicateFailure { .. } => code::DUPLICATE_FAILURE,
+            TxError::AnswerConflict { .. } => code::ANSWER_CONFLICT,
             TxError::Store(_) => code::INTERNAL,
         }
     }

@@ -190,6 +190,7 @@ mod tests {
             outputs: vec![output(seed)],
             build_env: String::new(),
             log_digest: Digest::default(),
+            provenance: None,
         }
     }
 

@@ -179,6 +179,75 @@ pub struct Attest {
     /// Free-form description of the build environment (image, toolchain versions).
     pub build_env: String,
     pub log_digest: Digest,
+    /// The builder's signed provenance (a DSSE envelope of an in-toto
+    /// statement, `docs/protocol.md`), stored like an output so clients can
+    /// fetch it. Never compared between attestations: each builder's differs.
+    pub provenance: Option<Output>,
+}
+
+/// Why a build failed, as the builder that tried it classifies the failure.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The repository could not be cloned.
+    SourceUnreachable,
+    /// The repository has no such commit.
+    UnknownCommit,
+    /// The request cannot be built as stated (commit id, ecosystem, name or version).
+    BadRequest,
+    /// The package's recipe (`pyrsia-build.toml`, manifest) is invalid.
+    BadRecipe,
+    /// Resolving or fetching the dependencies failed.
+    Dependency,
+    /// The build command exited with an error.
+    BuildFailed,
+    /// The build ran past the builder's time limit.
+    TimedOut,
+    /// A declared output was not produced.
+    OutputMissing,
+    /// An output does not match what the recipe declares.
+    OutputMismatch,
+    /// The builder's sandbox could not run the build.
+    Sandbox,
+    /// Anything else (an I/O error on the builder, …).
+    Other,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::SourceUnreachable => "source_unreachable",
+            FailureClass::UnknownCommit => "unknown_commit",
+            FailureClass::BadRequest => "bad_request",
+            FailureClass::BadRecipe => "bad_recipe",
+            FailureClass::Dependency => "dependency",
+            FailureClass::BuildFailed => "build_failed",
+            FailureClass::TimedOut => "timed_out",
+            FailureClass::OutputMissing => "output_missing",
+            FailureClass::OutputMismatch => "output_mismatch",
+            FailureClass::Sandbox => "sandbox",
+            FailureClass::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A selected builder (or a certified trusted node) reports that it built
+/// the request and the build failed: an answer, not an attestation.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ReportFailure {
+    pub request_id: Digest,
+    pub reason: FailureClass,
+    /// SHA-256 of the build log the builder stored, pinned; `None` if it
+    /// could not store it (or the build never started).
+    pub log_digest: Option<Digest>,
 }
 
 /// Binds a package name to its source repository (a certified trusted node,
@@ -292,6 +361,7 @@ pub enum TxKind {
     Governance(Governance),
     BindName(BindName),
     AdmitBuilder(AdmitBuilder),
+    ReportFailure(ReportFailure),
 }
 
 impl TxKind {
@@ -303,6 +373,7 @@ impl TxKind {
             TxKind::TrustedImport(_) => "trusted_import",
             TxKind::BindName(_) => "bind_name",
             TxKind::AdmitBuilder(_) => "admit_builder",
+            TxKind::ReportFailure(_) => "report_failure",
             TxKind::Governance(g) => match g.action {
                 GovAction::CertifyTrustedNode { .. } => "certify_trusted_node",
                 GovAction::RevokeTrustedNode { .. } => "revoke_trusted_node",
@@ -452,6 +523,20 @@ pub struct AttestationRecord {
     pub outputs: Vec<Output>,
     pub build_env: String,
     pub log_digest: Digest,
+    /// The attested provenance envelope, if the attester stored one.
+    pub provenance: Option<Output>,
+}
+
+/// A builder's report that its build of the request failed. Never counted
+/// toward a trust level.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub builder: PublicKey,
+    /// `Regular` (a selected builder) or `Trusted` (a certified trusted node).
+    pub role: AttesterRole,
+    pub height: u64,
+    pub reason: FailureClass,
+    pub log_digest: Option<Digest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -492,6 +577,9 @@ pub struct RequestRecord {
     /// The height at which the current round ends; `None` once the request
     /// has left its selection rounds.
     pub deadline: Option<u64>,
+    /// Failed builds, at most one per builder ever selected (or certified
+    /// trusted node); a builder that reports a failure never also attests.
+    pub failures: Vec<FailureRecord>,
 }
 
 impl RequestRecord {
@@ -516,6 +604,7 @@ impl RequestRecord {
             replaced: Vec::new(),
             round: 0,
             deadline: None,
+            failures: Vec::new(),
         }
     }
 }

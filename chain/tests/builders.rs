@@ -61,6 +61,7 @@ fn attest(id: Digest) -> TxKind {
         }],
         build_env: "node 20".into(),
         log_digest: Digest::default(),
+        provenance: None,
     })
 }
 

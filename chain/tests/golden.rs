@@ -51,7 +51,19 @@ fn attest(id: Digest, seed: u8) -> TxKind {
         outputs: vec![output("pkg.tgz", seed)],
         build_env: "node 20".into(),
         log_digest: Digest([9; 32]),
+        provenance: None,
     })
+}
+
+/// An attestation that also names its provenance envelope.
+fn with_provenance(kind: TxKind) -> TxKind {
+    match kind {
+        TxKind::Attest(a) => TxKind::Attest(Attest {
+            provenance: Some(output("provenance.intoto.jsonl", 13)),
+            ..a
+        }),
+        other => other,
+    }
 }
 
 fn gov(seq: u64, action: GovAction) -> TxKind {
@@ -69,13 +81,15 @@ fn gov(seq: u64, action: GovAction) -> TxKind {
 /// proposer's beacon. Builders 1..=4 are registered; which of them a request
 /// selects depends on the next block's beacon, so
 /// every registered builder attests and the unselected ones are refused:
-/// the codes record that too. The last blocks admit and remove builders and
-/// let a request's silent builders be replaced at their deadline.
+/// the codes record that too. The last blocks admit and remove builders,
+/// let the selected builders of a request report failures (the unselected
+/// one is refused) and replace them at their deadline.
 fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
     let left_pad = request("left-pad", "1.3.0", "https://example.org/left-pad.git");
     let impostor = request("left-pad", "1.3.1", "https://example.net/left-pad.git");
     let id = left_pad.id();
     let silent = request("is-even", "1.0.0", "https://example.org/is-even.git");
+    let silent_id = silent.id();
     let params = Params {
         attest_timeout_blocks: 3,
         ..Params::default()
@@ -93,7 +107,10 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
             .collect(),
         vec![(50, 1, TxKind::RequestBuild(left_pad))],
         (1..=4).map(|i| (i, 2, attest(id, 7))).collect(),
-        vec![(100, 1, attest(id, 7)), (101, 1, attest(id, 7))],
+        vec![
+            (100, 1, with_provenance(attest(id, 7))),
+            (101, 1, attest(id, 7)),
+        ],
         vec![
             (51, 1, TxKind::RequestBuild(impostor)),
             (
@@ -176,8 +193,21 @@ fn blocks() -> Vec<Vec<(u8, u64, TxKind)>> {
             ),
         ],
         vec![(52, 1, TxKind::RequestBuild(silent))],
+        // Every registered builder reports a failure: the selected ones are
+        // recorded, the others refused.
+        [(2, 3), (3, 3), (4, 3), (70, 2)]
+            .map(|(b, nonce)| {
+                let kind = TxKind::ReportFailure(ReportFailure {
+                    request_id: silent_id,
+                    reason: FailureClass::BuildFailed,
+                    log_digest: Some(Digest([b; 32])),
+                });
+                (b, nonce, kind)
+            })
+            .to_vec(),
         vec![],
         vec![],
+        // The deadline: the builders that reported are replaced.
         vec![],
     ]
 }

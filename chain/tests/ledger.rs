@@ -85,6 +85,7 @@ fn attest(id: Digest, seed: u8) -> TxKind {
         outputs: vec![output(seed)],
         build_env: "e".into(),
         log_digest: Digest::default(),
+        provenance: None,
     })
 }
 
@@ -393,6 +394,7 @@ fn commits_stripes_and_nonces_are_bounded() {
             }],
             build_env: "e".into(),
             log_digest: Digest::default(),
+            provenance: None,
         })
     };
     let builder = signer_of(&selected[0]);

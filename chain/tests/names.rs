@@ -43,6 +43,7 @@ fn trusted_build(c: &mut Chain, r: BuildRequest, node: u8) -> Digest {
         }],
         build_env: "e".into(),
         log_digest: Digest::default(),
+        provenance: None,
     });
     let result = c.run(&key(node), attest);
     assert_eq!(result.code, 0, "{}", result.log);

@@ -157,6 +157,7 @@ async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec
                 }],
                 build_env: "node-20.11 npm-10".into(),
                 log_digest: Digest([9; 32]),
+                provenance: None,
             });
             let tx: SignedTx = sign_tx(
                 &builders[i],

@@ -1,7 +1,8 @@
 //! `pyrsia builder start`: follow the ledger, rebuild the requests this node
 //! was selected for (every request in its ecosystems when its key is a
-//! certified trusted node), put the outputs and the log into the local store,
-//! pinned, and attest their digests.
+//! certified trusted node), put the outputs, the log and a signed provenance
+//! envelope into the local store, pinned, and attest their digests. A build
+//! that fails is reported on the ledger with its reason and its stored log.
 //!
 //! Progress survives restarts: `state.json` holds the next block to read and
 //! the requests taken but not finished, so a builder killed mid-build catches
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Args;
 use pyrsia_chain::{
-    sign_tx, Attest, Digest, Keypair, NodeRecord, PublicKey, RegisterBuilder, RequestOrigin,
-    RequestRecord, TxBody, TxKind,
+    sign_tx, Attest, Digest, FailureClass, Keypair, NodeRecord, PublicKey, RegisterBuilder,
+    ReportFailure, RequestOrigin, RequestRecord, TxBody, TxKind,
 };
 use pyrsia_ledger_client::follow::Follower;
 use pyrsia_ledger_client::rpc::{ClientError, LedgerClient, LedgerEvent};
@@ -451,9 +452,16 @@ struct Done {
 async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done> {
     let me = shared.key.public();
     let id = record.id;
-    if record.attestations.iter().any(|a| a.attester == me) {
+    let answered = if record.attestations.iter().any(|a| a.attester == me) {
+        Some("already_attested")
+    } else if record.failures.iter().any(|f| f.builder == me) {
+        Some("already_reported")
+    } else {
+        None
+    };
+    if let Some(outcome) = answered {
         return Ok(Done {
-            outcome: "already_attested",
+            outcome,
             build_secs: None,
             outputs: Vec::new(),
             log: None,
@@ -482,20 +490,22 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
     let built = match built {
         Ok(b) => b,
         Err(e) => {
-            if let Some(log) = e.log_path() {
-                keep_log(&shared.work_dir, id, log);
-            }
+            report_failure(shared, id, &e).await;
             return Err(e.into());
         }
     };
     let uploaded = upload(shared, &built).await;
     let log = keep_log(&shared.work_dir, id, &built.log_path);
     let (outputs, log_digest) = uploaded?;
+    let provenance = store_provenance(shared, request, id, &built, &outputs, log_digest)
+        .await
+        .context("storing the provenance")?;
     let attest = Attest {
         request_id: id,
         outputs: outputs.clone(),
         build_env: built.build_env.clone(),
         log_digest,
+        provenance: Some(provenance),
     };
     match submit(shared, TxKind::Attest(attest)).await {
         Ok(height) => {
@@ -516,6 +526,125 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
         log,
     })
 }
+
+/// The failure class the ledger records for a build error.
+fn failure_class(e: &builder::BuildError) -> FailureClass {
+    use builder::BuildError as E;
+    match e {
+        E::SourceUnreachable { .. } => FailureClass::SourceUnreachable,
+        E::UnknownCommit { .. } => FailureClass::UnknownCommit,
+        E::BadCommit { .. } | E::UnsupportedEcosystem { .. } | E::BadSpec { .. } => {
+            FailureClass::BadRequest
+        }
+        E::BadRecipe { .. } => FailureClass::BadRecipe,
+        E::DependencyFetch { .. } | E::DependencyMismatch { .. } => FailureClass::Dependency,
+        E::BuildFailed { .. } => FailureClass::BuildFailed,
+        E::TimedOut { .. } => FailureClass::TimedOut,
+        E::OutputMissing { .. } => FailureClass::OutputMissing,
+        E::OutputMismatch { .. } => FailureClass::OutputMismatch,
+        E::Sandbox(_) => FailureClass::Sandbox,
+        E::Io { .. } => FailureClass::Other,
+    }
+}
+
+/// Keeps the failed build's log (in `logs/` and pinned in the store, when
+/// it can) and reports the failure on the ledger. Best effort: the job
+/// fails with the build error whatever happens here.
+async fn report_failure(shared: &Shared, id: Digest, e: &builder::BuildError) {
+    let mut log_digest = None;
+    if let Some(log) = e.log_path() {
+        let kept = keep_log(&shared.work_dir, id, log);
+        // The kept copy outlives the build directory.
+        let path = kept.as_deref().unwrap_or(log);
+        match shared.store.put_pinned(path, "build.log").await {
+            Ok(stored) => log_digest = Some(stored.sha256),
+            Err(err) => tracing::warn!(request = %id, "storing the failed build's log: {err:#}"),
+        }
+    }
+    let reason = failure_class(e);
+    let report = ReportFailure {
+        request_id: id,
+        reason,
+        log_digest,
+    };
+    match submit(shared, TxKind::ReportFailure(report)).await {
+        Ok(height) => tracing::info!(request = %id, height, %reason, "reported the failure"),
+        Err(ClientError::Rejected { code, .. })
+            if code == pyrsia_chain::code::DUPLICATE_FAILURE =>
+        {
+            tracing::info!(request = %id, "failure report already committed");
+        }
+        Err(err) => tracing::warn!(request = %id, "reporting the failure: {err}"),
+    }
+}
+
+/// Writes this build's signed provenance to `provenance/REQUEST.intoto.jsonl`
+/// and puts it into the store, pinned; returns its ledger description.
+async fn store_provenance(
+    shared: &Shared,
+    request: &pyrsia_chain::BuildRequest,
+    id: Digest,
+    built: &builder::BuildOutcome,
+    outputs: &[pyrsia_chain::Output],
+    log_digest: Digest,
+) -> Result<pyrsia_chain::Output> {
+    use pyrsia_provenance::{Artifact, BuildFacts, Dependency, Envelope, ExternalParameters};
+    let public = shared.key.public().0;
+    let facts = BuildFacts {
+        request_id: id.to_string(),
+        parameters: ExternalParameters {
+            ecosystem: request.package.ecosystem.clone(),
+            name: request.package.name.clone(),
+            version: request.package.version.clone(),
+            repo_url: request.source.repo_url.clone(),
+            commit: request.source.commit.clone(),
+            recipe: request.recipe.clone(),
+        },
+        build_env: built.build_env.clone(),
+        builder_key: public,
+        outputs: outputs
+            .iter()
+            .map(|o| Artifact {
+                name: o.name.clone(),
+                sha256: o.sha256.to_string(),
+            })
+            .collect(),
+        dependencies: built
+            .resolved_dependencies
+            .iter()
+            .map(|d| Dependency {
+                uri: d.uri.clone(),
+                sha256: d.sha256.clone(),
+                size: d.size,
+            })
+            .collect(),
+        log: Artifact {
+            name: "build.log".to_owned(),
+            sha256: log_digest.to_string(),
+        },
+    };
+    let statement = pyrsia_provenance::Statement::new(&facts);
+    let envelope = Envelope::sign(&statement, &public, |m| shared.key.sign(m));
+    let dir = shared.work_dir.join("provenance");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{id}.intoto.jsonl"));
+    std::fs::write(&path, envelope.to_json_line())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut attempt = 0;
+    loop {
+        match shared.store.put_pinned(&path, PROVENANCE_NAME).await {
+            Err(e) if attempt < RETRIES => {
+                attempt += 1;
+                tracing::warn!("storing the provenance: {e:#}; retrying ({attempt}/{RETRIES})");
+                tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The name a provenance envelope is attested under.
+pub const PROVENANCE_NAME: &str = "provenance.intoto.jsonl";
 
 /// Puts every output and the log into the store, pinned.
 async fn upload(

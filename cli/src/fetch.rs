@@ -261,6 +261,7 @@ mod tests {
                 }],
                 build_env: String::new(),
                 log_digest: Digest::default(),
+                provenance: None,
             }],
             level,
             ..RequestRecord::new(Digest([id; 32]), origin, Default::default(), 1)

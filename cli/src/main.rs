@@ -15,6 +15,7 @@ mod keys;
 mod light;
 mod node;
 mod progress;
+mod provenance;
 mod query;
 mod services;
 mod store_api;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Download a package's verified outputs (or one artifact by digest)
     /// through the local store, from several peers at once.
     Fetch(fetch::FetchCmd),
+    /// Collect the signed provenance (DSSE envelopes of in-toto SLSA
+    /// statements) of a package's build, each verified against the ledger.
+    Provenance(provenance::ProvenanceCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Builder(BuilderCommand::Start(a)) => builder::run(&ctx, a).await,
         Command::Fetch(c) => fetch::run(&ctx, c).await,
         Command::Verify(c) => verify::run(&ctx, c).await,
+        Command::Provenance(c) => provenance::run(&ctx, c).await,
         Command::Light(a) => light::run(&ctx, a).await,
     }
 }

@@ -83,4 +83,45 @@ impl StoreApi {
             stripe_root: stored.stripe_root.parse::<Digest>()?,
         })
     }
+
+    /// The bytes of an attested artifact of at most `limit` bytes, from the
+    /// local store or fetched from its peers (the store checks every stripe
+    /// against the stripe root and the whole file against its SHA-256;
+    /// this checks the SHA-256 once more).
+    pub async fn get_small(&self, artifact: &Output, limit: u64) -> Result<Vec<u8>> {
+        if artifact.size > limit {
+            bail!(
+                "{} is {} bytes, over the {limit} expected",
+                artifact.name,
+                artifact.size
+            );
+        }
+        let url = format!(
+            "{}/artifacts/{}?stripe_root={}&size={}&stripe_size={}",
+            self.base, artifact.sha256, artifact.stripe_root, artifact.size, artifact.stripe_size
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .body(Body::empty())?;
+        let resp = hyper::Client::new()
+            .request(req)
+            .await
+            .with_context(|| format!("GET {url} (is the store running?)"))?;
+        let status = resp.status();
+        let bytes = hyper::body::to_bytes(resp.into_body()).await?;
+        if !status.is_success() {
+            bail!(
+                "GET {url}: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        if Digest::of(&bytes) != artifact.sha256 || bytes.len() as u64 != artifact.size {
+            bail!(
+                "GET {url}: the bytes received are not the attested {}",
+                artifact.name
+            );
+        }
+        Ok(bytes.to_vec())
+    }
 }

@@ -304,6 +304,7 @@ pub async fn run_tx(ctx: &Context, cmd: TxCommand) -> Result<()> {
                 outputs,
                 build_env,
                 log_digest,
+                provenance: None,
             };
             let tx = submit(ctx, &key, TxKind::Attest(attest)).await?;
             report(ctx, "attestation", &tx, serde_json::json!({}));

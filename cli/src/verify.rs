@@ -185,6 +185,14 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
                 "height": a.height,
                 "outputs": a.outputs,
                 "dissent": dissent.contains(&a.attester),
+                "provenance": a.provenance.as_ref().map(|p| p.sha256),
+            })).collect::<Vec<_>>(),
+            "failures": b.failures.iter().map(|f| serde_json::json!({
+                "builder": f.builder,
+                "role": role_name(f.role),
+                "height": f.height,
+                "reason": f.reason,
+                "log_digest": f.log_digest,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "files": files.iter().map(|f| serde_json::json!({
@@ -218,6 +226,15 @@ pub async fn run(ctx: &Context, cmd: VerifyCmd) -> Result<()> {
                     } else {
                         ""
                     }
+                ));
+            }
+            for f in &b.failures {
+                text.push_str(&format!(
+                    "\n    {:<7} {} at height {}  FAILED: {}",
+                    role_name(f.role),
+                    f.builder,
+                    f.height,
+                    f.reason
                 ));
             }
         }

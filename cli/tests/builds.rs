@@ -273,7 +273,8 @@ async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_attestation() {
+async fn bad_sources_network_access_and_overlong_builds_fail_clearly_and_are_reported_with_their_class(
+) {
     let git = GitServer::start().unwrap();
     let mut net = Testnet::start_with_services(ServicePlan {
         regular_builders: 1,
@@ -303,6 +304,7 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_att
                 ..good.clone()
             },
             "repo",
+            "source_unreachable",
         ),
         (
             Fixture {
@@ -311,6 +313,7 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_att
                 ..good.clone()
             },
             "commit",
+            "unknown_commit",
         ),
         (
             git.script_running(
@@ -320,20 +323,22 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_att
             )
             .unwrap(),
             "",
+            "build_failed",
         ),
         (
             git.script_running("forever", "1.0.0", "sleep 600; echo done > out/result")
                 .unwrap(),
             "time",
+            "timed_out",
         ),
     ];
     let mut ids = Vec::new();
-    for (f, _) in &cases {
+    for (f, _, _) in &cases {
         ids.push(request(&net, f).0);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     let builder = builder_names(&net).remove(0);
-    for ((f, expect), id) in cases.iter().zip(&ids) {
+    for ((f, expect, class), id) in cases.iter().zip(&ids) {
         let job = loop {
             let jobs = net.builder_jobs(&builder);
             if let Some(j) = jobs.into_iter().find(|j| j["request_id"] == id.as_str()) {
@@ -349,8 +354,24 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_without_att
         assert_eq!(job["outcome"], "failed", "{}: {job}", f.name);
         let error = job["error"].as_str().unwrap_or_default().to_lowercase();
         assert!(error.contains(expect), "{}: {error}", f.name);
-        let r = record(&net, id).await;
+        // The failure is on the ledger, with its class, as the builder's answer.
+        let r = loop {
+            let r = record(&net, id).await;
+            if !r.failures.is_empty() {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: no failure reported",
+                f.name
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert!(r.attestations.is_empty(), "{}: attested anyway", f.name);
+        assert_eq!(r.failures.len(), 1, "{}", f.name);
+        assert_eq!(r.failures[0].reason.as_str(), *class, "{}", f.name);
+        let builder_key = net.builder_key(&builder).unwrap().public();
+        assert_eq!(r.failures[0].builder, builder_key);
     }
     drop(listener);
 }

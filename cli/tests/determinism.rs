@@ -185,6 +185,7 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
                 outputs: vec![output(seed)],
                 build_env: "node-20".into(),
                 log_digest: Digest([k as u8; 32]),
+                provenance: None,
             };
             batch.push((b.node, b.tx(&chain_id, TxKind::Attest(attest))));
         }
@@ -195,6 +196,7 @@ async fn four_validators_agree_on_the_app_hash_at_every_height_under_1000_mixed_
                     outputs: vec![output(1)],
                     build_env: "trusted".into(),
                     log_digest: Digest::default(),
+                    provenance: None,
                 };
                 batch.push((t.node, t.tx(&chain_id, TxKind::Attest(attest))));
             }

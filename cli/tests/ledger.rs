@@ -452,6 +452,7 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
                 }],
                 build_env: "env".into(),
                 log_digest: Digest::default(),
+                provenance: None,
             }),
         },
     );

@@ -6,11 +6,12 @@ use super::*;
 fn recipe_for(ecosystem: &str) -> Result<&'static str, TxError> {
     match ecosystem {
         "cargo" => Ok("cargo"),
+        "maven" => Ok("maven"),
         "npm" => Ok("npm"),
         "python" => Ok("python"),
         "script" => Ok("script"),
         other => Err(TxError::InvalidField(format!(
-            "no recipe builds ecosystem {other:?} (cargo, npm, python, script)"
+            "no recipe builds ecosystem {other:?} (cargo, maven, npm, python, script)"
         ))),
     }
 }
@@ -107,6 +108,9 @@ impl Exec<'_> {
         let params = self.params()?;
         self.outputs(&a.outputs, &params)?;
         self.text("build_env", &a.build_env, params.max_field_len)?;
+        if let Some(p) = &a.provenance {
+            self.outputs(std::slice::from_ref(p), &params)?;
+        }
         let key = state_key::request(a.request_id);
         let mut record: RequestRecord = self
             .get(&key)?
@@ -117,24 +121,14 @@ impl Exec<'_> {
                 request: a.request_id,
             });
         }
-        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
-        let role = if node.as_ref().is_some_and(|n| n.is_certified_at(self.time)) {
-            AttesterRole::Trusted
-        } else if matches!(record.origin, RequestOrigin::Build(_))
-            && record.selected.contains(&signer)
-        {
-            if node.as_ref().is_none_or(|n| n.admission.is_none()) {
-                return Err(TxError::NotAdmitted(signer.to_string()));
-            }
-            AttesterRole::Regular
-        } else if matches!(record.origin, RequestOrigin::Import { .. }) {
-            return Err(TxError::NotTrustedNode(signer.to_string()));
-        } else {
-            return Err(TxError::NotSelected {
-                attester: signer.to_string(),
+        if record.failures.iter().any(|f| f.builder == signer) {
+            return Err(TxError::AnswerConflict {
+                builder: signer.to_string(),
                 request: a.request_id,
+                had: "reported a failure of",
             });
-        };
+        }
+        let role = self.answering_role(signer, &record)?;
         self.record_attestation(
             &mut record,
             AttestationRecord {
@@ -144,9 +138,101 @@ impl Exec<'_> {
                 outputs: a.outputs.clone(),
                 build_env: a.build_env.clone(),
                 log_digest: a.log_digest,
+                provenance: a.provenance.clone(),
             },
             &params,
         )?;
+        self.put(key, &record);
+        Ok(())
+    }
+
+    /// How `signer` may answer (attest, or report a failure of) a request:
+    /// as a certified trusted node, or as one of its selected builders.
+    fn answering_role(
+        &self,
+        signer: PublicKey,
+        record: &RequestRecord,
+    ) -> Result<AttesterRole, TxError> {
+        let node: Option<NodeRecord> = self.get(&state_key::node(signer))?;
+        if node.as_ref().is_some_and(|n| n.is_certified_at(self.time)) {
+            Ok(AttesterRole::Trusted)
+        } else if matches!(record.origin, RequestOrigin::Build(_))
+            && record.selected.contains(&signer)
+        {
+            if node.as_ref().is_none_or(|n| n.admission.is_none()) {
+                return Err(TxError::NotAdmitted(signer.to_string()));
+            }
+            Ok(AttesterRole::Regular)
+        } else if matches!(record.origin, RequestOrigin::Import { .. }) {
+            Err(TxError::NotTrustedNode(signer.to_string()))
+        } else {
+            Err(TxError::NotSelected {
+                attester: signer.to_string(),
+                request: record.id,
+            })
+        }
+    }
+
+    /// A builder's failed build: recorded on the request (once per builder,
+    /// never beside an attestation of the same builder), announced as
+    /// `build_failed`, and never counted toward the trust level. It is an
+    /// answer: the builder's missed deadlines are reset as by an attestation.
+    pub(super) fn report_failure(
+        &mut self,
+        signer: PublicKey,
+        f: &ReportFailure,
+    ) -> Result<(), TxError> {
+        let key = state_key::request(f.request_id);
+        let mut record: RequestRecord = self
+            .get(&key)?
+            .ok_or(TxError::UnknownRequest(f.request_id))?;
+        if let RequestOrigin::Import { .. } = record.origin {
+            return Err(TxError::InvalidField(format!(
+                "request {} is an import: nothing was built, so nothing failed",
+                f.request_id
+            )));
+        }
+        if record.failures.iter().any(|x| x.builder == signer) {
+            return Err(TxError::DuplicateFailure {
+                builder: signer.to_string(),
+                request: f.request_id,
+            });
+        }
+        if record.attestations.iter().any(|x| x.attester == signer) {
+            return Err(TxError::AnswerConflict {
+                builder: signer.to_string(),
+                request: f.request_id,
+                had: "attested",
+            });
+        }
+        let role = self.answering_role(signer, &record)?;
+        let node_key = state_key::node(signer);
+        if let Some(mut node) = self.get::<NodeRecord>(&node_key)? {
+            if let Some(builder) = node.builder.as_mut().filter(|b| b.missed_deadlines > 0) {
+                builder.missed_deadlines = 0;
+                self.put(node_key, &node);
+            }
+        }
+        record.failures.push(FailureRecord {
+            builder: signer,
+            role,
+            height: self.height,
+            reason: f.reason,
+            log_digest: f.log_digest,
+        });
+        self.emit(
+            "build_failed",
+            vec![
+                ("request_id", f.request_id.to_string()),
+                ("builder", signer.to_string()),
+                ("role", format!("{role:?}").to_lowercase()),
+                ("reason", f.reason.to_string()),
+                (
+                    "log_digest",
+                    f.log_digest.map(|d| d.to_string()).unwrap_or_default(),
+                ),
+            ],
+        );
         self.put(key, &record);
         Ok(())
     }
@@ -189,6 +275,7 @@ impl Exec<'_> {
                 outputs: i.outputs.clone(),
                 build_env: format!("import from {}", i.upstream),
                 log_digest: Digest::default(),
+                provenance: None,
             },
             &params,
         )?;

@@ -874,6 +874,7 @@ impl<'a> Exec<'a> {
                 self.require_trusted_node(tx.signer)?;
                 self.admit_builder(a.builder, Sponsor::TrustedNode(tx.signer))
             }
+            TxKind::ReportFailure(f) => self.report_failure(tx.signer, f),
         };
         outcome?;
         let writes = std::mem::take(&mut self.tx);

@@ -78,10 +78,11 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// Selected builders that have not attested are replaced by the next
-    /// draws of the request's own sequence, while the request lacks a quorum
-    /// of regular attestations and has rounds left; otherwise the request
-    /// leaves its selection rounds.
+    /// Selected builders that have not attested (silent, or reporting a
+    /// failure) are replaced by the next draws of the request's own
+    /// sequence, while the request lacks a quorum of regular attestations
+    /// and has rounds left; otherwise the request leaves its selection
+    /// rounds. Only the silent ones miss a deadline.
     fn end_round(&mut self, id: Digest, params: &Params) -> Result<(), TxError> {
         let key = state_key::request(id);
         let Some(mut record) = self.get::<RequestRecord>(&key)? else {
@@ -95,6 +96,10 @@ impl Exec<'_> {
         };
         let package = request.package.clone();
         let attested: Vec<PublicKey> = record.attestations.iter().map(|a| a.attester).collect();
+        // Selected builders without an attestation: the silent ones missed
+        // the deadline; the ones that reported a failure answered, so they
+        // are not penalised, but they are replaced all the same, exactly as
+        // if silent (a failure report cannot keep a slot from a fresh draw).
         let missing: Vec<PublicKey> = record
             .selected
             .iter()
@@ -102,7 +107,9 @@ impl Exec<'_> {
             .copied()
             .collect();
         for builder in &missing {
-            self.missed_deadline(*builder, params)?;
+            if !record.failures.iter().any(|f| f.builder == *builder) {
+                self.missed_deadline(*builder, params)?;
+            }
         }
         let regular = record
             .attestations
@@ -136,13 +143,22 @@ impl Exec<'_> {
                 record.round += 1;
                 record.deadline = Some(deadline);
                 let replacements: Vec<String> = picks.iter().map(ToString::to_string).collect();
-                let missed: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                let (failed, missed): (Vec<PublicKey>, Vec<PublicKey>) = missing
+                    .iter()
+                    .partition(|b| record.failures.iter().any(|f| f.builder == **b));
+                let names = |keys: Vec<PublicKey>| {
+                    keys.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 record.selected.extend(picks);
                 self.emit(
                     "builders_replaced",
                     vec![
                         ("request_id", id.to_string()),
-                        ("missed", missed.join(",")),
+                        ("missed", names(missed)),
+                        ("failed", names(failed)),
                         ("selected", replacements.join(",")),
                     ],
                 );

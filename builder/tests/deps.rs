@@ -40,18 +40,28 @@ fn npm_tarball(name: &str, version: &str) -> PathBuf {
     file
 }
 
-/// `builder/tests/support/npm_upstream.py` serving the tarballs in `dir`.
-struct NpmUpstream {
+/// A registry of `builder/tests/support/` serving the files in `dir`.
+struct LocalUpstream {
     child: Child,
     url: String,
 }
 
-impl NpmUpstream {
-    fn start(dir: &Path) -> NpmUpstream {
+impl LocalUpstream {
+    fn npm(dir: &Path) -> LocalUpstream {
+        LocalUpstream::start("npm_upstream.py", dir)
+    }
+
+    fn pypi(dir: &Path) -> LocalUpstream {
+        LocalUpstream::start("pypi_upstream.py", dir)
+    }
+
+    fn start(script: &str, dir: &Path) -> LocalUpstream {
         let port_file = dir.join("port");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/npm_upstream.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(script);
         let child = Command::new("python3")
-            .arg(script)
+            .arg(&script)
             .arg(dir)
             .arg(&port_file)
             .spawn()
@@ -61,17 +71,17 @@ impl NpmUpstream {
             if let Ok(p) = std::fs::read_to_string(&port_file) {
                 break p;
             }
-            assert!(Instant::now() < until, "npm upstream did not start");
+            assert!(Instant::now() < until, "{} did not start", script.display());
             std::thread::sleep(Duration::from_millis(20));
         };
-        NpmUpstream {
+        LocalUpstream {
             child,
             url: format!("http://127.0.0.1:{port}"),
         }
     }
 }
 
-impl Drop for NpmUpstream {
+impl Drop for LocalUpstream {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -141,7 +151,7 @@ fn source_files(tarball: &Path, registry: &str) -> Vec<(String, String, bool)> {
     files
 }
 
-fn npm_config(work: &Path, upstream: &NpmUpstream) -> builder::BuilderConfig {
+fn npm_config(work: &Path, upstream: &LocalUpstream) -> builder::BuilderConfig {
     let mut cfg = config(work);
     cfg.upstreams = vec![Upstream {
         name: "npm".into(),
@@ -155,7 +165,7 @@ fn npm_dependencies_are_fetched_through_the_proxy_recorded_and_built_offline() {
     let package = npm_tarball(PACKAGE.0, PACKAGE.1);
     let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
     let dir = upstream_dir(std::slice::from_ref(&dependency));
-    let upstream = NpmUpstream::start(dir.path());
+    let upstream = LocalUpstream::npm(dir.path());
     let files = source_files(&package, &upstream.url);
     assert!(files.iter().any(|(n, _, _)| n == "package-lock.json"));
 
@@ -192,7 +202,7 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
     let package = npm_tarball(PACKAGE.0, PACKAGE.1);
     let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
     let honest = upstream_dir(std::slice::from_ref(&dependency));
-    let upstream = NpmUpstream::start(honest.path());
+    let upstream = LocalUpstream::npm(honest.path());
     let files = source_files(&package, &upstream.url);
     drop(upstream);
 
@@ -220,7 +230,7 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
         .status()
         .unwrap()
         .success());
-    let upstream = NpmUpstream::start(&served);
+    let upstream = LocalUpstream::npm(&served);
 
     let server = GitServer::start();
     let refs: Vec<(&str, &str, bool)> = files
@@ -238,4 +248,173 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
         }
         other => panic!("expected DependencyMismatch, got {other:?}"),
     }
+}
+
+/// `pip download` of one file, through the machine's pip configuration,
+/// kept between runs.
+fn pypi_file(requirement: &str, binary: bool, file: &str) -> PathBuf {
+    let cache = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/pyrsia-test-packages/pypi");
+    std::fs::create_dir_all(&cache).unwrap();
+    let path = cache.join(file);
+    if !path.exists() {
+        let format = if binary {
+            "--only-binary"
+        } else {
+            "--no-binary"
+        };
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                format,
+                ":all:",
+                "-d",
+            ])
+            .arg(&cache)
+            .arg(requirement)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && path.exists(),
+            "pip download {requirement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
+/// An sdist's files, as its repository would hold them.
+fn sdist_files(sdist: &Path) -> Vec<(String, String, bool)> {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(sdist)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap()
+        .success());
+    let root = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_python_package_on_a_non_setuptools_backend_builds_with_its_recorded_backend() {
+    // tomli's build backend is flit_core, which the host does not have.
+    let sdist = pypi_file("tomli==2.0.1", false, "tomli-2.0.1.tar.gz");
+    let backend = pypi_file("flit_core==3.9.0", true, "flit_core-3.9.0-py3-none-any.whl");
+    let dir = upstream_dir(std::slice::from_ref(&backend));
+    let upstream = LocalUpstream::pypi(dir.path());
+
+    let files = sdist_files(&sdist);
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo("tomli", &refs);
+    let spec = spec("python", "tomli", "2.0.1", &url, &commit);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for work in ["a", "b/deeper"] {
+        let mut cfg = config(&tmp.path().join(work));
+        cfg.upstreams = vec![Upstream {
+            name: "pypi".into(),
+            url: upstream.url.clone(),
+        }];
+        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
+        outcomes.push(out);
+    }
+    assert_eq!(digests(&outcomes[0]), digests(&outcomes[1]));
+    let names: Vec<&str> = outcomes[0]
+        .outputs
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["tomli-2.0.1-py3-none-any.whl", "tomli-2.0.1.tar.gz"]
+    );
+    let resolved = &outcomes[0].resolved_dependencies;
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(
+        resolved[0].uri,
+        "pypi:/files/flit_core-3.9.0-py3-none-any.whl"
+    );
+    assert_eq!(resolved[0].sha256, sha256(&backend));
+}
+
+/// A package names its build requirements, and a requirement can be a
+/// direct URL (here a server of this host). The dependency step's network
+/// holds only the proxy, so it reaches nothing else, and the build fails.
+#[test]
+fn the_dependency_step_reaches_nothing_but_the_proxy() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+
+    let backend = pypi_file("flit_core==3.9.0", true, "flit_core-3.9.0-py3-none-any.whl");
+    let dir = upstream_dir(std::slice::from_ref(&backend));
+    let upstream = LocalUpstream::pypi(dir.path());
+    let direct = format!("http://127.0.0.1:{port}/evil-1.0-py3-none-any.whl");
+    let pyproject = format!(
+        "[build-system]\nrequires = [\"flit_core==3.9.0\", \"evil @ {direct}\"]\nbuild-backend = \"flit_core.buildapi\"\n"
+    );
+    let server = GitServer::start();
+    let (url, commit) = server.repo("reach-out", &[("pyproject.toml", &pyproject, false)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.upstreams = vec![Upstream {
+        name: "pypi".into(),
+        url: upstream.url.clone(),
+    }];
+    let err = builder::build(&spec("python", "reach-out", "1.0", &url, &commit), &cfg).unwrap_err();
+    let log = read_log(&err);
+    assert!(
+        matches!(err, BuildError::DependencyFetch { .. }),
+        "{err}\n{log}"
+    );
+    assert!(
+        log.contains(&direct),
+        "pip never tried the direct URL:\n{log}"
+    );
+    // The host's listener was reachable all along, from the host.
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reached = 0;
+    while listener.accept().is_ok() {
+        reached += 1;
+    }
+    assert_eq!(
+        reached, 1,
+        "only the test's own connection reached the host"
+    );
 }

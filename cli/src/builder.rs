@@ -83,7 +83,14 @@ struct State {
     next_height: u64,
     /// Requests taken from the ledger whose job has not finished.
     pending: BTreeSet<Digest>,
+    /// How often each pending job was started: a job that kills the builder
+    /// (and so never finishes) is resumed on restart only so many times.
+    #[serde(default)]
+    starts: std::collections::BTreeMap<Digest, u32>,
 }
+
+/// A job started this often without finishing is dropped.
+const MAX_JOB_STARTS: u32 = 3;
 
 struct StateFile {
     path: PathBuf,
@@ -206,6 +213,7 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
             state: State {
                 next_height: start_height,
                 pending: BTreeSet::new(),
+                starts: Default::default(),
             },
         },
     };
@@ -391,6 +399,39 @@ const RETRIES: u32 = 3;
 
 async fn run_job(shared: &Shared, id: Digest) {
     let started = Instant::now();
+    let starts = {
+        let mut state = shared.state.lock().await;
+        let n = state.state.starts.entry(id).or_insert(0);
+        *n += 1;
+        let n = *n;
+        if let Err(e) = state.save() {
+            tracing::warn!("saving builder state: {e:#}");
+        }
+        n
+    };
+    if starts > MAX_JOB_STARTS {
+        let why = format!(
+            "dropped: started {} times without finishing (the builder stopped during it each time)",
+            starts - 1
+        );
+        tracing::error!(request = %id, "{why}");
+        finish_job(
+            shared,
+            id,
+            JobReport {
+                request_id: id,
+                package: String::new(),
+                outcome: "dropped",
+                error: Some(why),
+                build_secs: None,
+                job_secs: 0.0,
+                outputs: Vec::new(),
+                log: None,
+            },
+        )
+        .await;
+        return;
+    }
     let record = shared
         .ledger
         .query_value::<RequestRecord>(&format!("request/{id}"))
@@ -422,11 +463,17 @@ async fn run_job(shared: &Shared, id: Digest) {
         outputs,
         log,
     };
+    finish_job(shared, id, report).await;
+}
+
+/// Records the job's end in `jobs.jsonl` and takes it out of the state.
+async fn finish_job(shared: &Shared, id: Digest, report: JobReport<'_>) {
     if let Err(e) = append_report(&shared.work_dir, &report) {
         tracing::warn!("writing jobs.jsonl: {e}");
     }
     let mut state = shared.state.lock().await;
     state.state.pending.remove(&id);
+    state.state.starts.remove(&id);
     if let Err(e) = state.save() {
         tracing::warn!("saving builder state: {e:#}");
     }

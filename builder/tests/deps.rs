@@ -4,152 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/packages.rs"]
+mod packages;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use builder::{BuildError, Upstream};
 use common::*;
+use packages::*;
 
-/// A real package with a dependency, and that dependency.
-const PACKAGE: (&str, &str) = ("is-odd", "3.0.1");
-const DEPENDENCY: (&str, &str) = ("is-number", "6.0.0");
-
-/// `npm pack NAME@VERSION` through the machine's npm configuration, kept
-/// between runs.
-fn npm_tarball(name: &str, version: &str) -> PathBuf {
-    let cache = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/pyrsia-test-packages/npm");
-    std::fs::create_dir_all(&cache).unwrap();
-    let file = cache.join(format!("{name}-{version}.tgz"));
-    if !file.exists() {
-        let out = Command::new("npm")
-            .args(["pack", &format!("{name}@{version}"), "--silent"])
-            .current_dir(&cache)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && file.exists(),
-            "npm pack {name}@{version}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    file
-}
-
-/// A registry of `builder/tests/support/` serving the files in `dir`.
-struct LocalUpstream {
-    child: Child,
-    url: String,
-}
-
-impl LocalUpstream {
-    fn npm(dir: &Path) -> LocalUpstream {
-        LocalUpstream::start("npm_upstream.py", dir)
-    }
-
-    fn pypi(dir: &Path) -> LocalUpstream {
-        LocalUpstream::start("pypi_upstream.py", dir)
-    }
-
-    fn start(script: &str, dir: &Path) -> LocalUpstream {
-        let port_file = dir.join("port");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/support")
-            .join(script);
-        let child = Command::new("python3")
-            .arg(&script)
-            .arg(dir)
-            .arg(&port_file)
-            .spawn()
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < until, "{} did not start", script.display());
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        LocalUpstream {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for LocalUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn upstream_dir(tarballs: &[PathBuf]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for t in tarballs {
-        std::fs::copy(t, dir.path().join(t.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-/// The package's published tarball as a source tree, with the lockfile its
-/// developer would commit: `npm install --package-lock-only` against the
-/// upstream. Its devDependencies (a test runner's whole tree) are dropped,
-/// so that the upstream needs to serve only the runtime dependency.
-fn source_files(tarball: &Path, registry: &str) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let ok = Command::new("tar")
-        .args(["-xzf"])
-        .arg(tarball)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let pkg = tmp.path().join("package");
-    let manifest_path = pkg.join("package.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    manifest.as_object_mut().unwrap().remove("devDependencies");
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_string_pretty(&manifest).unwrap() + "\n",
-    )
-    .unwrap();
-    let out = Command::new("npm")
-        .args([
-            "install",
-            "--package-lock-only",
-            "--ignore-scripts",
-            "--no-audit",
-            "--no-fund",
-            "--registry",
-            registry,
-        ])
-        .current_dir(&pkg)
-        .env("npm_config_cache", tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "npm install --package-lock-only: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&pkg).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            files.push((name, std::fs::read_to_string(&path).unwrap(), false));
-        }
-    }
-    files
-}
+const PACKAGE: (&str, &str) = NPM_PACKAGE;
+const DEPENDENCY: (&str, &str) = NPM_DEPENDENCY;
 
 fn npm_config(work: &Path, upstream: &LocalUpstream) -> builder::BuilderConfig {
     let mut cfg = config(work);
@@ -166,7 +32,7 @@ fn npm_dependencies_are_fetched_through_the_proxy_recorded_and_built_offline() {
     let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
     let dir = upstream_dir(std::slice::from_ref(&dependency));
     let upstream = LocalUpstream::npm(dir.path());
-    let files = source_files(&package, &upstream.url);
+    let files = npm_source_files(&package, &upstream.url);
     assert!(files.iter().any(|(n, _, _)| n == "package-lock.json"));
 
     let server = GitServer::start();
@@ -203,7 +69,7 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
     let dependency = npm_tarball(DEPENDENCY.0, DEPENDENCY.1);
     let honest = upstream_dir(std::slice::from_ref(&dependency));
     let upstream = LocalUpstream::npm(honest.path());
-    let files = source_files(&package, &upstream.url);
+    let files = npm_source_files(&package, &upstream.url);
     drop(upstream);
 
     // The same name and version with other bytes: an extra file inside.
@@ -248,82 +114,6 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
         }
         other => panic!("expected DependencyMismatch, got {other:?}"),
     }
-}
-
-/// `pip download` of one file, through the machine's pip configuration,
-/// kept between runs.
-fn pypi_file(requirement: &str, binary: bool, file: &str) -> PathBuf {
-    let cache = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/pyrsia-test-packages/pypi");
-    std::fs::create_dir_all(&cache).unwrap();
-    let path = cache.join(file);
-    if !path.exists() {
-        let format = if binary {
-            "--only-binary"
-        } else {
-            "--no-binary"
-        };
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "-q",
-                format,
-                ":all:",
-                "-d",
-            ])
-            .arg(&cache)
-            .arg(requirement)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && path.exists(),
-            "pip download {requirement}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    path
-}
-
-/// An sdist's files, as its repository would hold them.
-fn sdist_files(sdist: &Path) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    assert!(Command::new("tar")
-        .arg("-xzf")
-        .arg(sdist)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success());
-    let root = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut files = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
-            }
-        }
-    }
-    files
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! served by `git daemon` on 127.0.0.1, and clients using the `pyrsia` CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../builder/tests/support/packages.rs"]
+mod packages;
 mod support;
 
 use std::collections::BTreeSet;
@@ -374,4 +376,122 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_and_are_rep
         assert_eq!(r.failures[0].builder, builder_key);
     }
     drop(listener);
+}
+
+/// Real packages with dependencies, from the registries' own archives,
+/// reach `reproducible` through every builder's dependency step; each
+/// builder's signed provenance lists the dependency with the digest the
+/// upstream served.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_packages_with_dependencies_reach_reproducible() {
+    use packages::*;
+    let npm_dep = npm_tarball(NPM_DEPENDENCY.0, NPM_DEPENDENCY.1);
+    let npm_dir = upstream_dir(std::slice::from_ref(&npm_dep));
+    let npm = LocalUpstream::npm(npm_dir.path());
+    let backend = pypi_file("flit_core==3.9.0", true, "flit_core-3.9.0-py3-none-any.whl");
+    let pypi_dir = upstream_dir(std::slice::from_ref(&backend));
+    let pypi = LocalUpstream::pypi(pypi_dir.path());
+
+    let git = GitServer::start().unwrap();
+    let owned = |files: Vec<(String, String, bool)>| -> Vec<(String, String)> {
+        files.into_iter().map(|(n, c, _)| (n, c)).collect()
+    };
+    let publish = |eco: &'static str, name: &str, version: &str, files: &[(String, String)]| {
+        let refs: Vec<(&str, String)> =
+            files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+        git.publish(eco, name, version, &refs).unwrap()
+    };
+    let npm_files = owned(npm_source_files(
+        &npm_tarball(NPM_PACKAGE.0, NPM_PACKAGE.1),
+        &npm.url,
+    ));
+    let py_files = owned(sdist_files(&pypi_file(
+        "tomli==2.0.1",
+        false,
+        "tomli-2.0.1.tar.gz",
+    )));
+    let fixtures = [
+        (
+            publish("npm", NPM_PACKAGE.0, NPM_PACKAGE.1, &npm_files),
+            npm_dep.clone(),
+            "npm:/is-number/-/is-number-6.0.0.tgz",
+        ),
+        (
+            publish("python", "tomli", "2.0.1", &py_files),
+            backend.clone(),
+            "pypi:/files/flit_core-3.9.0-py3-none-any.whl",
+        ),
+    ];
+
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 3,
+        trusted_builders: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    net.set_builder_upstreams(&[("npm", &npm.url), ("pypi", &pypi.url)])
+        .unwrap();
+    net.start_services().await.unwrap();
+
+    for (f, dep_file, dep_uri) in &fixtures {
+        let (id, _) = request(&net, f);
+        let r = wait_level(
+            &net,
+            &id,
+            &["reproducible", "disputed"],
+            Duration::from_secs(600),
+        )
+        .await;
+        assert_eq!(
+            r.level.as_str(),
+            "reproducible",
+            "{}: {:#?}",
+            f.name,
+            r.attestations
+        );
+
+        let dir = net.dir.path().join(format!("provenance-{}", f.ecosystem));
+        let out = net
+            .pyrsia(&[
+                "provenance",
+                f.ecosystem,
+                &f.name,
+                &f.version,
+                "-o",
+                dir.to_str().unwrap(),
+                "--api",
+                &store_api(&net),
+            ])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = packages::sha256_hex(dep_file);
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+            let payload = base64_decode(envelope["payload"].as_str().unwrap());
+            let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+                .as_array()
+                .unwrap();
+            assert!(
+                deps.iter()
+                    .any(|d| d["uri"] == *dep_uri && d["digest"]["sha256"] == want),
+                "{}: {deps:#?}",
+                f.name
+            );
+            checked += 1;
+        }
+        assert!(checked >= 4, "{}: {checked} provenance files", f.name);
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }

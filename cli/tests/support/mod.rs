@@ -311,6 +311,26 @@ impl Testnet {
         Ok(all)
     }
 
+    /// Gives every builder of node 0 these dependency-step upstreams
+    /// (before [`Testnet::start_services`]).
+    pub fn set_builder_upstreams(&self, upstreams: &[(&str, &str)]) -> Result<()> {
+        let path = self.nodes[0].home.join("config/services.toml");
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&path)?.parse()?;
+        let builders = doc
+            .get_mut("builder")
+            .and_then(|b| b.as_array_of_tables_mut())
+            .context("services.toml has no [[builder]]")?;
+        for b in builders.iter_mut() {
+            let mut table = toml_edit::InlineTable::new();
+            for (name, url) in upstreams {
+                table.insert(*name, (*url).into());
+            }
+            b.insert("upstreams", toml_edit::value(table));
+        }
+        std::fs::write(&path, doc.to_string())?;
+        Ok(())
+    }
+
     /// Where builder `name` keeps its state and job log.
     pub fn builder_dir(&self, name: &str) -> PathBuf {
         self.nodes[0].home.join("builders").join(name).join("work")

@@ -252,8 +252,12 @@ impl Store {
         self.root.join("objects").join(hex::encode(sha))
     }
 
-    /// Frees space for `need` more bytes by evicting unpinned complete
-    /// artifacts, least recently used first. Returns the evicted digests.
+    /// Frees space for `need` more bytes by evicting complete artifacts:
+    /// unpinned ones first, least recently used first, and only when none is
+    /// left the least recently used pinned one. Pins rank what stays; they
+    /// cannot make the quota unkeepable (a builder pins every output it
+    /// makes, and junk requests would otherwise fill its disk for good).
+    /// Returns the evicted digests.
     fn reserve(&self, inner: &mut Inner, need: u64) -> Result<Vec<Digest>, StoreError> {
         let mut evicted = Vec::new();
         if need > self.quota {
@@ -267,8 +271,8 @@ impl Store {
             let victim = inner
                 .entries
                 .values()
-                .filter(|e| e.complete && !e.pinned)
-                .min_by_key(|e| e.last_access)
+                .filter(|e| e.complete)
+                .min_by_key(|e| (e.pinned, e.last_access))
                 .map(|e| e.sha256);
             let Some(v) = victim else {
                 return Err(StoreError::QuotaExceeded {
@@ -283,7 +287,11 @@ impl Store {
                 if let Err(err) = fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), %err, "evict: remove failed");
                 }
-                tracing::info!(sha256 = %hex::encode(v), size = e.manifest.size, "evicted");
+                if e.pinned {
+                    tracing::warn!(sha256 = %hex::encode(v), size = e.manifest.size, "evicted a pinned artifact: the quota holds nothing else");
+                } else {
+                    tracing::info!(sha256 = %hex::encode(v), size = e.manifest.size, "evicted");
+                }
                 evicted.push(v);
             }
         }
@@ -917,7 +925,7 @@ mod tests {
     }
 
     #[test]
-    fn quota_evicts_lru_unpinned_never_pinned() {
+    fn quota_evicts_lru_unpinned_first_and_pinned_last() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 40_000).unwrap();
         let a = put_bytes(&s, &[1u8; 10_000], true);
@@ -934,16 +942,23 @@ mod tests {
         assert!(!names.contains(&c.sha256), "LRU not evicted");
         assert!(names.contains(&d.sha256));
         assert!(s.used() <= 40_000);
-        // Evicting everything unpinned still cannot make room: error, pinned kept.
+        // Evicting everything unpinned cannot make room: the pinned one goes
+        // too, rather than the store refusing everything from now on.
         let dir2 = tempfile::tempdir().unwrap();
         let p = dir2.path().join("big");
         fs::write(&p, vec![5u8; 35_000]).unwrap();
+        let big = s.put_path(&p, 4096, true).unwrap().0;
+        let names: Vec<String> = s.list().into_iter().map(|i| i.sha256).collect();
+        assert_eq!(names, [big.sha256.clone()]);
+        assert!(s.used() <= 40_000);
+        // Only what exceeds the quota itself is refused.
+        fs::write(&p, vec![6u8; 40_001]).unwrap();
         let err = s.put_path(&p, 4096, false).unwrap_err();
         assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err}");
         assert!(s
             .list()
             .into_iter()
-            .any(|i| i.sha256 == a.sha256 && i.pinned));
+            .any(|i| i.sha256 == big.sha256 && i.pinned));
     }
 
     #[test]

@@ -949,7 +949,7 @@ mod tests {
         fs::write(&p, vec![5u8; 35_000]).unwrap();
         let big = s.put_path(&p, 4096, true).unwrap().0;
         let names: Vec<String> = s.list().into_iter().map(|i| i.sha256).collect();
-        assert_eq!(names, [big.sha256.clone()]);
+        assert_eq!(names, std::slice::from_ref(&big.sha256));
         assert!(s.used() <= 40_000);
         // Only what exceeds the quota itself is refused.
         fs::write(&p, vec![6u8; 40_001]).unwrap();

@@ -252,6 +252,22 @@ fn build_logged(
             &mut log,
             &log_path,
         )?),
+        Some(fetch) if fetch.required => {
+            let missing = fetch.missing(&cfg.upstreams);
+            let reason = format!(
+                "the {} recipe cannot build without its dependency step, which needs the {} upstream{} (pyrsia builder --upstream {}=URL)",
+                spec.recipe,
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() == 1 { "" } else { "s" },
+                missing.first().copied().unwrap_or("NAME"),
+            );
+            let _ = writeln!(log, "pyrsia: {reason}");
+            return Err(BuildError::DependencyFetch { reason, log_path });
+        }
         _ => None,
     };
     let cgroup = BuildCgroup::new(

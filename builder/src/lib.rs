@@ -252,6 +252,22 @@ fn build_logged(
             &mut log,
             &log_path,
         )?),
+        Some(fetch) if fetch.required => {
+            let missing = fetch.missing(&cfg.upstreams);
+            let reason = format!(
+                "the {} recipe cannot build without its dependency step, which needs the {} upstream{} (pyrsia builder --upstream {}=URL)",
+                spec.recipe,
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() == 1 { "" } else { "s" },
+                missing.first().copied().unwrap_or("NAME"),
+            );
+            let _ = writeln!(log, "pyrsia: {reason}");
+            return Err(BuildError::DependencyFetch { reason, log_path });
+        }
         _ => None,
     };
     let cgroup = BuildCgroup::new(
@@ -262,9 +278,6 @@ fn build_logged(
 
     let mut env = base_env(&view, spec, checkout.commit_time);
     env.extend(recipe.env.iter().cloned());
-    if let Some(rustup) = &view.rustup_home {
-        env.push(("RUSTUP_HOME".into(), rustup.to_string_lossy().into_owned()));
-    }
     let build_env = describe_env(
         &bwrap_version,
         &cgroup.describe(),
@@ -545,8 +558,14 @@ fn file_name_safe(s: &str) -> String {
         .collect()
 }
 
-/// The environment every build starts from; recipes add to it.
+/// The environment every sandbox of a build (the dependency step's too)
+/// starts from; recipes add to it. With rustup's home, so that its `cargo`
+/// proxy finds the default toolchain.
 fn base_env(view: &HostView, spec: &BuildSpec, commit_time: i64) -> Vec<(String, String)> {
+    let rustup = view
+        .rustup_home
+        .as_ref()
+        .map(|r| ("RUSTUP_HOME", r.to_string_lossy().into_owned()));
     [
         ("PYRSIA_PACKAGE_NAME", spec.name.clone()),
         ("PYRSIA_PACKAGE_VERSION", spec.version.clone()),
@@ -560,6 +579,7 @@ fn base_env(view: &HostView, spec: &BuildSpec, commit_time: i64) -> Vec<(String,
         ("LANG", "C".to_string()),
     ]
     .into_iter()
+    .chain(rustup)
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }

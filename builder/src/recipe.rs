@@ -81,6 +81,10 @@ pub(crate) struct Fetch {
     pub command: &'static str,
     /// The upstreams it needs; without them the build runs offline.
     pub needs: &'static [&'static str],
+    /// Whether the recipe cannot build at all without the step (Maven
+    /// resolves its plugins while it builds): then a build whose upstreams
+    /// are not configured fails at once instead of running offline.
+    pub required: bool,
     /// Paths under /build that the build gets besides `home`.
     pub carry: &'static [&'static str],
     /// Environment of the step, besides the base one.
@@ -97,6 +101,15 @@ impl Fetch {
         self.needs
             .iter()
             .all(|n| upstreams.iter().any(|u| u.name == *n))
+    }
+
+    /// The upstreams in `needs` that `upstreams` lacks.
+    pub(crate) fn missing(&self, upstreams: &[crate::Upstream]) -> Vec<&'static str> {
+        self.needs
+            .iter()
+            .copied()
+            .filter(|n| !upstreams.iter().any(|u| u.name == *n))
+            .collect()
     }
 
     pub(crate) fn env(&self, proxy_url: &dyn Fn(&str) -> String) -> Vec<(String, String)> {
@@ -133,6 +146,7 @@ pub(crate) fn integrity_failure(log: &str) -> Option<String> {
 const NPM_FETCH: Fetch = Fetch {
     command: "npm ci --ignore-scripts",
     needs: &["npm"],
+    required: false,
     carry: &["src/node_modules"],
     env: &[
         ("npm_config_cache", "/build/home/.npm"),
@@ -158,6 +172,7 @@ registry = "sparse+%s"
         " && { [ -f Cargo.lock ] || cargo generate-lockfile; } && cargo fetch --locked"
     ),
     needs: &["crates"],
+    required: false,
     carry: &["src/Cargo.lock"],
     env: &[
         ("CARGO_HOME", "/build/home/.cargo"),
@@ -176,6 +191,7 @@ const PYTHON_FETCH: Fetch = Fetch {
         " && python3 -m pip download --only-binary=:all: --dest /build/home/wheels --index-url \"$PYRSIA_PYPI_SIMPLE\" -r /build/tmp/requires.txt"
     ),
     needs: &["pypi"],
+    required: false,
     carry: &[],
     env: &[
         ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
@@ -185,20 +201,36 @@ const PYTHON_FETCH: Fetch = Fetch {
     build: "python3 -m build --sdist --wheel --outdir /build/dist .",
 };
 
+/// What both Maven runs share: the settings, the local repository in the
+/// carried home, no tests, and archive timestamps from the commit.
+macro_rules! maven_args {
+    () => {
+        "-s /build/home/.m2/settings.xml -gs /build/home/.m2/settings.xml -Dmaven.repo.local=/build/home/.m2/repository -DskipTests -Dproject.build.outputTimestamp=$SOURCE_DATE_EPOCH"
+    };
+}
+
 /// Maven resolves while it builds, so the step is a full build through the
 /// proxy; the offline build after it uses exactly what that one fetched.
+/// Its settings (the proxy as the mirror of every repository) are both the
+/// user and the global ones: the host's `/etc/maven/settings.xml` (mirrors,
+/// proxies, offline) is not consulted.
 const MAVEN_FETCH: Fetch = Fetch {
     command: concat!(
         r#"mkdir -p /build/home/.m2 && printf '<settings><mirrors><mirror><id>pyrsia</id><mirrorOf>*</mirrorOf><url>%s</url></mirror></mirrors></settings>
 ' "$PYRSIA_MAVEN" > /build/home/.m2/settings.xml"#,
-        " && mvn -B -ntp -s /build/home/.m2/settings.xml -Dmaven.repo.local=/build/home/.m2/repository -DskipTests -Dproject.build.outputTimestamp=$SOURCE_DATE_EPOCH package"
+        " && mvn -B -ntp ",
+        maven_args!(),
+        " package"
     ),
     needs: &["maven"],
+    required: true,
     carry: &[],
     env: &[],
     proxied: &[("PYRSIA_MAVEN", "maven", "")],
     build: concat!(
-        "mvn -o -B -ntp -s /build/home/.m2/settings.xml -Dmaven.repo.local=/build/home/.m2/repository -DskipTests -Dproject.build.outputTimestamp=$SOURCE_DATE_EPOCH package",
+        "mvn -o -B -ntp ",
+        maven_args!(),
+        " package",
         r#" && a="${PYRSIA_PACKAGE_NAME#*:}" && mkdir -p /build/pack && cp "target/$a-$PYRSIA_PACKAGE_VERSION.jar" pom.xml /build/pack/ && mv /build/pack/pom.xml "/build/pack/$a-$PYRSIA_PACKAGE_VERSION.pom""#
     ),
 };
@@ -402,12 +434,24 @@ pub(crate) fn resolve(kind: Kind, src: &Path) -> Result<Recipe, BuildError> {
             env: Vec::new(),
             probes: &[
                 Probe {
+                    // `java -version` writes to stderr; the runtime's
+                    // build, e.g. 17.0.15+6-Debian-1deb12u1.
                     label: "java",
-                    argv: &["java", "-version"],
+                    argv: &[
+                        "sh",
+                        "-c",
+                        r"java --version | sed -n 's/.*(build \([^)]*\)).*/\1/p' | head -n 1",
+                    ],
                 },
                 Probe {
+                    // `mvn -v` wraps its first line in colour codes even
+                    // in batch mode.
                     label: "maven",
-                    argv: &["mvn", "-v"],
+                    argv: &[
+                        "sh",
+                        "-c",
+                        "mvn -B -v | grep -o 'Maven [0-9][^ ]*' | head -n 1",
+                    ],
                 },
             ],
             toolchains: vec![Toolchain::Java],

@@ -1,0 +1,313 @@
+//! The cargo recipe's dependency step with real crates: taken from the
+//! registry by the ordinary `cargo` at test time, served by a local sparse
+//! index on 127.0.0.1, fetched through the recording proxy, built offline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use builder::{BuildError, Upstream};
+use common::*;
+
+/// A real crate with one normal dependency, which has none of its own;
+/// neither has dev-dependencies.
+const PACKAGE: (&str, &str) = ("form_urlencoded", "1.2.2");
+const DEPENDENCY: (&str, &str) = ("percent-encoding", "2.3.2");
+
+fn cache() -> PathBuf {
+    let dir = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/pyrsia-test-packages/cargo");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The .crate files of the package and its dependency, as `cargo fetch`
+/// over a throwaway project gets them through the machine's configuration
+/// (a throwaway CARGO_HOME, kept between runs).
+fn crate_files() -> Vec<PathBuf> {
+    let cache = cache();
+    let home = cache.join("home");
+    let wanted: Vec<String> = [PACKAGE, DEPENDENCY]
+        .iter()
+        .map(|(n, v)| format!("{n}-{v}.crate"))
+        .collect();
+    let find = || -> Option<Vec<PathBuf>> {
+        let registries = std::fs::read_dir(home.join("registry/cache")).ok()?;
+        let dirs: Vec<PathBuf> = registries.map(|e| e.unwrap().path()).collect();
+        wanted
+            .iter()
+            .map(|w| dirs.iter().map(|d| d.join(w)).find(|p| p.is_file()))
+            .collect()
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    let project = cache.join("probe");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{} = \"={}\"\n{} = \"={}\"\n",
+            PACKAGE.0, PACKAGE.1, DEPENDENCY.0, DEPENDENCY.1
+        ),
+    )
+    .unwrap();
+    let out = Command::new("cargo")
+        .arg("fetch")
+        .current_dir(&project)
+        .env("CARGO_HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo fetch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    find().expect("cargo fetch left no .crate files")
+}
+
+/// `builder/tests/support/crates_upstream.py` serving the crates in `dir`.
+struct CratesUpstream {
+    child: Child,
+    url: String,
+}
+
+impl CratesUpstream {
+    fn start(dir: &Path) -> CratesUpstream {
+        let port_file = dir.join("port");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crates_upstream.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(dir)
+            .arg(&port_file)
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p;
+            }
+            assert!(Instant::now() < until, "crates upstream did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        CratesUpstream {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for CratesUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The package's published .crate as a source tree: its (normalised)
+/// Cargo.toml, sources and licence files, with or without the Cargo.lock it
+/// ships. Without what `cargo package` writes itself (`Cargo.toml.orig`,
+/// `.cargo_vcs_info.json`), which it refuses to find in a source.
+fn source_files(krate: &Path, with_lock: bool) -> Vec<(String, String, bool)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = Command::new("tar")
+        .arg("-xzf")
+        .arg(krate)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let root = tmp.path().join(format!("{}-{}", PACKAGE.0, PACKAGE.1));
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !matches!(rel.as_str(), "Cargo.toml.orig" | ".cargo_vcs_info.json")
+                && (with_lock || rel != "Cargo.lock")
+            {
+                files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Builds the package twice through the dependency step and checks that the
+/// outputs agree and the dependency was recorded as the upstream served it.
+fn builds_identically_through_the_index(with_lock: bool) {
+    let crates = crate_files();
+    let served = tempfile::tempdir().unwrap();
+    for c in &crates {
+        std::fs::copy(c, served.path().join(c.file_name().unwrap())).unwrap();
+    }
+    let upstream = CratesUpstream::start(served.path());
+    let files = source_files(&crates[0], with_lock);
+    assert!(files.iter().any(|(n, _, _)| n == "src/lib.rs"), "{files:?}");
+    assert_eq!(
+        files.iter().any(|(n, _, _)| n == "Cargo.lock"),
+        with_lock,
+        "{files:?}"
+    );
+
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo(PACKAGE.0, &refs);
+    let spec = spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for work in ["a", "b/deeper"] {
+        let mut cfg = config(&tmp.path().join(work));
+        cfg.upstreams = vec![Upstream {
+            name: "crates".into(),
+            url: upstream.url.clone(),
+        }];
+        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
+        outcomes.push(out);
+    }
+    assert_eq!(
+        digests(&outcomes[0]),
+        digests(&outcomes[1]),
+        "builds differ\n--- first log\n{}\n--- second log\n{}",
+        log_of(&outcomes[0]),
+        log_of(&outcomes[1])
+    );
+    let names: Vec<&str> = outcomes[0]
+        .outputs
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(names, [format!("{}-{}.crate", PACKAGE.0, PACKAGE.1)]);
+
+    let resolved = &outcomes[0].resolved_dependencies;
+    assert_eq!(resolved, &outcomes[1].resolved_dependencies);
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(
+        resolved[0].uri,
+        format!("crates:/crates/{}/{}/download", DEPENDENCY.0, DEPENDENCY.1)
+    );
+    assert_eq!(resolved[0].sha256, sha256(&crates[1]));
+    assert_eq!(
+        resolved[0].size,
+        std::fs::metadata(&crates[1]).unwrap().len()
+    );
+
+    // The package holds the source and a lockfile pinning what was fetched.
+    let unpacked = tempfile::tempdir().unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(&outcomes[0].outputs[0].path)
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .unwrap()
+        .success());
+    let root = unpacked.path().join(format!("{}-{}", PACKAGE.0, PACKAGE.1));
+    assert!(root.join("src/lib.rs").is_file());
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains(&format!(
+            "name = \"{}\"\nversion = \"{}\"",
+            DEPENDENCY.0, DEPENDENCY.1
+        )) && lock.contains(&format!("checksum = \"{}\"", sha256(&crates[1]))),
+        "{lock}"
+    );
+    let log = log_of(&outcomes[0]);
+    assert!(
+        log.contains(&format!(
+            "pyrsia: resolved crates:/crates/{}/{}/download",
+            DEPENDENCY.0, DEPENDENCY.1
+        )),
+        "{log}"
+    );
+    assert!(log.contains("cargo package --offline"), "{log}");
+    if !with_lock {
+        assert!(log.contains("cargo generate-lockfile"), "{log}");
+    }
+}
+
+#[test]
+fn a_crate_without_a_lockfile_gets_one_and_builds_identically_through_the_index() {
+    builds_identically_through_the_index(false);
+}
+
+#[test]
+fn a_crate_with_its_lockfile_builds_identically_through_the_index() {
+    builds_identically_through_the_index(true);
+}
+
+#[test]
+fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
+    let crates = crate_files();
+    // The dependency's name and version with other bytes: an extra file.
+    let poisoned = tempfile::tempdir().unwrap();
+    let unpacked = poisoned.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(&crates[1])
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    let top = format!("{}-{}", DEPENDENCY.0, DEPENDENCY.1);
+    std::fs::write(unpacked.join(&top).join("build.rs"), "fn main() {}\n").unwrap();
+    let served = poisoned.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(served.join(crates[1].file_name().unwrap()))
+        .arg("-C")
+        .arg(&unpacked)
+        .arg(&top)
+        .status()
+        .unwrap()
+        .success());
+    assert_ne!(
+        sha256(&served.join(crates[1].file_name().unwrap())),
+        sha256(&crates[1])
+    );
+    let upstream = CratesUpstream::start(&served);
+
+    let files = source_files(&crates[0], true);
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo(PACKAGE.0, &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.upstreams = vec![Upstream {
+        name: "crates".into(),
+        url: upstream.url.clone(),
+    }];
+    match builder::build(&spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit), &cfg) {
+        Err(BuildError::DependencyMismatch { reason, .. }) => {
+            assert!(reason.contains(DEPENDENCY.0), "{reason}")
+        }
+        other => panic!("expected DependencyMismatch, got {other:?}"),
+    }
+}

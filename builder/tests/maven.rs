@@ -1,0 +1,345 @@
+//! The maven recipe's dependency step with a real library: its sources and
+//! pom taken from the registry by the ordinary `mvn` at test time, the
+//! repository that an ordinary build of it fills served on 127.0.0.1 as the
+//! `maven` upstream, fetched through the recording proxy, built offline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use builder::{BuildError, Upstream};
+use common::*;
+
+/// A real library with one runtime dependency (slf4j-api), a parent pom,
+/// and a build extension and plugins of its own.
+const GROUP: &str = "org.slf4j";
+const ARTIFACT: &str = "slf4j-simple";
+const VERSION: &str = "1.7.36";
+/// Its dependency, as the upstream lays it out.
+const DEPENDENCY: &str = "org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar";
+
+fn cache() -> PathBuf {
+    let dir = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/pyrsia-test-packages/maven");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mvn(args: &[&str], dir: &Path) {
+    let out = Command::new("mvn")
+        .args(["-B", "-ntp"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mvn {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `GROUP:ARTIFACT:VERSION:jar:<classifier>` (or `:pom`) through the
+/// machine's Maven configuration, into a local repository kept between runs.
+fn published(kind: &str) -> PathBuf {
+    let repo = cache().join("published");
+    let file = repo.join(format!(
+        "{}/{ARTIFACT}/{VERSION}/{ARTIFACT}-{VERSION}{}",
+        GROUP.replace('.', "/"),
+        match kind {
+            "pom" => ".pom",
+            "sources" => "-sources.jar",
+            _ => ".jar",
+        }
+    ));
+    if !file.exists() {
+        let coordinates = match kind {
+            "pom" => format!("{GROUP}:{ARTIFACT}:{VERSION}:pom"),
+            "sources" => format!("{GROUP}:{ARTIFACT}:{VERSION}:jar:sources"),
+            _ => format!("{GROUP}:{ARTIFACT}:{VERSION}:jar"),
+        };
+        mvn(
+            &[
+                &format!("-Dmaven.repo.local={}", repo.display()),
+                "dependency:get",
+                &format!("-Dartifact={coordinates}"),
+                "-Dtransitive=false",
+            ],
+            &cache(),
+        );
+        assert!(
+            file.exists(),
+            "{} missing after dependency:get",
+            file.display()
+        );
+    }
+    file
+}
+
+fn zip_entry(jar: &Path, name: &str) -> Vec<u8> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(jar).unwrap()).unwrap();
+    let mut data = Vec::new();
+    archive
+        .by_name(name)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+/// The library as its developer's tree: `src/main/java` from the sources
+/// jar, the published pom as `pom.xml`. Two things the sources jar and pom
+/// leave out are put back: `src/main/resources/META-INF/MANIFEST.MF`, which
+/// the parent's jar plugin merges (taken from the published jar, without
+/// what the jar plugin writes itself), and, because the parent compiles for
+/// Java 5 which today's JDKs refuse, `required.jdk.version` 1.8 in the pom.
+fn project_files() -> Vec<(String, String, bool)> {
+    let mut files = Vec::new();
+    let sources = published("sources");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&sources).unwrap()).unwrap();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        if name.ends_with(".java") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            files.push((format!("src/main/java/{name}"), text, false));
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    let manifest = String::from_utf8(zip_entry(&published("jar"), "META-INF/MANIFEST.MF")).unwrap();
+    let manifest: String = manifest
+        .lines()
+        .filter(|l| {
+            !["Manifest-Version:", "Build-Jdk-Spec:", "Created-By:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+                && !l.is_empty()
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    files.push((
+        "src/main/resources/META-INF/MANIFEST.MF".into(),
+        manifest,
+        false,
+    ));
+    let pom = std::fs::read_to_string(published("pom")).unwrap();
+    assert!(pom.contains("<artifactId>slf4j-parent</artifactId>"));
+    let pom = pom.replacen(
+        "<dependencies>",
+        "<properties>\n    <required.jdk.version>1.8</required.jdk.version>\n  </properties>\n\n  <dependencies>",
+        1,
+    );
+    files.push(("pom.xml".into(), pom, false));
+    files
+}
+
+/// A Maven repository holding what building the project needs: the local
+/// repository of an ordinary `mvn package` over it (machine's settings),
+/// filled once and kept between runs.
+fn upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
+    let repo = cache().join("upstream");
+    let done = cache().join("upstream.complete");
+    if !done.exists() {
+        let project = tempfile::tempdir().unwrap();
+        for (path, content, _) in files {
+            let p = project.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        mvn(
+            &[
+                &format!("-Dmaven.repo.local={}", repo.display()),
+                "-DskipTests",
+                "package",
+            ],
+            project.path(),
+        );
+        std::fs::write(&done, "").unwrap();
+    }
+    repo
+}
+
+/// `python3 -m http.server` serving a directory as a static Maven
+/// repository on 127.0.0.1.
+struct MavenUpstream {
+    child: Child,
+    url: String,
+}
+
+impl MavenUpstream {
+    fn start(dir: &Path) -> MavenUpstream {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "maven upstream did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MavenUpstream {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for MavenUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn name() -> String {
+    format!("{GROUP}:{ARTIFACT}")
+}
+
+#[test]
+fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_built_offline() {
+    let files = project_files();
+    let repo = upstream_repository(&files);
+    let upstream = MavenUpstream::start(&repo);
+
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo(ARTIFACT, &refs);
+    let spec = spec("maven", &name(), VERSION, &url, &commit);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for work in ["a", "b/deeper"] {
+        let mut cfg = config(&tmp.path().join(work));
+        cfg.upstreams = vec![Upstream {
+            name: "maven".into(),
+            url: upstream.url.clone(),
+        }];
+        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
+        outcomes.push(out);
+    }
+    assert_eq!(
+        digests(&outcomes[0]),
+        digests(&outcomes[1]),
+        "builds differ\n--- first log\n{}\n--- second log\n{}",
+        log_of(&outcomes[0]),
+        log_of(&outcomes[1])
+    );
+    let names: Vec<&str> = outcomes[0]
+        .outputs
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["slf4j-simple-1.7.36.jar", "slf4j-simple-1.7.36.pom"]
+    );
+    // The jar holds the compiled library, the pom is the source's.
+    let jar = &outcomes[0].outputs[0].path;
+    assert!(!zip_entry(jar, "org/slf4j/impl/SimpleLogger.class").is_empty());
+    assert!(String::from_utf8(zip_entry(jar, "META-INF/MANIFEST.MF"))
+        .unwrap()
+        .contains("Bundle-SymbolicName: slf4j.simple"));
+    let pom = std::fs::read_to_string(&outcomes[0].outputs[1].path).unwrap();
+    assert!(pom.contains("<artifactId>slf4j-simple</artifactId>"));
+
+    // Maven downloads on several threads, so the order of first fetch
+    // varies; what was fetched does not.
+    let sorted = |i: usize| {
+        let mut deps = outcomes[i].resolved_dependencies.clone();
+        deps.sort_by(|a, b| a.uri.cmp(&b.uri));
+        deps
+    };
+    assert_eq!(sorted(0), sorted(1));
+    let resolved = &outcomes[0].resolved_dependencies;
+    let uris: Vec<&str> = resolved.iter().map(|d| d.uri.as_str()).collect();
+    for expected in [
+        format!("maven:/{DEPENDENCY}"),
+        "maven:/org/slf4j/slf4j-parent/1.7.36/slf4j-parent-1.7.36.pom".to_string(),
+        "maven:/org/apache/maven/plugins/maven-compiler-plugin/3.3/maven-compiler-plugin-3.3.jar"
+            .to_string(),
+        "maven:/org/apache/maven/plugins/maven-jar-plugin/3.2.0/maven-jar-plugin-3.2.0.jar"
+            .to_string(),
+    ] {
+        assert!(
+            uris.contains(&expected.as_str()),
+            "{expected} not in {uris:#?}"
+        );
+    }
+    // Every record is the upstream's file, byte for byte.
+    for dep in resolved {
+        let path = dep.uri.strip_prefix("maven:/").unwrap();
+        let file = repo.join(path);
+        assert_eq!(dep.sha256, sha256(&file), "{}", dep.uri);
+        assert_eq!(
+            dep.size,
+            std::fs::metadata(&file).unwrap().len(),
+            "{}",
+            dep.uri
+        );
+    }
+    let log = log_of(&outcomes[0]);
+    assert!(
+        log.contains(&format!("pyrsia: resolved maven:/{DEPENDENCY}")),
+        "{log}"
+    );
+    assert!(log.contains("mvn -o "), "{log}");
+    let env = &outcomes[0].build_env;
+    assert!(
+        !env.contains("java=unknown") && !env.contains("maven=unknown") && env.contains("maven=3."),
+        "{env}"
+    );
+}
+
+#[test]
+fn a_maven_build_without_a_maven_upstream_fails_with_the_reason() {
+    let files = project_files();
+    let server = GitServer::start();
+    let refs: Vec<(&str, &str, bool)> = files
+        .iter()
+        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+        .collect();
+    let (url, commit) = server.repo(ARTIFACT, &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let result = builder::build(
+        &spec("maven", &name(), VERSION, &url, &commit),
+        &config(tmp.path()),
+    );
+    match result {
+        Err(e @ BuildError::DependencyFetch { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("`maven` upstream"), "{text}");
+            assert!(
+                read_log(&e).contains("`maven` upstream"),
+                "{}",
+                read_log(&e)
+            );
+        }
+        other => panic!("expected DependencyFetch, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

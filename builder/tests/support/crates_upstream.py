@@ -1,0 +1,132 @@
+"""A local cargo registry for tests: a sparse index of the .crate files in a
+directory, and the files.
+
+GET /config.json                         {"dl": BASE/crates/{crate}/{version}/download, "api": null}
+GET /<index path of NAME>                one JSON line per version, from each crate's Cargo.toml
+GET /crates/<name>/<version>/download    the .crate
+
+Usage: crates_upstream.py DIR PORT_FILE. Binds 127.0.0.1 on a free port and
+writes the port to PORT_FILE once listening. Files are NAME-VERSION.crate.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import sys
+import tarfile
+import tomllib
+import urllib.parse
+
+
+def index_path(name):
+    name = name.lower()
+    if len(name) <= 2:
+        return f"{len(name)}/{name}"
+    if len(name) == 3:
+        return f"3/{name[0]}/{name}"
+    return f"{name[:2]}/{name[2:4]}/{name}"
+
+
+def dependencies(manifest):
+    """The index's `deps` from a (normalised) Cargo.toml."""
+    tables = [(None, manifest)]
+    for target, table in manifest.get("target", {}).items():
+        tables.append((target, table))
+    deps = []
+    for target, table in tables:
+        for section, kind in (
+            ("dependencies", "normal"),
+            ("dev-dependencies", "dev"),
+            ("build-dependencies", "build"),
+        ):
+            for key, spec in table.get(section, {}).items():
+                if isinstance(spec, str):
+                    spec = {"version": spec}
+                dep = {
+                    "name": key,
+                    "req": spec.get("version", "*"),
+                    "features": spec.get("features", []),
+                    "optional": spec.get("optional", False),
+                    "default_features": spec.get(
+                        "default-features", spec.get("default_features", True)
+                    ),
+                    "target": target,
+                    "kind": kind,
+                }
+                if "package" in spec:
+                    # The index names the dependency by its package and
+                    # keeps the manifest's key in `package`'s place.
+                    dep["name"], dep["package"] = spec["package"], key
+                deps.append(dep)
+    return deps
+
+
+def entries(directory):
+    """Index lines by crate name, from every .crate in the directory."""
+    index = {}
+    for file in sorted(os.listdir(directory)):
+        if not file.endswith(".crate"):
+            continue
+        path = os.path.join(directory, file)
+        data = open(path, "rb").read()
+        with tarfile.open(path, "r:gz") as tar:
+            top = tar.getmembers()[0].name.split("/")[0]
+            manifest = tomllib.load(tar.extractfile(f"{top}/Cargo.toml"))
+        package = manifest["package"]
+        entry = {
+            "name": package["name"],
+            "vers": package["version"],
+            "deps": dependencies(manifest),
+            "cksum": hashlib.sha256(data).hexdigest(),
+            "features": manifest.get("features", {}),
+            "yanked": False,
+            "links": package.get("links"),
+        }
+        if "rust-version" in package:
+            entry["rust_version"] = package["rust-version"]
+        index.setdefault(package["name"].lower(), []).append(json.dumps(entry))
+    return index
+
+
+def main():
+    directory, port_file = sys.argv[1], sys.argv[2]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            if path == "config.json":
+                config = {"dl": base + "/crates/{crate}/{version}/download", "api": None}
+                return self.reply(200, "application/json", json.dumps(config).encode())
+            parts = path.split("/")
+            if len(parts) == 4 and parts[0] == "crates" and parts[3] == "download":
+                file = os.path.join(directory, f"{parts[1]}-{parts[2]}.crate")
+                if "/" not in parts[1] + parts[2] and os.path.isfile(file):
+                    return self.reply(200, "application/x-tar", open(file, "rb").read())
+                return self.reply(404, "text/plain", b"not found")
+            name = parts[-1].lower()
+            lines = entries(directory).get(name)
+            if lines is None or index_path(name) != path.lower():
+                return self.reply(404, "text/plain", b"not found")
+            return self.reply(200, "text/plain", ("\n".join(lines) + "\n").encode())
+
+        def reply(self, status, content_type, body):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_port))
+    os.rename(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -134,7 +134,7 @@ pub struct BuildOutcome {
     /// Sandbox, limit mechanisms and tool versions, e.g.
     /// `sandbox=bwrap bwrap=0.8.0 limits=cgroup1 builder=0.1.0 node=20.20.2 npm=11.19.1`.
     pub build_env: String,
-    /// Every file the dependency step fetched, in the order first fetched.
+    /// Every file the dependency step fetched, sorted by URI.
     pub resolved_dependencies: Vec<ResolvedDependency>,
     pub duration: Duration,
     dir: tempfile::TempDir,

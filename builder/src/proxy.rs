@@ -48,7 +48,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, Default)]
 struct Record {
     by_uri: BTreeMap<String, ResolvedDependency>,
-    order: Vec<String>,
     /// Why the step must fail even if the client succeeded.
     failure: Option<String>,
 }
@@ -110,8 +109,9 @@ impl RecordingProxy {
         format!("{}/{upstream}/", self.shared.base)
     }
 
-    /// Stops serving and returns what passed, in the order first fetched,
-    /// or why the step must fail.
+    /// Stops serving and returns what passed, sorted by URI (clients fetch
+    /// in parallel, so the order of arrival varies), or why the step must
+    /// fail.
     pub(crate) fn finish(mut self) -> Result<Vec<ResolvedDependency>, String> {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.accept.take() {
@@ -128,11 +128,7 @@ impl RecordingProxy {
         if let Some(why) = record.failure.take() {
             return Err(why);
         }
-        let order = std::mem::take(&mut record.order);
-        Ok(order
-            .into_iter()
-            .filter_map(|uri| record.by_uri.remove(&uri))
-            .collect())
+        Ok(std::mem::take(&mut record.by_uri).into_values().collect())
     }
 }
 
@@ -394,7 +390,6 @@ impl Shared {
             }
             Some(_) => {}
             None => {
-                r.order.push(uri.to_string());
                 r.by_uri.insert(uri.to_string(), dep);
             }
         }

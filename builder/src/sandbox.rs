@@ -151,8 +151,10 @@ pub(crate) fn version_token(text: &str) -> Option<&str> {
 }
 
 /// A user namespace mapping [`INNER_ID`] to an unprivileged host id, held
-/// open by a sleeping process until dropped. bubblewrap joins it with
+/// open by a process of its own until dropped. bubblewrap joins it with
 /// `--userns`: only a process outside can write a mapping to another uid.
+/// The holder is `cat` reading a pipe from us, so it also ends when the
+/// builder dies without dropping it (a `kill -9`).
 #[derive(Debug)]
 pub(crate) struct UserNamespace {
     holder: Child,
@@ -172,8 +174,8 @@ impl UserNamespace {
         let holder = Command::new("unshare")
             .arg("--user")
             .args(with_net.then_some("--net"))
-            .args(["--", "sleep", "infinity"])
-            .stdin(Stdio::null())
+            .args(["--", "cat"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

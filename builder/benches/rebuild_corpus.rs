@@ -88,7 +88,7 @@ fn commit_dir(git: &GitServer, name: &str, src: &Path) -> (String, String) {
     };
     std::fs::create_dir_all(&dir).unwrap();
     assert!(Command::new("cp")
-        .arg("-a")
+        .args(["-a", "--no-preserve=ownership"])
         .arg(format!("{}/.", src.display()))
         .arg(&dir)
         .status()

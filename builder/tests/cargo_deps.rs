@@ -4,33 +4,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/packages.rs"]
+mod packages;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use builder::{BuildError, Upstream};
+use builder::BuildError;
 use common::*;
+use packages::{cache_dir, LocalUpstream};
 
 /// A real crate with one normal dependency, which has none of its own;
 /// neither has dev-dependencies.
 const PACKAGE: (&str, &str) = ("form_urlencoded", "1.2.2");
 const DEPENDENCY: (&str, &str) = ("percent-encoding", "2.3.2");
 
-fn cache() -> PathBuf {
-    let dir = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/pyrsia-test-packages/cargo");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The .crate files of the package and its dependency, as `cargo fetch`
 /// over a throwaway project gets them through the machine's configuration
 /// (a throwaway CARGO_HOME, kept between runs).
 fn crate_files() -> Vec<PathBuf> {
-    let cache = cache();
+    let cache = cache_dir("cargo");
     let home = cache.join("home");
     let wanted: Vec<String> = [PACKAGE, DEPENDENCY]
         .iter()
@@ -71,44 +64,6 @@ fn crate_files() -> Vec<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     find().expect("cargo fetch left no .crate files")
-}
-
-/// `builder/tests/support/crates_upstream.py` serving the crates in `dir`.
-struct CratesUpstream {
-    child: Child,
-    url: String,
-}
-
-impl CratesUpstream {
-    fn start(dir: &Path) -> CratesUpstream {
-        let port_file = dir.join("port");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crates_upstream.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg(dir)
-            .arg(&port_file)
-            .spawn()
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < until, "crates upstream did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        CratesUpstream {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for CratesUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The package's published .crate as a source tree: its (normalised)
@@ -158,7 +113,7 @@ fn builds_identically_through_the_index(with_lock: bool) {
     for c in &crates {
         std::fs::copy(c, served.path().join(c.file_name().unwrap())).unwrap();
     }
-    let upstream = CratesUpstream::start(served.path());
+    let upstream = LocalUpstream::crates(served.path());
     let files = source_files(&crates[0], with_lock);
     assert!(files.iter().any(|(n, _, _)| n == "src/lib.rs"), "{files:?}");
     assert_eq!(
@@ -168,31 +123,10 @@ fn builds_identically_through_the_index(with_lock: bool) {
     );
 
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo(PACKAGE.0, &refs);
+    let (url, commit) = server.repo_of(PACKAGE.0, &files);
     let spec = spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit);
 
-    let tmp = tempfile::tempdir().unwrap();
-    let mut outcomes = Vec::new();
-    for work in ["a", "b/deeper"] {
-        let mut cfg = config(&tmp.path().join(work));
-        cfg.upstreams = vec![Upstream {
-            name: "crates".into(),
-            url: upstream.url.clone(),
-        }];
-        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
-        outcomes.push(out);
-    }
-    assert_eq!(
-        digests(&outcomes[0]),
-        digests(&outcomes[1]),
-        "builds differ\n--- first log\n{}\n--- second log\n{}",
-        log_of(&outcomes[0]),
-        log_of(&outcomes[1])
-    );
+    let (_work, outcomes) = build_twice_with(&spec, &[registry("crates", &upstream.url)]);
     let names: Vec<&str> = outcomes[0]
         .outputs
         .iter()
@@ -289,21 +223,14 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
         sha256(&served.join(crates[1].file_name().unwrap())),
         sha256(&crates[1])
     );
-    let upstream = CratesUpstream::start(&served);
+    let upstream = LocalUpstream::crates(&served);
 
     let files = source_files(&crates[0], true);
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo(PACKAGE.0, &refs);
+    let (url, commit) = server.repo_of(PACKAGE.0, &files);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
-    cfg.upstreams = vec![Upstream {
-        name: "crates".into(),
-        url: upstream.url.clone(),
-    }];
+    cfg.upstreams = vec![registry("crates", &upstream.url)];
     match builder::build(&spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit), &cfg) {
         Err(BuildError::DependencyMismatch { reason, .. }) => {
             assert!(reason.contains(DEPENDENCY.0), "{reason}")

@@ -10,7 +10,7 @@ mod packages;
 use std::path::Path;
 use std::process::Command;
 
-use builder::{BuildError, Upstream};
+use builder::BuildError;
 use common::*;
 use packages::*;
 
@@ -19,10 +19,7 @@ const DEPENDENCY: (&str, &str) = NPM_DEPENDENCY;
 
 fn npm_config(work: &Path, upstream: &LocalUpstream) -> builder::BuilderConfig {
     let mut cfg = config(work);
-    cfg.upstreams = vec![Upstream {
-        name: "npm".into(),
-        url: upstream.url.clone(),
-    }];
+    cfg.upstreams = vec![registry("npm", &upstream.url)];
     cfg
 }
 
@@ -36,21 +33,10 @@ fn npm_dependencies_are_fetched_through_the_proxy_recorded_and_built_offline() {
     assert!(files.iter().any(|(n, _, _)| n == "package-lock.json"));
 
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo("is-odd", &refs);
+    let (url, commit) = server.repo_of("is-odd", &files);
     let spec = spec("npm", PACKAGE.0, PACKAGE.1, &url, &commit);
 
-    let tmp = tempfile::tempdir().unwrap();
-    let mut outcomes = Vec::new();
-    for work in ["a", "b/deeper"] {
-        let out = builder::build(&spec, &npm_config(&tmp.path().join(work), &upstream))
-            .unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
-        outcomes.push(out);
-    }
-    assert_eq!(digests(&outcomes[0]), digests(&outcomes[1]));
+    let (_work, outcomes) = build_twice_with(&spec, &[registry("npm", &upstream.url)]);
     assert_eq!(outcomes[0].outputs[0].name, "is-odd-3.0.1.tgz");
 
     let resolved = &outcomes[0].resolved_dependencies;
@@ -99,11 +85,7 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
     let upstream = LocalUpstream::npm(&served);
 
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo("is-odd", &refs);
+    let (url, commit) = server.repo_of("is-odd", &files);
     let tmp = tempfile::tempdir().unwrap();
     match builder::build(
         &spec("npm", PACKAGE.0, PACKAGE.1, &url, &commit),
@@ -126,25 +108,10 @@ fn a_python_package_on_a_non_setuptools_backend_builds_with_its_recorded_backend
 
     let files = sdist_files(&sdist);
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo("tomli", &refs);
+    let (url, commit) = server.repo_of("tomli", &files);
     let spec = spec("python", "tomli", "2.0.1", &url, &commit);
 
-    let tmp = tempfile::tempdir().unwrap();
-    let mut outcomes = Vec::new();
-    for work in ["a", "b/deeper"] {
-        let mut cfg = config(&tmp.path().join(work));
-        cfg.upstreams = vec![Upstream {
-            name: "pypi".into(),
-            url: upstream.url.clone(),
-        }];
-        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
-        outcomes.push(out);
-    }
-    assert_eq!(digests(&outcomes[0]), digests(&outcomes[1]));
+    let (_work, outcomes) = build_twice_with(&spec, &[registry("pypi", &upstream.url)]);
     let names: Vec<&str> = outcomes[0]
         .outputs
         .iter()
@@ -183,10 +150,7 @@ fn the_dependency_step_reaches_nothing_but_the_proxy() {
     let (url, commit) = server.repo("reach-out", &[("pyproject.toml", &pyproject, false)]);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
-    cfg.upstreams = vec![Upstream {
-        name: "pypi".into(),
-        url: upstream.url.clone(),
-    }];
+    cfg.upstreams = vec![registry("pypi", &upstream.url)];
     let err = builder::build(&spec("python", "reach-out", "1.0", &url, &commit), &cfg).unwrap_err();
     let log = read_log(&err);
     assert!(

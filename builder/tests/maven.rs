@@ -5,15 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/packages.rs"]
+mod packages;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use builder::{BuildError, Upstream};
+use builder::BuildError;
 use common::*;
+use packages::{cache_dir, LocalUpstream};
 
 /// A real library with one runtime dependency (slf4j-api), a parent pom,
 /// and a build extension and plugins of its own.
@@ -22,15 +24,6 @@ const ARTIFACT: &str = "slf4j-simple";
 const VERSION: &str = "1.7.36";
 /// Its dependency, as the upstream lays it out.
 const DEPENDENCY: &str = "org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar";
-
-fn cache() -> PathBuf {
-    let dir = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/pyrsia-test-packages/maven");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn mvn(args: &[&str], dir: &Path) {
     let out = Command::new("mvn")
@@ -50,7 +43,7 @@ fn mvn(args: &[&str], dir: &Path) {
 /// `GROUP:ARTIFACT:VERSION:jar:<classifier>` (or `:pom`) through the
 /// machine's Maven configuration, into a local repository kept between runs.
 fn published(kind: &str) -> PathBuf {
-    let repo = cache().join("published");
+    let repo = cache_dir("maven").join("published");
     let file = repo.join(format!(
         "{}/{ARTIFACT}/{VERSION}/{ARTIFACT}-{VERSION}{}",
         GROUP.replace('.', "/"),
@@ -73,7 +66,7 @@ fn published(kind: &str) -> PathBuf {
                 &format!("-Dartifact={coordinates}"),
                 "-Dtransitive=false",
             ],
-            &cache(),
+            &cache_dir("maven"),
         );
         assert!(
             file.exists(),
@@ -146,8 +139,8 @@ fn project_files() -> Vec<(String, String, bool)> {
 /// repository of an ordinary `mvn package` over it (machine's settings),
 /// filled once and kept between runs.
 fn upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
-    let repo = cache().join("upstream");
-    let done = cache().join("upstream.complete");
+    let repo = cache_dir("maven").join("upstream");
+    let done = cache_dir("maven").join("upstream.complete");
     if !done.exists() {
         let project = tempfile::tempdir().unwrap();
         for (path, content, _) in files {
@@ -168,50 +161,6 @@ fn upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
     repo
 }
 
-/// `python3 -m http.server` serving a directory as a static Maven
-/// repository on 127.0.0.1.
-struct MavenUpstream {
-    child: Child,
-    url: String,
-}
-
-impl MavenUpstream {
-    fn start(dir: &Path) -> MavenUpstream {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "maven upstream did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        MavenUpstream {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for MavenUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn name() -> String {
     format!("{GROUP}:{ARTIFACT}")
 }
@@ -220,34 +169,13 @@ fn name() -> String {
 fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_built_offline() {
     let files = project_files();
     let repo = upstream_repository(&files);
-    let upstream = MavenUpstream::start(&repo);
+    let upstream = LocalUpstream::maven(&repo);
 
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo(ARTIFACT, &refs);
+    let (url, commit) = server.repo_of(ARTIFACT, &files);
     let spec = spec("maven", &name(), VERSION, &url, &commit);
 
-    let tmp = tempfile::tempdir().unwrap();
-    let mut outcomes = Vec::new();
-    for work in ["a", "b/deeper"] {
-        let mut cfg = config(&tmp.path().join(work));
-        cfg.upstreams = vec![Upstream {
-            name: "maven".into(),
-            url: upstream.url.clone(),
-        }];
-        let out = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
-        outcomes.push(out);
-    }
-    assert_eq!(
-        digests(&outcomes[0]),
-        digests(&outcomes[1]),
-        "builds differ\n--- first log\n{}\n--- second log\n{}",
-        log_of(&outcomes[0]),
-        log_of(&outcomes[1])
-    );
+    let (_work, outcomes) = build_twice_with(&spec, &[registry("maven", &upstream.url)]);
     let names: Vec<&str> = outcomes[0]
         .outputs
         .iter()
@@ -316,11 +244,7 @@ fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_bui
 fn a_maven_build_without_a_maven_upstream_fails_with_the_reason() {
     let files = project_files();
     let server = GitServer::start();
-    let refs: Vec<(&str, &str, bool)> = files
-        .iter()
-        .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
-        .collect();
-    let (url, commit) = server.repo(ARTIFACT, &refs);
+    let (url, commit) = server.repo_of(ARTIFACT, &files);
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let result = builder::build(

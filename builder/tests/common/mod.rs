@@ -44,6 +44,15 @@ impl GitServer {
         GitServer { base, port, daemon }
     }
 
+    /// [`GitServer::repo`] for owned file lists.
+    pub fn repo_of(&self, name: &str, files: &[(String, String, bool)]) -> (String, String) {
+        let refs: Vec<(&str, &str, bool)> = files
+            .iter()
+            .map(|(n, c, x)| (n.as_str(), c.as_str(), *x))
+            .collect();
+        self.repo(name, &refs)
+    }
+
     /// Creates repository `name` with `files` (path, content, executable) in
     /// one commit dated `date` and returns its URL and commit id.
     pub fn repo(&self, name: &str, files: &[(&str, &str, bool)]) -> (String, String) {
@@ -141,6 +150,38 @@ pub fn digests(outcome: &BuildOutcome) -> Vec<(String, String)> {
 
 pub fn log_of(outcome: &BuildOutcome) -> String {
     std::fs::read_to_string(&outcome.log_path).unwrap_or_default()
+}
+
+/// Builds `spec` twice with `upstreams` for the dependency step, in work
+/// directories at different depths, asserts identical outputs and returns
+/// both outcomes, with the directory that holds them.
+pub fn build_twice_with(
+    spec: &BuildSpec,
+    upstreams: &[builder::Upstream],
+) -> (tempfile::TempDir, [BuildOutcome; 2]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let build = |work: &str| {
+        let mut cfg = config(&tmp.path().join(work));
+        cfg.upstreams = upstreams.to_vec();
+        builder::build(spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)))
+    };
+    let both = [build("a"), build("b/deeper")];
+    assert_eq!(
+        digests(&both[0]),
+        digests(&both[1]),
+        "builds differ\n--- first log\n{}\n--- second log\n{}",
+        log_of(&both[0]),
+        log_of(&both[1])
+    );
+    (tmp, both)
+}
+
+/// One upstream, for [`build_twice_with`].
+pub fn registry(name: &str, url: &str) -> builder::Upstream {
+    builder::Upstream {
+        name: name.to_string(),
+        url: url.to_string(),
+    }
 }
 
 /// Builds `spec` twice, in work directories at different depths and at

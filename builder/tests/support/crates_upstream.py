@@ -5,18 +5,17 @@ GET /config.json                         {"dl": BASE/crates/{crate}/{version}/do
 GET /<index path of NAME>                one JSON line per version, from each crate's Cargo.toml
 GET /crates/<name>/<version>/download    the .crate
 
-Usage: crates_upstream.py DIR PORT_FILE. Binds 127.0.0.1 on a free port and
-writes the port to PORT_FILE once listening. Files are NAME-VERSION.crate.
+Usage: crates_upstream.py DIR PORT_FILE (see registry_http.py). Files are NAME-VERSION.crate.
 """
 
 import hashlib
-import http.server
 import json
 import os
 import sys
 import tarfile
 import tomllib
-import urllib.parse
+
+from registry_http import NOT_FOUND, serve
 
 
 def index_path(name):
@@ -92,40 +91,24 @@ def entries(directory):
 def main():
     directory, port_file = sys.argv[1], sys.argv[2]
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")
-            base = f"http://127.0.0.1:{self.server.server_port}"
-            if path == "config.json":
-                config = {"dl": base + "/crates/{crate}/{version}/download", "api": None}
-                return self.reply(200, "application/json", json.dumps(config).encode())
-            parts = path.split("/")
-            if len(parts) == 4 and parts[0] == "crates" and parts[3] == "download":
-                file = os.path.join(directory, f"{parts[1]}-{parts[2]}.crate")
-                if "/" not in parts[1] + parts[2] and os.path.isfile(file):
-                    return self.reply(200, "application/x-tar", open(file, "rb").read())
-                return self.reply(404, "text/plain", b"not found")
-            name = parts[-1].lower()
-            lines = entries(directory).get(name)
-            if lines is None or index_path(name) != path.lower():
-                return self.reply(404, "text/plain", b"not found")
-            return self.reply(200, "text/plain", ("\n".join(lines) + "\n").encode())
+    def get(path, base):
+        path = path.lstrip("/")
+        if path == "config.json":
+            config = {"dl": base + "/crates/{crate}/{version}/download", "api": None}
+            return 200, "application/json", json.dumps(config).encode()
+        parts = path.split("/")
+        if len(parts) == 4 and parts[0] == "crates" and parts[3] == "download":
+            file = os.path.join(directory, f"{parts[1]}-{parts[2]}.crate")
+            if "/" not in parts[1] + parts[2] and os.path.isfile(file):
+                return 200, "application/x-tar", open(file, "rb").read()
+            return NOT_FOUND
+        name = parts[-1].lower()
+        lines = entries(directory).get(name)
+        if lines is None or index_path(name) != path.lower():
+            return NOT_FOUND
+        return 200, "text/plain", ("\n".join(lines) + "\n").encode()
 
-        def reply(self, status, content_type, body):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(server.server_port))
-    os.rename(port_file + ".tmp", port_file)
-    server.serve_forever()
+    serve(port_file, get)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,18 @@
 GET /<name>               the packument, built from the tarballs' package.json
 GET /<name>/-/<file>.tgz  the tarball
 
-Usage: npm_upstream.py DIR PORT_FILE. Binds 127.0.0.1 on a free port and
-writes the port to PORT_FILE once listening. Unscoped names only.
+Usage: npm_upstream.py DIR PORT_FILE (see registry_http.py). Unscoped
+names only.
 """
 
 import base64
 import hashlib
-import http.server
 import json
 import os
 import sys
 import tarfile
-import urllib.parse
+
+from registry_http import NOT_FOUND, serve
 
 
 def packuments(directory, base):
@@ -41,35 +41,19 @@ def packuments(directory, base):
 def main():
     directory, port_file = sys.argv[1], sys.argv[2]
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")
-            base = f"http://127.0.0.1:{self.server.server_port}"
-            if "/-/" in path:
-                file = os.path.join(directory, os.path.basename(path))
-                if os.path.isfile(file):
-                    return self.reply(200, "application/octet-stream", open(file, "rb").read())
-                return self.reply(404, "application/json", b'{"error":"not found"}')
-            doc = packuments(directory, base).get(path)
-            if doc is None:
-                return self.reply(404, "application/json", b'{"error":"not found"}')
-            return self.reply(200, "application/json", json.dumps(doc).encode())
+    def get(path, base):
+        path = path.lstrip("/")
+        if "/-/" in path:
+            file = os.path.join(directory, os.path.basename(path))
+            if os.path.isfile(file):
+                return 200, "application/octet-stream", open(file, "rb").read()
+            return NOT_FOUND
+        doc = packuments(directory, base).get(path)
+        if doc is None:
+            return NOT_FOUND
+        return 200, "application/json", json.dumps(doc).encode()
 
-        def reply(self, status, content_type, body):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(server.server_port))
-    os.rename(port_file + ".tmp", port_file)
-    server.serve_forever()
+    serve(port_file, get)
 
 
 if __name__ == "__main__":

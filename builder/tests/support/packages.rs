@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 pub const NPM_PACKAGE: (&str, &str) = ("is-odd", "3.0.1");
 pub const NPM_DEPENDENCY: (&str, &str) = ("is-number", "6.0.0");
 
-fn cache_dir(kind: &str) -> PathBuf {
+/// `$HOME/.cache/pyrsia-test-packages/KIND`, created.
+pub fn cache_dir(kind: &str) -> PathBuf {
     let dir = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
@@ -47,6 +48,7 @@ pub fn npm_tarball(name: &str, version: &str) -> PathBuf {
 pub struct LocalUpstream {
     child: Child,
     pub url: String,
+    _ports: tempfile::TempDir,
 }
 
 impl LocalUpstream {
@@ -58,8 +60,20 @@ impl LocalUpstream {
         LocalUpstream::start("pypi_upstream.py", dir)
     }
 
+    pub fn crates(dir: &Path) -> LocalUpstream {
+        LocalUpstream::start("crates_upstream.py", dir)
+    }
+
+    /// A Maven repository: the files below `dir` as they are.
+    pub fn maven(dir: &Path) -> LocalUpstream {
+        LocalUpstream::start("static_upstream.py", dir)
+    }
+
     fn start(script: &str, dir: &Path) -> LocalUpstream {
-        let port_file = dir.join("port");
+        // Next to the served directory, not in it: a static upstream would
+        // serve it.
+        let ports = tempfile::tempdir().unwrap();
+        let port_file = ports.path().join("port");
         let script = Path::new(file!())
             .parent()
             .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(d))
@@ -82,6 +96,7 @@ impl LocalUpstream {
         LocalUpstream {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            _ports: ports,
         }
     }
 }

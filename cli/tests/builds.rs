@@ -27,20 +27,11 @@ fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {
     (id, selected)
 }
 
-async fn record(net: &Testnet, id: &str) -> RequestRecord {
-    net.client(0)
-        .unwrap()
-        .query_value(&format!("request/{id}"))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 /// Waits until the request's level is one of `levels`.
 async fn wait_level(net: &Testnet, id: &str, levels: &[&str], timeout: Duration) -> RequestRecord {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let r = record(net, id).await;
+        let r = net.request_record(id).await;
         if levels.contains(&r.level.as_str()) {
             return r;
         }
@@ -79,16 +70,9 @@ fn fetch(net: &Testnet, f: &Fixture, dir: &std::path::Path) -> std::process::Out
         "-o",
         dir.to_str().unwrap(),
         "--api",
-        &store_api(net),
+        &net.store_api(),
     ])
     .unwrap()
-}
-
-/// The control API of node 0's own store (the client's).
-fn store_api(net: &Testnet) -> String {
-    let text = std::fs::read_to_string(net.nodes[0].home.join("config/services.toml")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("api")).unwrap();
-    format!("http://{}", line.split('"').nth(1).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,7 +112,7 @@ async fn every_ecosystem_builds_reproducibly_and_a_fresh_client_fetches_it_from_
         // Two regular and two trusted suffice; the fifth builder agrees too.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let r = record(&net, id).await;
+            let r = net.request_record(id).await;
             assert_eq!(r.level.as_str(), "reproducible");
             if r.attestations.len() == 5 {
                 break;
@@ -153,7 +137,7 @@ async fn every_ecosystem_builds_reproducibly_and_a_fresh_client_fetches_it_from_
             f.ecosystem,
             String::from_utf8_lossy(&out.stderr)
         );
-        let r = record(&net, id).await;
+        let r = net.request_record(id).await;
         let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -249,7 +233,7 @@ async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     for id in &missed {
         loop {
-            let r = record(&net, id).await;
+            let r = net.request_record(id).await;
             if r.attestations.iter().any(|a| a.attester == victim_key) {
                 break;
             }
@@ -266,7 +250,7 @@ async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_
         idle_jobs.iter().all(|j| j["request_id"] != id.as_str()),
         "{idle} built a request it was not selected for: {idle_jobs:?}"
     );
-    let first_record = record(&net, &id).await;
+    let first_record = net.request_record(&id).await;
     let idle_key = net.builder_key(&idle).unwrap().public();
     assert!(first_record
         .attestations
@@ -358,7 +342,7 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_and_are_rep
         assert!(error.contains(expect), "{}: {error}", f.name);
         // The failure is on the ledger, with its class, as the builder's answer.
         let r = loop {
-            let r = record(&net, id).await;
+            let r = net.request_record(id).await;
             if !r.failures.is_empty() {
                 break r;
             }
@@ -452,18 +436,7 @@ async fn real_packages_with_dependencies_reach_reproducible() {
         );
 
         let dir = net.dir.path().join(format!("provenance-{}", f.ecosystem));
-        let out = net
-            .pyrsia(&[
-                "provenance",
-                f.ecosystem,
-                &f.name,
-                &f.version,
-                "-o",
-                dir.to_str().unwrap(),
-                "--api",
-                &store_api(&net),
-            ])
-            .unwrap();
+        let out = net.provenance(f, &dir, &[]).unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pyrsia_chain::{Digest, RequestRecord};
+use pyrsia_chain::Digest;
 use support::fixtures::{Fixture, GitServer};
 use support::{repo_root, ServicePlan, Testnet};
 
@@ -35,22 +35,6 @@ fn request_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
     ];
     args.extend_from_slice(extra);
     args
-}
-
-/// The control API of node 0's own store (the client's).
-fn store_api(net: &Testnet) -> String {
-    let text = std::fs::read_to_string(net.nodes[0].home.join("config/services.toml")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("api")).unwrap();
-    format!("http://{}", line.split('"').nth(1).unwrap())
-}
-
-async fn record(net: &Testnet, id: &str) -> RequestRecord {
-    net.client(0)
-        .unwrap()
-        .query_value(&format!("request/{id}"))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,7 +76,7 @@ async fn a_build_that_fails_in_every_builder_ends_wait_promptly_with_each_builde
 
     // Each failure names its builder, the reason, and the digest of the log
     // the builder kept and stored.
-    let r = record(&net, &id).await;
+    let r = net.request_record(&id).await;
     assert!(r.attestations.is_empty());
     assert_eq!(r.level.as_str(), "pending");
     for name in net
@@ -208,7 +192,7 @@ async fn each_attester_signs_provenance_that_pyrsia_provenance_collects_and_secu
         .to_owned();
     let deadline = Instant::now() + Duration::from_secs(300);
     let r = loop {
-        let r = record(&net, &id).await;
+        let r = net.request_record(&id).await;
         if r.attestations.len() == 3 {
             break r;
         }
@@ -220,18 +204,7 @@ async fn each_attester_signs_provenance_that_pyrsia_provenance_collects_and_secu
 
     let dir = net.dir.path().join("provenance");
     let out = net
-        .pyrsia(&[
-            "provenance",
-            f.ecosystem,
-            &f.name,
-            &f.version,
-            "-o",
-            dir.to_str().unwrap(),
-            "--min-trust",
-            "quorum_only",
-            "--api",
-            &store_api(&net),
-        ])
+        .provenance(&f, &dir, &["--min-trust", "quorum_only"])
         .unwrap();
     assert!(
         out.status.success(),

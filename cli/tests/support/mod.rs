@@ -311,6 +311,52 @@ impl Testnet {
         Ok(all)
     }
 
+    /// The control API URL of node 0's own store (the client's).
+    #[allow(clippy::expect_used)] // test support: a broken devnet fails the test
+    pub fn store_api(&self) -> String {
+        let text = std::fs::read_to_string(self.nodes[0].home.join("config/services.toml"))
+            .expect("devnet init wrote services.toml");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("api"))
+            .expect("services.toml names a store api");
+        format!("http://{}", line.split('"').nth(1).unwrap_or_default())
+    }
+
+    /// Request `id` as the ledger holds it now.
+    #[allow(clippy::expect_used)] // test support: a missing request fails the test
+    pub async fn request_record(&self, id: &str) -> pyrsia_chain::RequestRecord {
+        self.client(0)
+            .expect("a client of node 0")
+            .query_value(&format!("request/{id}"))
+            .await
+            .expect("querying the request")
+            .expect("the request is on the ledger")
+    }
+
+    /// `pyrsia provenance` of `fixture` into `dir`, through node 0's store.
+    pub fn provenance(
+        &self,
+        fixture: &fixtures::Fixture,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<std::process::Output> {
+        let api = self.store_api();
+        let dir = dir.to_string_lossy();
+        let mut args = vec![
+            "provenance",
+            fixture.ecosystem,
+            &fixture.name,
+            &fixture.version,
+            "-o",
+            &dir,
+            "--api",
+            &api,
+        ];
+        args.extend_from_slice(extra);
+        self.pyrsia(&args)
+    }
+
     /// Gives every builder of node 0 these dependency-step upstreams
     /// (before [`Testnet::start_services`]).
     pub fn set_builder_upstreams(&self, upstreams: &[(&str, &str)]) -> Result<()> {

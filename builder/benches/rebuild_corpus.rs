@@ -28,6 +28,8 @@ struct Tally {
     same_contents: usize,
     same_bytes: usize,
     failures: Vec<String>,
+    /// Files whose contents differ from the registry's, a few per artifact.
+    differences: Vec<String>,
 }
 
 /// name -> bytes of every regular file in a .tgz/.tar.gz/.crate, or a
@@ -222,8 +224,21 @@ fn compare(a: &BuildOutcome, b: &BuildOutcome, published: &[PathBuf], tally: &mu
         if sha256_hex(&ours.path) != sha256_hex(p) {
             same_bytes = false;
         }
-        if contents(&ours.path).is_none() || contents(&ours.path) != contents(p) {
-            same_contents = false;
+        match (contents(&ours.path), contents(p)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) => {
+                same_contents = false;
+                let differ: Vec<&String> = a
+                    .keys()
+                    .chain(b.keys())
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .take(4)
+                    .collect();
+                tally.differences.push(format!("{name}: {differ:?}"));
+            }
+            _ => same_contents = false,
         }
     }
     if same_contents {
@@ -317,6 +332,9 @@ fn main() {
         for f in &t.failures {
             println!("- {eco}: {f}");
         }
+        for d in &t.differences {
+            println!("- {eco}: differs from the registry in {d}");
+        }
     }
 }
 
@@ -328,24 +346,17 @@ fn pypi_download(name: &str, version: &str, binary: bool) -> Option<PathBuf> {
         .join("pyrsia-rebuild")
         .join(format!("{name}-{version}-{kind}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let format = if binary {
-        "--only-binary"
+    // Only the package itself from source: pip prepares an sdist's
+    // metadata with its build backend, which it installs as wheels.
+    let (format, which) = if binary {
+        ("--only-binary", ":all:")
     } else {
-        "--no-binary"
+        ("--no-binary", name)
     };
     let _ = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            "--no-build-isolation",
-            format,
-            ":all:",
-            "-d",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
         .arg(&dir)
+        .args([format, which])
         .arg(format!("{name}=={version}"))
         .stderr(std::process::Stdio::null())
         .status();

@@ -7,103 +7,11 @@ mod common;
 #[path = "support/packages.rs"]
 mod packages;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use builder::BuildError;
 use common::*;
-use packages::{cache_dir, LocalUpstream};
-
-/// A real crate with one normal dependency, which has none of its own;
-/// neither has dev-dependencies.
-const PACKAGE: (&str, &str) = ("form_urlencoded", "1.2.2");
-const DEPENDENCY: (&str, &str) = ("percent-encoding", "2.3.2");
-
-/// The .crate files of the package and its dependency, as `cargo fetch`
-/// over a throwaway project gets them through the machine's configuration
-/// (a throwaway CARGO_HOME, kept between runs).
-fn crate_files() -> Vec<PathBuf> {
-    let cache = cache_dir("cargo");
-    let home = cache.join("home");
-    let wanted: Vec<String> = [PACKAGE, DEPENDENCY]
-        .iter()
-        .map(|(n, v)| format!("{n}-{v}.crate"))
-        .collect();
-    let find = || -> Option<Vec<PathBuf>> {
-        let registries = std::fs::read_dir(home.join("registry/cache")).ok()?;
-        let dirs: Vec<PathBuf> = registries.map(|e| e.unwrap().path()).collect();
-        wanted
-            .iter()
-            .map(|w| dirs.iter().map(|d| d.join(w)).find(|p| p.is_file()))
-            .collect()
-    };
-    if let Some(found) = find() {
-        return found;
-    }
-    let project = cache.join("probe");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    std::fs::write(project.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        project.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{} = \"={}\"\n{} = \"={}\"\n",
-            PACKAGE.0, PACKAGE.1, DEPENDENCY.0, DEPENDENCY.1
-        ),
-    )
-    .unwrap();
-    let out = Command::new("cargo")
-        .arg("fetch")
-        .current_dir(&project)
-        .env("CARGO_HOME", &home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo fetch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    find().expect("cargo fetch left no .crate files")
-}
-
-/// The package's published .crate as a source tree: its (normalised)
-/// Cargo.toml, sources and licence files, with or without the Cargo.lock it
-/// ships. Without what `cargo package` writes itself (`Cargo.toml.orig`,
-/// `.cargo_vcs_info.json`), which it refuses to find in a source.
-fn source_files(krate: &Path, with_lock: bool) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let ok = Command::new("tar")
-        .arg("-xzf")
-        .arg(krate)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let root = tmp.path().join(format!("{}-{}", PACKAGE.0, PACKAGE.1));
-    let mut files = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if path.is_dir() {
-                stack.push(path);
-            } else if !matches!(rel.as_str(), "Cargo.toml.orig" | ".cargo_vcs_info.json")
-                && (with_lock || rel != "Cargo.lock")
-            {
-                files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
-            }
-        }
-    }
-    files.sort();
-    files
-}
+use packages::*;
 
 /// Builds the package twice through the dependency step and checks that the
 /// outputs agree and the dependency was recorded as the upstream served it.
@@ -114,7 +22,7 @@ fn builds_identically_through_the_index(with_lock: bool) {
         std::fs::copy(c, served.path().join(c.file_name().unwrap())).unwrap();
     }
     let upstream = LocalUpstream::crates(served.path());
-    let files = source_files(&crates[0], with_lock);
+    let files = crate_source_files(&crates[0], with_lock);
     assert!(files.iter().any(|(n, _, _)| n == "src/lib.rs"), "{files:?}");
     assert_eq!(
         files.iter().any(|(n, _, _)| n == "Cargo.lock"),
@@ -123,8 +31,8 @@ fn builds_identically_through_the_index(with_lock: bool) {
     );
 
     let server = GitServer::start();
-    let (url, commit) = server.repo_of(PACKAGE.0, &files);
-    let spec = spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit);
+    let (url, commit) = server.repo_of(CRATE_PACKAGE.0, &files);
+    let spec = spec("cargo", CRATE_PACKAGE.0, CRATE_PACKAGE.1, &url, &commit);
 
     let (_work, outcomes) = build_twice_with(&spec, &[registry("crates", &upstream.url)]);
     let names: Vec<&str> = outcomes[0]
@@ -132,14 +40,20 @@ fn builds_identically_through_the_index(with_lock: bool) {
         .iter()
         .map(|o| o.name.as_str())
         .collect();
-    assert_eq!(names, [format!("{}-{}.crate", PACKAGE.0, PACKAGE.1)]);
+    assert_eq!(
+        names,
+        [format!("{}-{}.crate", CRATE_PACKAGE.0, CRATE_PACKAGE.1)]
+    );
 
     let resolved = &outcomes[0].resolved_dependencies;
     assert_eq!(resolved, &outcomes[1].resolved_dependencies);
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert_eq!(
         resolved[0].uri,
-        format!("crates:/crates/{}/{}/download", DEPENDENCY.0, DEPENDENCY.1)
+        format!(
+            "crates:/crates/{}/{}/download",
+            CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
+        )
     );
     assert_eq!(resolved[0].sha256, sha256(&crates[1]));
     assert_eq!(
@@ -157,13 +71,15 @@ fn builds_identically_through_the_index(with_lock: bool) {
         .status()
         .unwrap()
         .success());
-    let root = unpacked.path().join(format!("{}-{}", PACKAGE.0, PACKAGE.1));
+    let root = unpacked
+        .path()
+        .join(format!("{}-{}", CRATE_PACKAGE.0, CRATE_PACKAGE.1));
     assert!(root.join("src/lib.rs").is_file());
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
     assert!(
         lock.contains(&format!(
             "name = \"{}\"\nversion = \"{}\"",
-            DEPENDENCY.0, DEPENDENCY.1
+            CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
         )) && lock.contains(&format!("checksum = \"{}\"", sha256(&crates[1]))),
         "{lock}"
     );
@@ -171,7 +87,7 @@ fn builds_identically_through_the_index(with_lock: bool) {
     assert!(
         log.contains(&format!(
             "pyrsia: resolved crates:/crates/{}/{}/download",
-            DEPENDENCY.0, DEPENDENCY.1
+            CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
         )),
         "{log}"
     );
@@ -206,7 +122,7 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
         .status()
         .unwrap()
         .success());
-    let top = format!("{}-{}", DEPENDENCY.0, DEPENDENCY.1);
+    let top = format!("{}-{}", CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1);
     std::fs::write(unpacked.join(&top).join("build.rs"), "fn main() {}\n").unwrap();
     let served = poisoned.path().join("served");
     std::fs::create_dir(&served).unwrap();
@@ -225,15 +141,18 @@ fn a_dependency_that_differs_from_the_lockfile_fails_the_build() {
     );
     let upstream = LocalUpstream::crates(&served);
 
-    let files = source_files(&crates[0], true);
+    let files = crate_source_files(&crates[0], true);
     let server = GitServer::start();
-    let (url, commit) = server.repo_of(PACKAGE.0, &files);
+    let (url, commit) = server.repo_of(CRATE_PACKAGE.0, &files);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
     cfg.upstreams = vec![registry("crates", &upstream.url)];
-    match builder::build(&spec("cargo", PACKAGE.0, PACKAGE.1, &url, &commit), &cfg) {
+    match builder::build(
+        &spec("cargo", CRATE_PACKAGE.0, CRATE_PACKAGE.1, &url, &commit),
+        &cfg,
+    ) {
         Err(BuildError::DependencyMismatch { reason, .. }) => {
-            assert!(reason.contains(DEPENDENCY.0), "{reason}")
+            assert!(reason.contains(CRATE_DEPENDENCY.0), "{reason}")
         }
         other => panic!("expected DependencyMismatch, got {other:?}"),
     }

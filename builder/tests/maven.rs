@@ -8,172 +8,21 @@ mod common;
 #[path = "support/packages.rs"]
 mod packages;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use builder::BuildError;
 use common::*;
-use packages::{cache_dir, LocalUpstream};
-
-/// A real library with one runtime dependency (slf4j-api), a parent pom,
-/// and a build extension and plugins of its own.
-const GROUP: &str = "org.slf4j";
-const ARTIFACT: &str = "slf4j-simple";
-const VERSION: &str = "1.7.36";
-/// Its dependency, as the upstream lays it out.
-const DEPENDENCY: &str = "org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar";
-
-fn mvn(args: &[&str], dir: &Path) {
-    let out = Command::new("mvn")
-        .args(["-B", "-ntp"])
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mvn {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// `GROUP:ARTIFACT:VERSION:jar:<classifier>` (or `:pom`) through the
-/// machine's Maven configuration, into a local repository kept between runs.
-fn published(kind: &str) -> PathBuf {
-    let repo = cache_dir("maven").join("published");
-    let file = repo.join(format!(
-        "{}/{ARTIFACT}/{VERSION}/{ARTIFACT}-{VERSION}{}",
-        GROUP.replace('.', "/"),
-        match kind {
-            "pom" => ".pom",
-            "sources" => "-sources.jar",
-            _ => ".jar",
-        }
-    ));
-    if !file.exists() {
-        let coordinates = match kind {
-            "pom" => format!("{GROUP}:{ARTIFACT}:{VERSION}:pom"),
-            "sources" => format!("{GROUP}:{ARTIFACT}:{VERSION}:jar:sources"),
-            _ => format!("{GROUP}:{ARTIFACT}:{VERSION}:jar"),
-        };
-        mvn(
-            &[
-                &format!("-Dmaven.repo.local={}", repo.display()),
-                "dependency:get",
-                &format!("-Dartifact={coordinates}"),
-                "-Dtransitive=false",
-            ],
-            &cache_dir("maven"),
-        );
-        assert!(
-            file.exists(),
-            "{} missing after dependency:get",
-            file.display()
-        );
-    }
-    file
-}
-
-fn zip_entry(jar: &Path, name: &str) -> Vec<u8> {
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(jar).unwrap()).unwrap();
-    let mut data = Vec::new();
-    archive
-        .by_name(name)
-        .unwrap()
-        .read_to_end(&mut data)
-        .unwrap();
-    data
-}
-
-/// The library as its developer's tree: `src/main/java` from the sources
-/// jar, the published pom as `pom.xml`. Two things the sources jar and pom
-/// leave out are put back: `src/main/resources/META-INF/MANIFEST.MF`, which
-/// the parent's jar plugin merges (taken from the published jar, without
-/// what the jar plugin writes itself), and, because the parent compiles for
-/// Java 5 which today's JDKs refuse, `required.jdk.version` 1.8 in the pom.
-fn project_files() -> Vec<(String, String, bool)> {
-    let mut files = Vec::new();
-    let sources = published("sources");
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(&sources).unwrap()).unwrap();
-    for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).unwrap();
-        let name = entry.name().to_string();
-        if name.ends_with(".java") {
-            let mut text = String::new();
-            entry.read_to_string(&mut text).unwrap();
-            files.push((format!("src/main/java/{name}"), text, false));
-        }
-    }
-    assert!(files.len() >= 5, "{files:?}");
-    let manifest = String::from_utf8(zip_entry(&published("jar"), "META-INF/MANIFEST.MF")).unwrap();
-    let manifest: String = manifest
-        .lines()
-        .filter(|l| {
-            !["Manifest-Version:", "Build-Jdk-Spec:", "Created-By:"]
-                .iter()
-                .any(|p| l.starts_with(p))
-                && !l.is_empty()
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    files.push((
-        "src/main/resources/META-INF/MANIFEST.MF".into(),
-        manifest,
-        false,
-    ));
-    let pom = std::fs::read_to_string(published("pom")).unwrap();
-    assert!(pom.contains("<artifactId>slf4j-parent</artifactId>"));
-    let pom = pom.replacen(
-        "<dependencies>",
-        "<properties>\n    <required.jdk.version>1.8</required.jdk.version>\n  </properties>\n\n  <dependencies>",
-        1,
-    );
-    files.push(("pom.xml".into(), pom, false));
-    files
-}
-
-/// A Maven repository holding what building the project needs: the local
-/// repository of an ordinary `mvn package` over it (machine's settings),
-/// filled once and kept between runs.
-fn upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
-    let repo = cache_dir("maven").join("upstream");
-    let done = cache_dir("maven").join("upstream.complete");
-    if !done.exists() {
-        let project = tempfile::tempdir().unwrap();
-        for (path, content, _) in files {
-            let p = project.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        mvn(
-            &[
-                &format!("-Dmaven.repo.local={}", repo.display()),
-                "-DskipTests",
-                "package",
-            ],
-            project.path(),
-        );
-        std::fs::write(&done, "").unwrap();
-    }
-    repo
-}
-
-fn name() -> String {
-    format!("{GROUP}:{ARTIFACT}")
-}
+use packages::*;
 
 #[test]
 fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_built_offline() {
-    let files = project_files();
-    let repo = upstream_repository(&files);
+    let files = maven_project_files();
+    let repo = maven_upstream_repository(&files);
     let upstream = LocalUpstream::maven(&repo);
 
     let server = GitServer::start();
-    let (url, commit) = server.repo_of(ARTIFACT, &files);
-    let spec = spec("maven", &name(), VERSION, &url, &commit);
+    let (url, commit) = server.repo_of(MAVEN_ARTIFACT, &files);
+    let spec = spec("maven", &maven_name(), MAVEN_VERSION, &url, &commit);
 
     let (_work, outcomes) = build_twice_with(&spec, &[registry("maven", &upstream.url)]);
     let names: Vec<&str> = outcomes[0]
@@ -203,7 +52,7 @@ fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_bui
     let resolved = &outcomes[0].resolved_dependencies;
     let uris: Vec<&str> = resolved.iter().map(|d| d.uri.as_str()).collect();
     for expected in [
-        format!("maven:/{DEPENDENCY}"),
+        format!("maven:/{MAVEN_DEPENDENCY}"),
         "maven:/org/slf4j/slf4j-parent/1.7.36/slf4j-parent-1.7.36.pom".to_string(),
         "maven:/org/apache/maven/plugins/maven-compiler-plugin/3.3/maven-compiler-plugin-3.3.jar"
             .to_string(),
@@ -229,7 +78,7 @@ fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_bui
     }
     let log = log_of(&outcomes[0]);
     assert!(
-        log.contains(&format!("pyrsia: resolved maven:/{DEPENDENCY}")),
+        log.contains(&format!("pyrsia: resolved maven:/{MAVEN_DEPENDENCY}")),
         "{log}"
     );
     assert!(log.contains("mvn -o "), "{log}");
@@ -242,13 +91,13 @@ fn maven_dependencies_and_plugins_are_fetched_through_the_proxy_recorded_and_bui
 
 #[test]
 fn a_maven_build_without_a_maven_upstream_fails_with_the_reason() {
-    let files = project_files();
+    let files = maven_project_files();
     let server = GitServer::start();
-    let (url, commit) = server.repo_of(ARTIFACT, &files);
+    let (url, commit) = server.repo_of(MAVEN_ARTIFACT, &files);
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let result = builder::build(
-        &spec("maven", &name(), VERSION, &url, &commit),
+        &spec("maven", &maven_name(), MAVEN_VERSION, &url, &commit),
         &config(tmp.path()),
     );
     match result {

@@ -362,8 +362,9 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_and_are_rep
     drop(listener);
 }
 
-/// Real packages with dependencies, from the registries' own archives,
-/// reach `reproducible` through every builder's dependency step; each
+/// Real packages with dependencies (npm, a flit_core sdist, a crate, a
+/// Maven library with its parent and plugins), from the registries' own
+/// archives, reach `reproducible` through every builder's dependency step; each
 /// builder's signed provenance lists the dependency with the digest the
 /// upstream served.
 #[tokio::test(flavor = "multi_thread")]
@@ -375,6 +376,12 @@ async fn real_packages_with_dependencies_reach_reproducible() {
     let backend = pypi_file("flit_core==3.9.0", true, "flit_core-3.9.0-py3-none-any.whl");
     let pypi_dir = upstream_dir(std::slice::from_ref(&backend));
     let pypi = LocalUpstream::pypi(pypi_dir.path());
+    let crates = crate_files();
+    let crates_dir = upstream_dir(&crates);
+    let crates_upstream = LocalUpstream::crates(crates_dir.path());
+    let maven_files = maven_project_files();
+    let maven_repo = maven_upstream_repository(&maven_files);
+    let maven = LocalUpstream::maven(&maven_repo);
 
     let git = GitServer::start().unwrap();
     let owned = |files: Vec<(String, String, bool)>| -> Vec<(String, String)> {
@@ -398,12 +405,30 @@ async fn real_packages_with_dependencies_reach_reproducible() {
         (
             publish("npm", NPM_PACKAGE.0, NPM_PACKAGE.1, &npm_files),
             npm_dep.clone(),
-            "npm:/is-number/-/is-number-6.0.0.tgz",
+            "npm:/is-number/-/is-number-6.0.0.tgz".to_string(),
         ),
         (
             publish("python", "tomli", "2.0.1", &py_files),
             backend.clone(),
-            "pypi:/files/flit_core-3.9.0-py3-none-any.whl",
+            "pypi:/files/flit_core-3.9.0-py3-none-any.whl".to_string(),
+        ),
+        (
+            publish(
+                "cargo",
+                CRATE_PACKAGE.0,
+                CRATE_PACKAGE.1,
+                &owned(crate_source_files(&crates[0], true)),
+            ),
+            crates[1].clone(),
+            format!(
+                "crates:/crates/{}/{}/download",
+                CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
+            ),
+        ),
+        (
+            publish("maven", &maven_name(), MAVEN_VERSION, &owned(maven_files)),
+            maven_repo.join(MAVEN_DEPENDENCY),
+            format!("maven:/{MAVEN_DEPENDENCY}"),
         ),
     ];
 
@@ -414,8 +439,13 @@ async fn real_packages_with_dependencies_reach_reproducible() {
     })
     .await
     .unwrap();
-    net.set_builder_upstreams(&[("npm", &npm.url), ("pypi", &pypi.url)])
-        .unwrap();
+    net.set_builder_upstreams(&[
+        ("npm", &npm.url),
+        ("pypi", &pypi.url),
+        ("crates", &crates_upstream.url),
+        ("maven", &maven.url),
+    ])
+    .unwrap();
     net.start_services().await.unwrap();
 
     for (f, dep_file, dep_uri) in &fixtures {

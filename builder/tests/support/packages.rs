@@ -5,8 +5,9 @@
 //! Shared by the builder's tests and the CLI's end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A real npm package with a runtime dependency, and that dependency.
@@ -248,4 +249,246 @@ pub fn sdist_files(sdist: &Path) -> Vec<(String, String, bool)> {
 pub fn sha256_hex(path: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A real crate with one normal dependency, which has none of its own;
+/// neither has dev-dependencies.
+pub const CRATE_PACKAGE: (&str, &str) = ("form_urlencoded", "1.2.2");
+pub const CRATE_DEPENDENCY: (&str, &str) = ("percent-encoding", "2.3.2");
+
+/// The .crate files of the package and its dependency, as `cargo fetch`
+/// over a throwaway project gets them through the machine's configuration
+/// (a throwaway CARGO_HOME, kept between runs).
+pub fn crate_files() -> Vec<PathBuf> {
+    let cache = cache_dir("cargo");
+    let home = cache.join("home");
+    let wanted: Vec<String> = [CRATE_PACKAGE, CRATE_DEPENDENCY]
+        .iter()
+        .map(|(n, v)| format!("{n}-{v}.crate"))
+        .collect();
+    let find = || -> Option<Vec<PathBuf>> {
+        let registries = std::fs::read_dir(home.join("registry/cache")).ok()?;
+        let dirs: Vec<PathBuf> = registries.map(|e| e.unwrap().path()).collect();
+        wanted
+            .iter()
+            .map(|w| dirs.iter().map(|d| d.join(w)).find(|p| p.is_file()))
+            .collect()
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    let project = cache.join("probe");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{} = \"={}\"\n{} = \"={}\"\n",
+            CRATE_PACKAGE.0, CRATE_PACKAGE.1, CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
+        ),
+    )
+    .unwrap();
+    let out = Command::new("cargo")
+        .arg("fetch")
+        .current_dir(&project)
+        .env("CARGO_HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo fetch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    find().expect("cargo fetch left no .crate files")
+}
+
+/// The package's published .crate as a source tree: its (normalised)
+/// Cargo.toml, sources and licence files, with or without the Cargo.lock it
+/// ships. Without what `cargo package` writes itself (`Cargo.toml.orig`,
+/// `.cargo_vcs_info.json`), which it refuses to find in a source.
+pub fn crate_source_files(krate: &Path, with_lock: bool) -> Vec<(String, String, bool)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = Command::new("tar")
+        .arg("-xzf")
+        .arg(krate)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let root = tmp
+        .path()
+        .join(format!("{}-{}", CRATE_PACKAGE.0, CRATE_PACKAGE.1));
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !matches!(rel.as_str(), "Cargo.toml.orig" | ".cargo_vcs_info.json")
+                && (with_lock || rel != "Cargo.lock")
+            {
+                files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A real library with one runtime dependency (slf4j-api), a parent pom,
+/// and a build extension and plugins of its own.
+pub const MAVEN_GROUP: &str = "org.slf4j";
+pub const MAVEN_ARTIFACT: &str = "slf4j-simple";
+pub const MAVEN_VERSION: &str = "1.7.36";
+/// Its dependency, as the upstream lays it out.
+pub const MAVEN_DEPENDENCY: &str = "org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar";
+
+fn mvn(args: &[&str], dir: &Path) {
+    let out = Command::new("mvn")
+        .args(["-B", "-ntp"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mvn {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `MAVEN_GROUP:MAVEN_ARTIFACT:MAVEN_VERSION:jar:<classifier>` (or `:pom`) through the
+/// machine's Maven configuration, into a local repository kept between runs.
+fn maven_published(kind: &str) -> PathBuf {
+    let repo = cache_dir("maven").join("published");
+    let file = repo.join(format!(
+        "{}/{MAVEN_ARTIFACT}/{MAVEN_VERSION}/{MAVEN_ARTIFACT}-{MAVEN_VERSION}{}",
+        MAVEN_GROUP.replace('.', "/"),
+        match kind {
+            "pom" => ".pom",
+            "sources" => "-sources.jar",
+            _ => ".jar",
+        }
+    ));
+    if !file.exists() {
+        let coordinates = match kind {
+            "pom" => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:pom"),
+            "sources" => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:jar:sources"),
+            _ => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:jar"),
+        };
+        mvn(
+            &[
+                &format!("-Dmaven.repo.local={}", repo.display()),
+                "dependency:get",
+                &format!("-Dartifact={coordinates}"),
+                "-Dtransitive=false",
+            ],
+            &cache_dir("maven"),
+        );
+        assert!(
+            file.exists(),
+            "{} missing after dependency:get",
+            file.display()
+        );
+    }
+    file
+}
+
+pub fn zip_entry(jar: &Path, name: &str) -> Vec<u8> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(jar).unwrap()).unwrap();
+    let mut data = Vec::new();
+    archive
+        .by_name(name)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+/// The library as its developer's tree: `src/main/java` from the sources
+/// jar, the published pom as `pom.xml`. Two things the sources jar and pom
+/// leave out are put back: `src/main/resources/META-INF/MANIFEST.MF`, which
+/// the parent's jar plugin merges (taken from the published jar, without
+/// what the jar plugin writes itself), and, because the parent compiles for
+/// Java 5 which today's JDKs refuse, `required.jdk.version` 1.8 in the pom.
+pub fn maven_project_files() -> Vec<(String, String, bool)> {
+    let mut files = Vec::new();
+    let sources = maven_published("sources");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&sources).unwrap()).unwrap();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        if name.ends_with(".java") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            files.push((format!("src/main/java/{name}"), text, false));
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    let manifest =
+        String::from_utf8(zip_entry(&maven_published("jar"), "META-INF/MANIFEST.MF")).unwrap();
+    let manifest: String = manifest
+        .lines()
+        .filter(|l| {
+            !["Manifest-Version:", "Build-Jdk-Spec:", "Created-By:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+                && !l.is_empty()
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    files.push((
+        "src/main/resources/META-INF/MANIFEST.MF".into(),
+        manifest,
+        false,
+    ));
+    let pom = std::fs::read_to_string(maven_published("pom")).unwrap();
+    assert!(pom.contains("<artifactId>slf4j-parent</artifactId>"));
+    let pom = pom.replacen(
+        "<dependencies>",
+        "<properties>\n    <required.jdk.version>1.8</required.jdk.version>\n  </properties>\n\n  <dependencies>",
+        1,
+    );
+    files.push(("pom.xml".into(), pom, false));
+    files
+}
+
+/// A Maven repository holding what building the project needs: the local
+/// repository of an ordinary `mvn package` over it (machine's settings),
+/// filled once and kept between runs.
+pub fn maven_upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
+    let repo = cache_dir("maven").join("upstream");
+    let done = cache_dir("maven").join("upstream.complete");
+    if !done.exists() {
+        let project = tempfile::tempdir().unwrap();
+        for (path, content, _) in files {
+            let p = project.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        mvn(
+            &[
+                &format!("-Dmaven.repo.local={}", repo.display()),
+                "-DskipTests",
+                "package",
+            ],
+            project.path(),
+        );
+        std::fs::write(&done, "").unwrap();
+    }
+    repo
+}
+
+pub fn maven_name() -> String {
+    format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}")
 }

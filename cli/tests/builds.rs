@@ -498,3 +498,42 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+/// A job during which the builder died each time (here: state left by three
+/// earlier runs) is dropped with its reason instead of being resumed forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_keeps_killing_the_builder_is_dropped_with_its_reason() {
+    let mut net = Testnet::start_with_services(ServicePlan {
+        regular_builders: 1,
+        trusted_builders: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let builder = builder_names(&net).remove(0);
+    let id = "ab".repeat(32);
+    let dir = net.builder_dir(&builder);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = serde_json::json!({"next_height": 1, "pending": [id], "starts": {&id: 3}});
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    net.start_services().await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let jobs = net.builder_jobs(&builder);
+        if let Some(j) = jobs.into_iter().find(|j| j["request_id"] == id.as_str()) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job report");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job["outcome"], "dropped", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("started 3 times"),
+        "{job}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    assert!(state["pending"].as_array().unwrap().is_empty(), "{state}");
+    assert!(state["starts"].as_object().unwrap().is_empty(), "{state}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Pyrsia needs on a fresh Debian machine:
-# libclang (RocksDB's bindings), bubblewrap (build sandboxes), git, Python's
+# libclang (RocksDB's bindings), bubblewrap and iproute2 (build sandboxes and
+# the dependency step), git, Python's
 # `build` and `wheel` (the python recipe), CometBFT v0.38.25 into .tools/bin,
 # and securesystemslib in .tools/venv (scripts/python-tools.sh).
 # Idempotent: does nothing that is already done.
@@ -20,6 +21,10 @@ fi
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v git >/dev/null || missing+=(git)
+# The dependency step: `ip` brings up its namespace's loopback, `nsenter`
+# (util-linux) enters it.
+PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || missing+=(iproute2)
+command -v nsenter >/dev/null || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   sudo_if_needed apt-get update -qq

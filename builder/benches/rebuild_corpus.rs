@@ -228,15 +228,19 @@ fn compare(a: &BuildOutcome, b: &BuildOutcome, published: &[PathBuf], tally: &mu
             (Some(a), Some(b)) if a == b => {}
             (Some(a), Some(b)) => {
                 same_contents = false;
-                let differ: Vec<&String> = a
+                // Only in ours, only in the registry's, in both but other
+                // bytes: a few of each.
+                let few =
+                    |keys: Vec<&String>| keys.into_iter().take(4).cloned().collect::<Vec<String>>();
+                let ours_only = few(a.keys().filter(|k| !b.contains_key(*k)).collect());
+                let theirs_only = few(b.keys().filter(|k| !a.contains_key(*k)).collect());
+                let changed = few(a
                     .keys()
-                    .chain(b.keys())
-                    .filter(|k| a.get(*k) != b.get(*k))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .take(4)
-                    .collect();
-                tally.differences.push(format!("{name}: {differ:?}"));
+                    .filter(|k| b.get(*k).is_some_and(|v| v != &a[*k]))
+                    .collect());
+                tally.differences.push(format!(
+                    "{name}: only ours {ours_only:?}, only the registry's {theirs_only:?}, other bytes {changed:?}"
+                ));
             }
             _ => same_contents = false,
         }
@@ -258,6 +262,16 @@ fn main() {
     let git = GitServer::start();
     let wheels = tempfile::tempdir().unwrap();
     let pypi = LocalUpstream::pypi(wheels.path());
+    // One throwaway CARGO_HOME gathers every crate's .crate and what its
+    // dependency step needs; one index serves them all.
+    let cargo_home = cache_dir("cargo").join("bench-home");
+    let crates_dir = tempfile::tempdir().unwrap();
+    let crates = LocalUpstream::crates(crates_dir.path());
+    // One repository holds what ordinary builds of every Maven project
+    // fetched.
+    let maven_repo = cache_dir("maven").join("bench-upstream");
+    std::fs::create_dir_all(&maven_repo).unwrap();
+    let maven = LocalUpstream::maven(&maven_repo);
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
 
     for line in text
@@ -301,6 +315,56 @@ fn main() {
                     }],
                 )
             }
+            "cargo" => {
+                let prepared =
+                    prepare_crate(&cargo_home, name, version).and_then(|(krate, tree)| {
+                        cargo_fetch(&cargo_home, tree.path())
+                            .map_err(|e| format!("dependencies not fetched: {e}"))?;
+                        Ok(krate)
+                    });
+                let krate = match prepared {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tally.failures.push(format!("{name} {version}: {e}"));
+                        continue;
+                    }
+                };
+                for c in cached_crates(&cargo_home) {
+                    let to = crates_dir.path().join(c.file_name().unwrap());
+                    if !to.exists() {
+                        std::fs::copy(&c, to).unwrap();
+                    }
+                }
+                let unpacked = unpack(&krate);
+                for f in CARGO_PACKAGE_WRITES {
+                    let _ = std::fs::remove_file(unpacked.1.join(f));
+                }
+                (
+                    unpacked,
+                    vec![krate],
+                    vec![Upstream {
+                        name: "crates".into(),
+                        url: crates.url.clone(),
+                    }],
+                )
+            }
+            "maven" => match maven_project(&maven_repo, name, version) {
+                Ok((project, jar)) => {
+                    let root = project.path().to_path_buf();
+                    (
+                        (project, root),
+                        vec![jar],
+                        vec![Upstream {
+                            name: "maven".into(),
+                            url: maven.url.clone(),
+                        }],
+                    )
+                }
+                Err(e) => {
+                    tally.failures.push(format!("{name} {version}: {e}"));
+                    continue;
+                }
+            },
             other => {
                 tally.failures.push(format!(
                     "{name}: ecosystem {other} not in this benchmark yet"
@@ -336,6 +400,108 @@ fn main() {
             println!("- {eco}: differs from the registry in {d}");
         }
     }
+}
+
+/// The registry's .crate of `name` `version` and a scratch copy of its
+/// tree (without what `cargo package` writes itself), in which `cargo
+/// fetch` gets what its lockfile, or a lockfile generated with its
+/// dev-dependencies, needs.
+fn prepare_crate(
+    home: &Path,
+    name: &str,
+    version: &str,
+) -> Result<(PathBuf, tempfile::TempDir), String> {
+    let krate = fetch_crates(home, &[(name, version)])
+        .map_err(|e| format!("not on the registry: {e}"))?
+        .remove(0);
+    let (tmp, root) = unpack(&krate);
+    for f in CARGO_PACKAGE_WRITES {
+        let _ = std::fs::remove_file(root.join(f));
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", root.display()))
+        .arg(scratch.path())
+        .status()
+        .unwrap()
+        .success());
+    drop(tmp);
+    Ok((krate, scratch))
+}
+
+/// The Maven library `group:artifact` `version` as its developer's tree:
+/// `pom.xml` the published pom, `src/main/java` the sources jar's `.java`
+/// files and `src/main/resources` its other files (without the
+/// `META-INF/MANIFEST.MF` and `META-INF/maven/` that the source plugin
+/// writes itself). Adds what an ordinary `mvn package` of it fetches to
+/// `repo` (once; a failure is kept too). Returns the tree and the
+/// published jar.
+fn maven_project(
+    repo: &Path,
+    name: &str,
+    version: &str,
+) -> Result<(tempfile::TempDir, PathBuf), String> {
+    let (group, artifact) = name
+        .split_once(':')
+        .ok_or_else(|| "a maven name is groupId:artifactId".to_string())?;
+    let get = |kind| {
+        maven_artifact(group, artifact, version, kind)
+            .map_err(|e| format!("no {kind} on the registry: {e}"))
+    };
+    let (jar, pom, sources) = (get("jar")?, get("pom")?, get("sources")?);
+    let project = tempfile::tempdir().unwrap();
+    std::fs::copy(&pom, project.path().join("pom.xml")).unwrap();
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&sources).unwrap())
+        .map_err(|e| format!("sources jar: {e}"))?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).unwrap();
+        let entry_name = entry.name().to_string();
+        if entry.is_dir()
+            || entry_name == "META-INF/MANIFEST.MF"
+            || entry_name.starts_with("META-INF/maven/")
+            || entry_name.contains("..")
+        {
+            continue;
+        }
+        let dir = if entry_name.ends_with(".java") {
+            "src/main/java"
+        } else {
+            "src/main/resources"
+        };
+        let to = project.path().join(dir).join(&entry_name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        std::fs::write(to, data).unwrap();
+    }
+    let marks = cache_dir("maven").join("bench-upstream.marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mark = marks.join(format!("{name}-{version}"));
+    match std::fs::read_to_string(&mark) {
+        Ok(reason) if reason.is_empty() => {}
+        Ok(reason) => return Err(reason),
+        Err(_) => {
+            // Built in a copy: `mvn package` leaves `target/` behind.
+            let scratch = tempfile::tempdir().unwrap();
+            assert!(Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", project.path().display()))
+                .arg(scratch.path())
+                .status()
+                .unwrap()
+                .success());
+            let reason = fill_maven_repository(scratch.path(), repo)
+                .err()
+                .map(|e| format!("an ordinary build fails on the host too: {e}"))
+                .unwrap_or_default();
+            std::fs::write(&mark, &reason).unwrap();
+            if !reason.is_empty() {
+                return Err(reason);
+            }
+        }
+    }
+    Ok((project, jar))
 }
 
 /// The registry's sdist (`binary` false) or pure-Python wheel of

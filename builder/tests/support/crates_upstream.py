@@ -54,11 +54,17 @@ def dependencies(manifest):
                     "kind": kind,
                 }
                 if "package" in spec:
-                    # The index names the dependency by its package and
-                    # keeps the manifest's key in `package`'s place.
-                    dep["name"], dep["package"] = spec["package"], key
+                    # A renamed dependency: the index names it by the
+                    # manifest's key, as its features do, and keeps the
+                    # crate's own name in `package`.
+                    dep["package"] = spec["package"]
                 deps.append(dep)
     return deps
+
+
+# path -> ((size, mtime), (name, index line)): a directory of many crates
+# is read once, not on every request.
+_parsed = {}
 
 
 def entries(directory):
@@ -68,24 +74,34 @@ def entries(directory):
         if not file.endswith(".crate"):
             continue
         path = os.path.join(directory, file)
-        data = open(path, "rb").read()
-        with tarfile.open(path, "r:gz") as tar:
-            top = tar.getmembers()[0].name.split("/")[0]
-            manifest = tomllib.load(tar.extractfile(f"{top}/Cargo.toml"))
-        package = manifest["package"]
-        entry = {
-            "name": package["name"],
-            "vers": package["version"],
-            "deps": dependencies(manifest),
-            "cksum": hashlib.sha256(data).hexdigest(),
-            "features": manifest.get("features", {}),
-            "yanked": False,
-            "links": package.get("links"),
-        }
-        if "rust-version" in package:
-            entry["rust_version"] = package["rust-version"]
-        index.setdefault(package["name"].lower(), []).append(json.dumps(entry))
+        stat = os.stat(path)
+        key = (stat.st_size, stat.st_mtime_ns)
+        if path not in _parsed or _parsed[path][0] != key:
+            _parsed[path] = (key, entry_of(path))
+        name, line = _parsed[path][1]
+        index.setdefault(name, []).append(line)
     return index
+
+
+def entry_of(path):
+    """A .crate's (lower-case name, index line)."""
+    data = open(path, "rb").read()
+    with tarfile.open(path, "r:gz") as tar:
+        top = tar.getmembers()[0].name.split("/")[0]
+        manifest = tomllib.load(tar.extractfile(f"{top}/Cargo.toml"))
+    package = manifest["package"]
+    entry = {
+        "name": package["name"],
+        "vers": package["version"],
+        "deps": dependencies(manifest),
+        "cksum": hashlib.sha256(data).hexdigest(),
+        "features": manifest.get("features", {}),
+        "yanked": False,
+        "links": package.get("links"),
+    }
+    if "rust-version" in package:
+        entry["rust_version"] = package["rust-version"]
+    return package["name"].lower(), json.dumps(entry)
 
 
 def main():

@@ -260,48 +260,93 @@ pub const CRATE_DEPENDENCY: (&str, &str) = ("percent-encoding", "2.3.2");
 /// over a throwaway project gets them through the machine's configuration
 /// (a throwaway CARGO_HOME, kept between runs).
 pub fn crate_files() -> Vec<PathBuf> {
-    let cache = cache_dir("cargo");
-    let home = cache.join("home");
-    let wanted: Vec<String> = [CRATE_PACKAGE, CRATE_DEPENDENCY]
-        .iter()
-        .map(|(n, v)| format!("{n}-{v}.crate"))
-        .collect();
-    let find = || -> Option<Vec<PathBuf>> {
-        let registries = std::fs::read_dir(home.join("registry/cache")).ok()?;
-        let dirs: Vec<PathBuf> = registries.map(|e| e.unwrap().path()).collect();
-        wanted
-            .iter()
-            .map(|w| dirs.iter().map(|d| d.join(w)).find(|p| p.is_file()))
-            .collect()
-    };
-    if let Some(found) = find() {
-        return found;
+    let home = cache_dir("cargo").join("home");
+    fetch_crates(&home, &[CRATE_PACKAGE, CRATE_DEPENDENCY]).unwrap()
+}
+
+/// Where `cargo` keeps the .crate `file` it downloaded into `home`.
+pub fn cached_crate(home: &Path, file: &str) -> Option<PathBuf> {
+    let registries = std::fs::read_dir(home.join("registry/cache")).ok()?;
+    registries
+        .flatten()
+        .map(|e| e.path().join(file))
+        .find(|p| p.is_file())
+}
+
+/// Every .crate `cargo` downloaded into `home`.
+pub fn cached_crates(home: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for registry in std::fs::read_dir(home.join("registry/cache"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(registry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "crate") {
+                all.push(f.path());
+            }
+        }
     }
-    let project = cache.join("probe");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    std::fs::write(project.join("src/lib.rs"), "").unwrap();
-    std::fs::write(
-        project.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{} = \"={}\"\n{} = \"={}\"\n",
-            CRATE_PACKAGE.0, CRATE_PACKAGE.1, CRATE_DEPENDENCY.0, CRATE_DEPENDENCY.1
-        ),
-    )
-    .unwrap();
+    all.sort();
+    all
+}
+
+/// `cargo fetch` in `dir` with CARGO_HOME `home`, through the machine's
+/// configuration otherwise; the last lines of its error if it fails.
+pub fn cargo_fetch(home: &Path, dir: &Path) -> Result<(), String> {
     let out = Command::new("cargo")
         .arg("fetch")
-        .current_dir(&project)
-        .env("CARGO_HOME", &home)
+        .current_dir(dir)
+        .env("CARGO_HOME", home)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo fetch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    find().expect("cargo fetch left no .crate files")
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(3).collect();
+    Err(format!("cargo fetch: {}", tail.join(" / ")))
 }
+
+/// The .crate files of `crates` (exact versions), through `cargo fetch` over
+/// a throwaway project with CARGO_HOME `home`, kept between runs.
+pub fn fetch_crates(home: &Path, crates: &[(&str, &str)]) -> Result<Vec<PathBuf>, String> {
+    let find = || -> Option<Vec<PathBuf>> {
+        crates
+            .iter()
+            .map(|(n, v)| cached_crate(home, &format!("{n}-{v}.crate")))
+            .collect()
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    let probe = tempfile::tempdir().unwrap();
+    let project = probe.path();
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    let deps: String = crates
+        .iter()
+        .map(|(n, v)| format!("{n} = \"={v}\"\n"))
+        .collect();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}"
+        ),
+    )
+    .unwrap();
+    cargo_fetch(home, project)?;
+    find().ok_or_else(|| "cargo fetch left no .crate files".to_string())
+}
+
+/// What `cargo package` writes into a .crate itself and refuses to find in
+/// a source.
+pub const CARGO_PACKAGE_WRITES: [&str; 2] = ["Cargo.toml.orig", ".cargo_vcs_info.json"];
 
 /// The package's published .crate as a source tree: its (normalised)
 /// Cargo.toml, sources and licence files, with or without the Cargo.lock it
@@ -318,9 +363,12 @@ pub fn crate_source_files(krate: &Path, with_lock: bool) -> Vec<(String, String,
         .unwrap()
         .success();
     assert!(ok);
-    let root = tmp
-        .path()
-        .join(format!("{}-{}", CRATE_PACKAGE.0, CRATE_PACKAGE.1));
+    let root = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
@@ -333,7 +381,7 @@ pub fn crate_source_files(krate: &Path, with_lock: bool) -> Vec<(String, String,
                 .into_owned();
             if path.is_dir() {
                 stack.push(path);
-            } else if !matches!(rel.as_str(), "Cargo.toml.orig" | ".cargo_vcs_info.json")
+            } else if !CARGO_PACKAGE_WRITES.contains(&rel.as_str())
                 && (with_lock || rel != "Cargo.lock")
             {
                 files.push((rel, std::fs::read_to_string(&path).unwrap(), false));
@@ -353,6 +401,14 @@ pub const MAVEN_VERSION: &str = "1.7.36";
 pub const MAVEN_DEPENDENCY: &str = "org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar";
 
 fn mvn(args: &[&str], dir: &Path) {
+    if let Err(e) = mvn_try(args, dir) {
+        panic!("{e}");
+    }
+}
+
+/// `mvn -B -ntp ARGS` in `dir` through the machine's Maven configuration;
+/// its `[ERROR]` lines (at most three) if it fails.
+pub fn mvn_try(args: &[&str], dir: &Path) -> Result<(), String> {
     let out = Command::new("mvn")
         .args(["-B", "-ntp"])
         .args(args)
@@ -360,20 +416,43 @@ fn mvn(args: &[&str], dir: &Path) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "mvn {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("[ERROR]") && l.len() > 8)
+        .take(2)
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    let goals: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with("-D"))
+        .collect();
+    Err(format!("mvn {}: {}", goals.join(" "), errors.join(" / ")))
 }
 
 /// `MAVEN_GROUP:MAVEN_ARTIFACT:MAVEN_VERSION:jar:<classifier>` (or `:pom`) through the
 /// machine's Maven configuration, into a local repository kept between runs.
 fn maven_published(kind: &str) -> PathBuf {
+    maven_artifact(MAVEN_GROUP, MAVEN_ARTIFACT, MAVEN_VERSION, kind).unwrap()
+}
+
+/// `GROUP:ARTIFACT:VERSION` as `kind` `jar`, `pom` or `sources` (the
+/// sources jar), through `mvn dependency:get` with the machine's Maven
+/// configuration, into a local repository kept between runs.
+pub fn maven_artifact(
+    group: &str,
+    artifact: &str,
+    version: &str,
+    kind: &str,
+) -> Result<PathBuf, String> {
     let repo = cache_dir("maven").join("published");
     let file = repo.join(format!(
-        "{}/{MAVEN_ARTIFACT}/{MAVEN_VERSION}/{MAVEN_ARTIFACT}-{MAVEN_VERSION}{}",
-        MAVEN_GROUP.replace('.', "/"),
+        "{}/{artifact}/{version}/{artifact}-{version}{}",
+        group.replace('.', "/"),
         match kind {
             "pom" => ".pom",
             "sources" => "-sources.jar",
@@ -382,11 +461,11 @@ fn maven_published(kind: &str) -> PathBuf {
     ));
     if !file.exists() {
         let coordinates = match kind {
-            "pom" => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:pom"),
-            "sources" => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:jar:sources"),
-            _ => format!("{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{MAVEN_VERSION}:jar"),
+            "pom" => format!("{group}:{artifact}:{version}:pom"),
+            "sources" => format!("{group}:{artifact}:{version}:jar:sources"),
+            _ => format!("{group}:{artifact}:{version}:jar"),
         };
-        mvn(
+        mvn_try(
             &[
                 &format!("-Dmaven.repo.local={}", repo.display()),
                 "dependency:get",
@@ -394,14 +473,12 @@ fn maven_published(kind: &str) -> PathBuf {
                 "-Dtransitive=false",
             ],
             &cache_dir("maven"),
-        );
-        assert!(
-            file.exists(),
-            "{} missing after dependency:get",
-            file.display()
-        );
+        )?;
+        if !file.exists() {
+            return Err(format!("{} missing after dependency:get", file.display()));
+        }
     }
-    file
+    Ok(file)
 }
 
 pub fn zip_entry(jar: &Path, name: &str) -> Vec<u8> {
@@ -476,17 +553,24 @@ pub fn maven_upstream_repository(files: &[(String, String, bool)]) -> PathBuf {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, content).unwrap();
         }
-        mvn(
-            &[
-                &format!("-Dmaven.repo.local={}", repo.display()),
-                "-DskipTests",
-                "package",
-            ],
-            project.path(),
-        );
+        fill_maven_repository(project.path(), &repo).unwrap();
         std::fs::write(&done, "").unwrap();
     }
     repo
+}
+
+/// Adds to the Maven repository `repo` what building the project in `dir`
+/// needs: an ordinary `mvn -DskipTests package` (machine's settings) with
+/// `repo` as its local repository.
+pub fn fill_maven_repository(dir: &Path, repo: &Path) -> Result<(), String> {
+    mvn_try(
+        &[
+            &format!("-Dmaven.repo.local={}", repo.display()),
+            "-DskipTests",
+            "package",
+        ],
+        dir,
+    )
 }
 
 pub fn maven_name() -> String {

@@ -259,6 +259,9 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/corpus.tsv").to_string());
     let text = std::fs::read_to_string(&corpus).unwrap();
+    // Only fetch the packages and fill the caches (the Maven upstream), for
+    // example beside a run over another part of the corpus: no builds.
+    let prepare_only = std::env::var_os("PYRSIA_BENCH_PREPARE_ONLY").is_some();
     let git = GitServer::start();
     let wheels = tempfile::tempdir().unwrap();
     let pypi = LocalUpstream::pypi(wheels.path());
@@ -372,6 +375,9 @@ fn main() {
                 continue;
             }
         };
+        if prepare_only {
+            continue;
+        }
         let (url, commit) = commit_dir(&git, &format!("{eco}-{name}-{version}"), &unpacked.1);
         let spec = common::spec(eco, name, version, &url, &commit);
         if let Some((a, b)) = build_twice(&spec, &upstreams, tally) {

@@ -93,6 +93,63 @@ pub struct BuilderConfig {
     /// The registries the dependency step may fetch from. A recipe whose
     /// registry is not here builds offline, with what the source ships.
     pub upstreams: Vec<Upstream>,
+    /// A command that runs [`normalise_dir`] as `COMMAND… EPOCH IN OUT`
+    /// (its first element an executable file). Given, outputs are
+    /// normalised inside the build's sandbox, so that an archive built to
+    /// exhaust memory or disk costs the sandbox, not the builder; otherwise
+    /// the builder process normalises them, with the same limits.
+    pub normaliser: Option<Vec<String>>,
+}
+
+/// The exit status of a sandbox whose normaliser refused an output; its
+/// reason is the log's last `pyrsia: cannot normalise NAME: REASON` line.
+const NORMALISE_FAILED: i32 = 124;
+const NORMALISE_FAILED_PREFIX: &str = "pyrsia: cannot normalise ";
+
+/// What a normaliser command does with its arguments `EPOCH IN OUT`:
+/// [`normalise_dir`], a refusal on stderr as the build reports it. Returns
+/// the exit status.
+pub fn normalise_command(args: &[String]) -> i32 {
+    let [epoch, input, output] = args else {
+        eprintln!("usage: EPOCH IN OUT");
+        return 2;
+    };
+    let Ok(epoch) = epoch.parse::<i64>() else {
+        eprintln!("EPOCH {epoch:?} is not a number");
+        return 2;
+    };
+    match normalise_dir(Path::new(input), Path::new(output), epoch) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{NORMALISE_FAILED_PREFIX}{e}");
+            1
+        }
+    }
+}
+
+/// Normalises every top-level file of `raw_dir` into `out_dir` (see
+/// `docs/builder.md`): what a [`BuilderConfig::normaliser`] runs inside the
+/// sandbox. The error is `NAME: REASON` for the first file refused.
+pub fn normalise_dir(raw_dir: &Path, out_dir: &Path, epoch: i64) -> Result<(), String> {
+    let mut names: Vec<String> = fs::read_dir(raw_dir)
+        .map_err(|e| format!("{}: {e}", raw_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for name in names {
+        normalize::normalise(
+            &raw_dir.join(&name),
+            &name,
+            &out_dir.join(&name),
+            epoch,
+            normalize::UNPACK_LIMITS,
+        )
+        .map_err(|reason| format!("{name}: {reason}"))?;
+    }
+    Ok(())
 }
 
 /// A package registry the dependency step may reach, by the name recipes
@@ -112,6 +169,7 @@ impl BuilderConfig {
             work_dir: work_dir.into(),
             limits: Limits::default(),
             upstreams: Vec::new(),
+            normaliser: None,
         }
     }
 }
@@ -301,10 +359,14 @@ fn build_logged(
     if deps.is_some() {
         binds.push((deps_tar.as_path(), "/pyrsia/deps.tar"));
     }
+    let normaliser = cfg.normaliser.as_ref().and_then(|argv| argv.split_first());
+    if let Some((program, _)) = normaliser {
+        binds.push((Path::new(program), recipe::NORMALISER));
+    }
     let job = Job {
         ctl_dir: &dirs.ctl,
         binds,
-        script: recipe::build_script(&recipe, deps.is_some()),
+        script: recipe::build_script(&recipe, deps.is_some(), normaliser.map(|(_, args)| args)),
         env: &env,
         tmpfs_bytes: cfg.limits.disk_bytes,
         network: Network::None,
@@ -325,6 +387,22 @@ fn build_logged(
             );
             return Err(BuildError::TimedOut {
                 limit: cfg.limits.time,
+                log_path,
+            });
+        }
+        Ran::Exited { status, .. }
+            if normaliser.is_some() && status.code() == Some(NORMALISE_FAILED) =>
+        {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let refused = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix(NORMALISE_FAILED_PREFIX))
+                .unwrap_or("?: the normaliser failed without a reason");
+            let (name, reason) = refused.split_once(": ").unwrap_or((refused, ""));
+            return Err(BuildError::OutputMismatch {
+                name: name.to_string(),
+                reason: format!("cannot normalise: {reason}"),
                 log_path,
             });
         }
@@ -377,18 +455,24 @@ fn build_logged(
     let mut outputs = Vec::with_capacity(raw_names.len());
     for name in raw_names {
         let path = dirs.out.join(&name);
-        normalize::normalise(
-            &dirs.raw.join(&name),
-            &name,
-            &path,
-            checkout.commit_time,
-            normalize::UNPACK_LIMITS,
-        )
-        .map_err(|reason| BuildError::OutputMismatch {
-            name: name.clone(),
-            reason: format!("cannot normalise: {reason}"),
-            log_path: log_path.clone(),
-        })?;
+        let raw = dirs.raw.join(&name);
+        if normaliser.is_some() {
+            // Normalised in the sandbox already.
+            fs::rename(&raw, &path).context(|| format!("moving {name}"))?;
+        } else {
+            normalize::normalise(
+                &raw,
+                &name,
+                &path,
+                checkout.commit_time,
+                normalize::UNPACK_LIMITS,
+            )
+            .map_err(|reason| BuildError::OutputMismatch {
+                name: name.clone(),
+                reason: format!("cannot normalise: {reason}"),
+                log_path: log_path.clone(),
+            })?;
+        }
         outputs.push(OutputFile { name, path });
     }
     outputs.sort_by(|a, b| a.name.cmp(&b.name));

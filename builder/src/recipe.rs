@@ -256,10 +256,16 @@ exec tar -cf - \"$@\" >&3\n",
 
 /// Where the checkout is copied inside the sandbox and the build runs.
 const SRC_DIR: &str = "/build/src";
+/// Where a [`crate::BuilderConfig::normaliser`] is bound in the sandbox.
+pub(crate) const NORMALISER: &str = "/pyrsia/normalise";
 
 /// The build sandbox's script: copy the source to the fixed path, run the
 /// recipe, then stream the collected outputs as tar on fd 3.
-pub(crate) fn build_script(recipe: &Recipe, with_deps: bool) -> String {
+pub(crate) fn build_script(
+    recipe: &Recipe,
+    with_deps: bool,
+    normaliser_args: Option<&[String]>,
+) -> String {
     let command: Vec<String> = match (&recipe.fetch, with_deps) {
         (Some(fetch), true) => vec!["sh".into(), "-c".into(), sq(fetch.build)],
         _ => recipe.command.iter().map(|a| sq(a)).collect(),
@@ -296,7 +302,19 @@ pub(crate) fn build_script(recipe: &Recipe, with_deps: bool) -> String {
             ));
         }
     }
-    s.push_str("cd /build/.pyrsia-out && exec tar -cf - . >&3\n");
+    let collected = match normaliser_args {
+        Some(args) => {
+            let args: Vec<String> = args.iter().map(|a| sq(a)).collect();
+            s.push_str(&format!(
+                "{NORMALISER} {} \"$SOURCE_DATE_EPOCH\" /build/.pyrsia-out /build/.pyrsia-norm || exit {}\n",
+                args.join(" "),
+                crate::NORMALISE_FAILED
+            ));
+            "/build/.pyrsia-norm"
+        }
+        None => "/build/.pyrsia-out",
+    };
+    s.push_str(&format!("cd {collected} && exec tar -cf - . >&3\n"));
     s
 }
 

@@ -181,20 +181,28 @@ fn outputs_that_are_bombs_or_point_outside_fail_the_build_not_the_builder() {
             None,
         ),
     ];
-    for (name, command, output, reason) in cases {
-        let (url, commit) = server.repo(
-            name,
-            &[("pyrsia-build.toml", &toml(command, &[output], &[]), false)],
-        );
-        let mut cfg = config(&work);
-        cfg.limits.disk_bytes = 256 << 20;
-        match builder::build(&spec("script", name, "1", &url, &commit), &cfg) {
-            Err(BuildError::OutputMismatch { reason: r, .. }) if reason.is_some() => {
-                assert!(r.contains(reason.unwrap_or_default()), "{name}: {r}")
+    // Normalised by the builder process, and inside the sandbox.
+    let normalisers = [
+        None,
+        Some(vec![env!("CARGO_BIN_EXE_pyrsia-normalise").to_string()]),
+    ];
+    for normaliser in normalisers {
+        for (name, command, output, reason) in &cases {
+            let (url, commit) = server.repo(
+                &format!("{name}-{}", normaliser.is_some()),
+                &[("pyrsia-build.toml", &toml(command, &[output], &[]), false)],
+            );
+            let mut cfg = config(&work);
+            cfg.limits.disk_bytes = 256 << 20;
+            cfg.normaliser = normaliser.clone();
+            match builder::build(&spec("script", name, "1", &url, &commit), &cfg) {
+                Err(BuildError::OutputMismatch { reason: r, .. }) if reason.is_some() => {
+                    assert!(r.contains(reason.unwrap_or_default()), "{name}: {r}")
+                }
+                // A symlink is not a regular file, so it is never collected.
+                Err(BuildError::OutputMissing { .. }) if reason.is_none() => {}
+                other => panic!("{name} ({normaliser:?}): {other:?}"),
             }
-            // A symlink is not a regular file, so it is never collected.
-            Err(BuildError::OutputMissing { .. }) if reason.is_none() => {}
-            other => panic!("{name}: {other:?}"),
         }
     }
     assert_builds_still_work(&server, &work);

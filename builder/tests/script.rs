@@ -47,6 +47,13 @@ fn script_builds_are_reproducible() {
     let names: Vec<&str> = built.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["env.txt", "hello.tar.gz", "stat.txt"]);
 
+    // Normalised inside the sandbox: the same bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.normaliser = Some(vec![env!("CARGO_BIN_EXE_pyrsia-normalise").to_string()]);
+    let inside = builder::build(&spec, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", read_log(&e)));
+    assert_eq!(digests(&inside), built);
+
     let tmp = tempfile::tempdir().unwrap();
     let out = builder::build(&spec, &config(tmp.path())).unwrap();
     let env = std::fs::read_to_string(&out.outputs[0].path).unwrap();

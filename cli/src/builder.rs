@@ -142,6 +142,8 @@ struct Shared {
     work_dir: PathBuf,
     limits: builder::Limits,
     upstreams: Vec<builder::Upstream>,
+    /// This binary's `builder normalise`, run inside each build's sandbox.
+    normaliser: Option<Vec<String>>,
     state: Mutex<StateFile>,
     /// One transaction at a time, so nonces never race.
     submit: Mutex<()>,
@@ -194,6 +196,14 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
             ..builder::Limits::default()
         },
         upstreams: args.upstreams.clone(),
+        normaliser: Some(vec![
+            std::env::current_exe()
+                .context("finding this binary, to normalise outputs in the sandbox")?
+                .to_string_lossy()
+                .into_owned(),
+            "builder".into(),
+            "normalise".into(),
+        ]),
         state: Mutex::new(StateFile {
             path: work_dir.join("state.json"),
             state: State::default(),
@@ -529,6 +539,7 @@ async fn build_and_attest(shared: &Shared, record: RequestRecord) -> Result<Done
         work_dir: shared.work_dir.join("builds"),
         limits: shared.limits.clone(),
         upstreams: shared.upstreams.clone(),
+        normaliser: shared.normaliser.clone(),
     };
     tracing::info!(request = %id, package = %request.package, "building");
     let built = tokio::task::spawn_blocking(move || builder::build(&spec, &config))

@@ -108,6 +108,9 @@ pub enum Command {
 pub enum BuilderCommand {
     /// Register if needed, follow the ledger and build what this node is selected for.
     Start(builder::BuilderArgs),
+    /// EPOCH IN OUT: normalise a build's outputs (run inside the sandbox).
+    #[command(hide = true)]
+    Normalise { args: Vec<String> },
 }
 
 fn init_tracing() {
@@ -148,6 +151,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Query(c) => query::run(&ctx, c).await,
         Command::Store(c) => c.with_json(ctx.json).run().await,
         Command::Builder(BuilderCommand::Start(a)) => builder::run(&ctx, a).await,
+        Command::Builder(BuilderCommand::Normalise { args }) => {
+            std::process::exit(::builder::normalise_command(&args))
+        }
         Command::Fetch(c) => fetch::run(&ctx, c).await,
         Command::Verify(c) => verify::run(&ctx, c).await,
         Command::Provenance(c) => provenance::run(&ctx, c).await,

@@ -132,6 +132,7 @@ pub fn config(work_dir: &Path) -> BuilderConfig {
             source_bytes: 64 << 20,
         },
         upstreams: Vec::new(),
+        normaliser: None,
     }
 }
 

@@ -103,25 +103,6 @@ fn commit_dir(git: &GitServer, name: &str, src: &Path) -> (String, String) {
     (format!("git://127.0.0.1:{}/{name}", git.port), commit)
 }
 
-fn unpack(archive: &Path) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    assert!(Command::new("tar")
-        .arg("-xzf")
-        .arg(archive)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success());
-    let root = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    (tmp, root)
-}
-
 /// The PEP 517 requirements of an unpacked sdist.
 fn build_requires(root: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(root.join("pyproject.toml")) else {
@@ -291,7 +272,7 @@ fn main() {
         let (unpacked, published, upstreams) = match eco {
             "npm" => {
                 let tgz = npm_tarball(name, version);
-                (unpack(&tgz), vec![tgz], Vec::new())
+                (unpack_root(&tgz), vec![tgz], Vec::new())
             }
             "python" => {
                 let Some(sdist) = pypi_download(name, version, false) else {
@@ -300,7 +281,7 @@ fn main() {
                         .push(format!("{name} {version}: no sdist on the registry"));
                     continue;
                 };
-                let unpacked = unpack(&sdist);
+                let unpacked = unpack_root(&sdist);
                 if !add_wheels(wheels.path(), &build_requires(&unpacked.1)) {
                     tally.failures.push(format!(
                         "{name} {version}: build requirements not available as wheels"
@@ -338,7 +319,7 @@ fn main() {
                         std::fs::copy(&c, to).unwrap();
                     }
                 }
-                let unpacked = unpack(&krate);
+                let unpacked = unpack_root(&krate);
                 for f in CARGO_PACKAGE_WRITES {
                     let _ = std::fs::remove_file(unpacked.1.join(f));
                 }
@@ -420,7 +401,7 @@ fn prepare_crate(
     let krate = fetch_crates(home, &[(name, version)])
         .map_err(|e| format!("not on the registry: {e}"))?
         .remove(0);
-    let (tmp, root) = unpack(&krate);
+    let (tmp, root) = unpack_root(&krate);
     for f in CARGO_PACKAGE_WRITES {
         let _ = std::fs::remove_file(root.join(f));
     }

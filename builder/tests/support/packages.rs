@@ -109,6 +109,27 @@ impl Drop for LocalUpstream {
     }
 }
 
+/// Unpacks a `.tgz`/`.tar.gz`/`.crate` whose entries share one top
+/// directory; returns the temporary directory and that top directory.
+pub fn unpack_root(archive: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap()
+        .success());
+    let root = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    (tmp, root)
+}
+
 /// A directory holding copies of `files`, for an upstream to serve.
 pub fn upstream_dir(tarballs: &[PathBuf]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -123,17 +144,7 @@ pub fn upstream_dir(tarballs: &[PathBuf]) -> tempfile::TempDir {
 /// upstream. Its devDependencies (a test runner's whole tree) are dropped,
 /// so that the upstream needs to serve only the runtime dependency.
 pub fn npm_source_files(tarball: &Path, registry: &str) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let ok = Command::new("tar")
-        .args(["-xzf"])
-        .arg(tarball)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let pkg = tmp.path().join("package");
+    let (tmp, pkg) = unpack_root(tarball);
     let manifest_path = pkg.join("package.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
@@ -210,21 +221,7 @@ pub fn pypi_file(requirement: &str, binary: bool, file: &str) -> PathBuf {
 
 /// An sdist's files, as its repository would hold them.
 pub fn sdist_files(sdist: &Path) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    assert!(Command::new("tar")
-        .arg("-xzf")
-        .arg(sdist)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success());
-    let root = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let (_tmp, root) = unpack_root(sdist);
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
@@ -353,22 +350,7 @@ pub const CARGO_PACKAGE_WRITES: [&str; 2] = ["Cargo.toml.orig", ".cargo_vcs_info
 /// ships. Without what `cargo package` writes itself (`Cargo.toml.orig`,
 /// `.cargo_vcs_info.json`), which it refuses to find in a source.
 pub fn crate_source_files(krate: &Path, with_lock: bool) -> Vec<(String, String, bool)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let ok = Command::new("tar")
-        .arg("-xzf")
-        .arg(krate)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let root = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let (_tmp, root) = unpack_root(krate);
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {

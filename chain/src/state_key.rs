@@ -91,6 +91,19 @@ pub fn artifact_requests(sha256: Digest, page: u64) -> String {
     format!("artifact-requests/{page}/{sha256}")
 }
 
+/// `versions/{ecosystem}/{name}`: how many versions of a package name the
+/// ledger has ([`crate::types::VersionsRecord`]).
+pub fn versions(ecosystem: &str, name: &str) -> String {
+    format!("versions/{ecosystem}/{name}")
+}
+
+/// `version-list/{page}/{ecosystem}/{name}`: a page of a name's versions, in
+/// the order of their first request or import (the page comes first because
+/// names may hold `/`).
+pub fn version_list(ecosystem: &str, name: &str, page: u64) -> String {
+    format!("version-list/{page}/{ecosystem}/{name}")
+}
+
 /// `released/{ecosystem}/{name}/{version}`: the source these coordinates are
 /// released from.
 pub fn released(p: &PackageId) -> String {

@@ -619,6 +619,16 @@ pub struct PackageRecord {
     pub request_count: u64,
 }
 
+/// `versions/{eco}/{name}`: the versions of a package name that have a
+/// request or an import, in pages of [`INDEX_PAGE`] at
+/// `version-list/{page}/{eco}/{name}`, first seen first.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct VersionsRecord {
+    pub count: u64,
+}
+
 /// Ids per page of a paged index (`package-requests`, `artifact-requests`,
 /// `attested`), so appending one costs O(1) whatever the history.
 pub const INDEX_PAGE: u64 = 256;

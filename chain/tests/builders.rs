@@ -407,6 +407,27 @@ fn package_and_artifact_indexes_are_paged() {
     let listed: Vec<Digest> = first.into_iter().chain(second).collect();
     let ids: Vec<Digest> = requests.iter().map(BuildRequest::id).collect();
     assert_eq!(listed, ids, "every request, oldest first");
+    // 300 requests of one version list it once under its name.
+    let versions: VersionsRecord = c.get("versions/npm/left-pad").unwrap();
+    assert_eq!(versions.count, 1);
+
+    // A name's versions are paged too, first seen first.
+    let many: Vec<BuildRequest> = (0..300u32)
+        .map(|i| {
+            let mut r = npm_request("@scope/many", 0);
+            r.package.version = format!("1.0.{i}");
+            r
+        })
+        .collect();
+    request_all(&mut c, &key(51), &many);
+    let versions: VersionsRecord = c.get("versions/npm/@scope/many").unwrap();
+    assert_eq!(versions.count, 300);
+    let first: Vec<String> = c.get("version-list/0/npm/@scope/many").unwrap();
+    let second: Vec<String> = c.get("version-list/1/npm/@scope/many").unwrap();
+    assert_eq!(first.len(), INDEX_PAGE as usize);
+    let listed: Vec<String> = first.into_iter().chain(second).collect();
+    let wanted: Vec<String> = many.iter().map(|r| r.package.version.clone()).collect();
+    assert_eq!(listed, wanted);
 
     // The same bytes attested for two requests, twice each: indexed once per request.
     let (a, b) = (ids[0], ids[1]);

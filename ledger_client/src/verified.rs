@@ -16,7 +16,9 @@ use std::time::Duration;
 use borsh::BorshDeserialize;
 use pyrsia_chain::ledger::normalise_query_path;
 use pyrsia_chain::proof::{decode_proof, verify_value, ProofError, PROOF_OP_TYPE};
-use pyrsia_chain::{index_pages, state_key, Digest, PackageId, PackageRecord, RequestRecord};
+use pyrsia_chain::{
+    index_pages, state_key, Digest, PackageId, PackageRecord, RequestRecord, VersionsRecord,
+};
 use tendermint::Time;
 use tendermint_rpc::endpoint::abci_query::AbciQuery;
 
@@ -285,14 +287,24 @@ impl VerifiedLedger {
         at: At,
     ) -> Result<PackageBuilds, VerifyError> {
         let snapshot = self.snapshot(at).await?;
+        let builds = self.builds_at(&snapshot, package).await?;
+        Ok(PackageBuilds { snapshot, builds })
+    }
+
+    /// [`package_builds`](Self::package_builds) at a snapshot already taken.
+    pub async fn builds_at(
+        &self,
+        snapshot: &Snapshot,
+        package: &PackageId,
+    ) -> Result<Vec<RequestRecord>, VerifyError> {
         let record: Option<PackageRecord> =
-            self.get_decoded(&snapshot, &package.state_key()).await?;
+            self.get_decoded(snapshot, &package.state_key()).await?;
         let count = record.map(|r| r.request_count).unwrap_or(0);
         let mut ids = Vec::new();
         for page in 0..index_pages(count) {
             let key = state_key::package_requests(package, page);
             let page: Vec<Digest> = self
-                .get_decoded(&snapshot, &key)
+                .get_decoded(snapshot, &key)
                 .await?
                 .ok_or(VerifyError::Missing { key })?;
             ids.extend(page);
@@ -308,15 +320,48 @@ impl VerifiedLedger {
         }
         let mut builds = Vec::new();
         for id in ids {
-            let build =
-                self.request(&snapshot, &id)
-                    .await?
-                    .ok_or_else(|| VerifyError::Missing {
-                        key: format!("request/{id}"),
-                    })?;
+            let build = self
+                .request(snapshot, &id)
+                .await?
+                .ok_or_else(|| VerifyError::Missing {
+                    key: format!("request/{id}"),
+                })?;
             builds.push(build);
         }
-        Ok(PackageBuilds { snapshot, builds })
+        Ok(builds)
+    }
+
+    /// The versions of `(ecosystem, name)` the ledger lists at `snapshot`,
+    /// first seen first; none is a proven absence.
+    pub async fn versions_at(
+        &self,
+        snapshot: &Snapshot,
+        ecosystem: &str,
+        name: &str,
+    ) -> Result<Vec<String>, VerifyError> {
+        let record: Option<VersionsRecord> = self
+            .get_decoded(snapshot, &state_key::versions(ecosystem, name))
+            .await?;
+        let count = record.map(|r| r.count).unwrap_or(0);
+        let mut versions = Vec::new();
+        for page in 0..index_pages(count) {
+            let key = state_key::version_list(ecosystem, name, page);
+            let page: Vec<String> = self
+                .get_decoded(snapshot, &key)
+                .await?
+                .ok_or(VerifyError::Missing { key })?;
+            versions.extend(page);
+        }
+        if versions.len() as u64 != count {
+            return Err(VerifyError::Missing {
+                key: format!(
+                    "{} (lists {} of {count} versions)",
+                    state_key::versions(ecosystem, name),
+                    versions.len()
+                ),
+            });
+        }
+        Ok(versions)
     }
 }
 

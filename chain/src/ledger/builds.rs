@@ -24,6 +24,9 @@ impl Exec<'_> {
     ) -> Result<(), TxError> {
         let key = state_key::package(package);
         let mut record: PackageRecord = self.get(&key)?.unwrap_or_default();
+        if record.request_count == 0 {
+            self.add_version(package)?;
+        }
         self.append_to_page(
             state_key::package_requests(package, record.request_count / INDEX_PAGE),
             id,
@@ -405,6 +408,21 @@ impl Exec<'_> {
     }
 
     /// Appends `id` to one page of a paged index.
+    /// Lists a new version under its name, so that a registry front-end can
+    /// enumerate a name's versions with proofs.
+    fn add_version(&mut self, package: &PackageId) -> Result<(), TxError> {
+        let key = state_key::versions(&package.ecosystem, &package.name);
+        let mut record: VersionsRecord = self.get(&key)?.unwrap_or_default();
+        let page_key =
+            state_key::version_list(&package.ecosystem, &package.name, record.count / INDEX_PAGE);
+        let mut page: Vec<String> = self.get(&page_key)?.unwrap_or_default();
+        page.push(package.version.clone());
+        self.put(page_key, &page);
+        record.count += 1;
+        self.put(key, &record);
+        Ok(())
+    }
+
     fn append_to_page(&mut self, page_key: String, id: Digest) -> Result<(), TxError> {
         let mut page: Vec<Digest> = self.get(&page_key)?.unwrap_or_default();
         page.push(id);

@@ -65,7 +65,7 @@ pub enum LedgerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, package-requests/PAGE/ECO/NAME/VERSION, released/ECO/NAME/VERSION, artifact-requests/PAGE/SHA256, name/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, package-requests/PAGE/ECO/NAME/VERSION, released/ECO/NAME/VERSION, artifact-requests/PAGE/SHA256, name/ECO/NAME, versions/ECO/NAME, version-list/PAGE/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
     UnknownPath(String),
     #[error("height {asked} is not available (latest committed is {latest})")]
     Height { asked: u64, latest: u64 },
@@ -750,12 +750,25 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
             let sha: Digest = sha.parse().map_err(|_| unknown())?;
             Ok(state_key::artifact_requests(sha, page))
         }
-        "name" => {
+        "version-list" => {
+            let (page, rest) = rest.split_once('/').ok_or_else(unknown)?;
+            let page: u64 = page.parse().map_err(|_| unknown())?;
             let (ecosystem, name) = rest.split_once('/').ok_or_else(unknown)?;
             if ecosystem.is_empty() || name.is_empty() {
                 return Err(unknown());
             }
-            Ok(state_key::name(ecosystem, name))
+            Ok(state_key::version_list(ecosystem, name, page))
+        }
+        "name" | "versions" => {
+            let (ecosystem, name) = rest.split_once('/').ok_or_else(unknown)?;
+            if ecosystem.is_empty() || name.is_empty() {
+                return Err(unknown());
+            }
+            Ok(if prefix == "name" {
+                state_key::name(ecosystem, name)
+            } else {
+                state_key::versions(ecosystem, name)
+            })
         }
         _ => Err(unknown()),
     }

@@ -42,13 +42,36 @@ pub struct FetchCmd {
     pub api: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum MinTrust {
     Pending,
     QuorumOnly,
     Trusted,
     Reproducible,
+}
+
+impl MinTrust {
+    pub fn level(self) -> TrustLevel {
+        match self {
+            MinTrust::Pending => TrustLevel::Pending,
+            MinTrust::QuorumOnly => TrustLevel::QuorumOnly,
+            MinTrust::Trusted => TrustLevel::Trusted,
+            MinTrust::Reproducible => TrustLevel::Reproducible,
+        }
+    }
 }
 
 /// How far a level may be served; a disputed build never is.

@@ -10,6 +10,7 @@ use pyrsia_ledger_client::verified::{VerifiedLedger, VerifyError};
 
 mod builder;
 mod fetch;
+mod gateway;
 mod gov;
 mod keys;
 mod light;
@@ -99,6 +100,9 @@ pub enum Command {
     /// Download a package's verified outputs (or one artifact by digest)
     /// through the local store, from several peers at once.
     Fetch(fetch::FetchCmd),
+    /// Serve the registry front-ends (npm, PyPI, Maven, OCI) and the
+    /// explorer, from verified ledger state and the local store.
+    Gateway(gateway::GatewayArgs),
     /// Collect the signed provenance (DSSE envelopes of in-toto SLSA
     /// statements) of a package's build, each verified against the ledger.
     Provenance(provenance::ProvenanceCmd),
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> Result<()> {
             std::process::exit(::builder::normalise_command(&args))
         }
         Command::Fetch(c) => fetch::run(&ctx, c).await,
+        Command::Gateway(a) => gateway::run(&ctx, a).await,
         Command::Verify(c) => verify::run(&ctx, c).await,
         Command::Provenance(c) => provenance::run(&ctx, c).await,
         Command::Light(a) => light::run(&ctx, a).await,

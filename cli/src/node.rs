@@ -84,6 +84,9 @@ pub enum DevnetCommand {
         /// Store i of node0 serves its control API on port BASE+i.
         #[arg(long, default_value_t = 7889)]
         store_api_base: u16,
+        /// Where node0's gateway (registry front-ends, explorer) listens.
+        #[arg(long, default_value = pyrsia_gateway::DEFAULT_LISTEN)]
+        gateway_listen: std::net::SocketAddr,
         /// Ledger parameters at genesis: a JSON object; fields it omits keep
         /// their defaults.
         #[arg(long)]
@@ -236,6 +239,7 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         trusted_builders,
         store_port_base,
         store_api_base,
+        gateway_listen,
         params,
         admit_builders,
         comet,
@@ -285,6 +289,7 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         ServicePorts {
             libp2p_base: store_port_base,
             api_base: store_api_base,
+            gateway: gateway_listen,
         },
     )?;
     summary["services"] = serde_json::to_value(services.names())?;
@@ -439,6 +444,7 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
         "rpc": cfg.rpc_url,
         "abci": cfg.abci_addr,
         "store_api": services.store("node").ok().map(|s| s.api_url()),
+        "gateway": services.gateways.first().map(|g| format!("http://{}", g.listen)),
         "services": services.names(),
         "home": home,
         "logs": home.join("logs"),
@@ -460,6 +466,12 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             text.push_str(&format!(
                 "\n  builder {:<7} uploads to store {}",
                 b.name, b.store
+            ));
+        }
+        for g in &services.gateways {
+            text.push_str(&format!(
+                "\n  gateway {:<7} http://{}/ (npm /npm/, PyPI /pypi/simple/, Maven /maven/, OCI /v2/)",
+                g.name, g.listen
             ));
         }
         text.push_str(&format!(

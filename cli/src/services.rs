@@ -18,6 +18,40 @@ pub struct Services {
     pub stores: Vec<StoreService>,
     #[serde(default, rename = "builder")]
     pub builders: Vec<BuilderService>,
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<GatewayService>,
+}
+
+/// A gateway: registry front-ends over a store. Paths are relative to the
+/// node home.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GatewayService {
+    pub name: String,
+    pub listen: String,
+    /// The store it serves from (and imports into).
+    pub store: String,
+    #[serde(default = "default_min_trust")]
+    pub min_trust: crate::fetch::MinTrust,
+    pub cache_dir: PathBuf,
+    /// Seconds a verified view of a package name is served before it is read again.
+    #[serde(default = "default_metadata_ttl")]
+    pub metadata_ttl: u64,
+    /// A certified trusted node's key file: with `upstreams`, it imports.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Registries to import from, NAME = URL.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn default_min_trust() -> crate::fetch::MinTrust {
+    crate::fetch::MinTrust::Trusted
+}
+
+fn default_metadata_ttl() -> u64 {
+    30
 }
 
 /// A store sidecar. Paths are relative to the node home.
@@ -100,6 +134,8 @@ fn size(key: &str, text: &str) -> Result<u64> {
 pub struct ServicePorts {
     pub libp2p_base: u16,
     pub api_base: u16,
+    /// The node's gateway.
+    pub gateway: std::net::SocketAddr,
 }
 
 impl Default for ServicePorts {
@@ -107,6 +143,7 @@ impl Default for ServicePorts {
         ServicePorts {
             libp2p_base: 44000,
             api_base: 7889,
+            gateway: std::net::SocketAddr::from(([127, 0, 0, 1], 7888)),
         }
     }
 }
@@ -170,7 +207,22 @@ impl Services {
                 upstreams: Default::default(),
             });
         }
-        Services { stores, builders }
+        let gateways = vec![GatewayService {
+            name: "main".to_owned(),
+            listen: ports.gateway.to_string(),
+            store: "node".to_owned(),
+            min_trust: default_min_trust(),
+            cache_dir: PathBuf::from("gateway"),
+            metadata_ttl: default_metadata_ttl(),
+            key_file: None,
+            upstreams: Default::default(),
+            allowed_hosts: Vec::new(),
+        }];
+        Services {
+            stores,
+            builders,
+            gateways,
+        }
     }
 
     pub fn store(&self, name: &str) -> Result<&StoreService> {
@@ -186,6 +238,7 @@ impl Services {
             .iter()
             .map(|s| format!("store:{}", s.name))
             .chain(self.builders.iter().map(|b| format!("builder:{}", b.name)))
+            .chain(self.gateways.iter().map(|g| format!("gateway:{}", g.name)))
             .collect()
     }
 }
@@ -202,7 +255,7 @@ impl StoreService {
 
 #[derive(Args, Debug)]
 pub struct ServiceArgs {
-    /// `store:NAME` or `builder:NAME`, as in HOME/config/services.toml.
+    /// `store:NAME`, `builder:NAME` or `gateway:NAME`, as in HOME/config/services.toml.
     pub name: String,
 }
 
@@ -268,8 +321,27 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
             };
             crate::builder::run(ctx, args).await
         }
+        Some(("gateway", name)) => {
+            let g = services
+                .gateways
+                .iter()
+                .find(|g| g.name == name)
+                .ok_or_else(|| anyhow!("no gateway named {name:?} in services.toml"))?;
+            let args = crate::gateway::GatewayArgs {
+                listen: g.listen.parse().context("gateway listen address")?,
+                store_api: services.store(&g.store)?.api_url(),
+                min_trust: g.min_trust,
+                cache_dir: Some(home.join(&g.cache_dir)),
+                metadata_ttl: g.metadata_ttl,
+                upstreams: g.upstreams.clone().into_iter().collect(),
+                import_key: g.key_file.as_ref().map(|k| home.join(k)),
+                max_import_bytes: 4 << 30,
+                allowed_hosts: g.allowed_hosts.clone(),
+            };
+            crate::gateway::run(ctx, args).await
+        }
         _ => bail!(
-            "service {:?} is neither store:NAME nor builder:NAME (known: {})",
+            "service {:?} is not store:NAME, builder:NAME or gateway:NAME (known: {})",
             args.name,
             services.names().join(", ")
         ),
@@ -318,7 +390,12 @@ mod tests {
         let back: Services = toml_edit::de::from_str(&text).unwrap();
         assert_eq!(
             back.names(),
-            ["store:node", "store:regular0", "builder:regular0"]
+            [
+                "store:node",
+                "store:regular0",
+                "builder:regular0",
+                "gateway:main"
+            ]
         );
         assert_eq!(back.store("regular0").unwrap().api, "127.0.0.1:7890");
         assert_eq!(

@@ -300,13 +300,16 @@ impl Catalog {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Forgets the cached view of a name (after this node imported into it).
-    pub fn invalidate(&self, ecosystem: &str, name: &str) {
+    /// Forgets the cached view of a name, so that the next read sees the
+    /// state at `height` or later (after this node imported into it).
+    pub fn invalidate(&self, ecosystem: &str, name: &str, height: u64) {
         if let Ok(mut views) = self.views.lock() {
             views.remove(&(ecosystem.to_owned(), name.to_owned()));
         }
         if let Ok(mut s) = self.snapshot.lock() {
-            *s = None;
+            if s.as_ref().is_some_and(|(_, snap)| snap.height < height) {
+                *s = None;
+            }
         }
     }
 

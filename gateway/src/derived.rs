@@ -99,50 +99,40 @@ impl DerivedCache {
 
     /// What is derived from `artifact`, computed on first use.
     pub async fn get(&self, artifact: &Output, kind: Kind) -> Result<Derived, DeriveError> {
-        let file = self.path(&artifact.sha256, "json");
-        if let Some(d) = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Derived>(&b).ok())
-        {
+        if let Some(d) = self.cached(&artifact.sha256) {
             return Ok(d);
         }
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| DeriveError::Io { path, source }
-        };
         tokio::fs::create_dir_all(&self.dir)
             .await
-            .map_err(io(&self.dir))?;
-        let tmp = self.path(&artifact.sha256, &format!("{}.part", std::process::id()));
-        let result = self.download_and_derive(artifact, kind, &tmp).await;
-        let _ = tokio::fs::remove_file(&tmp).await;
-        let (derived, metadata) = result?;
-        if let Some(m) = metadata {
-            write_atomic(&self.path(&artifact.sha256, "metadata"), &m).map_err(io(&file))?;
-        }
-        let json = serde_json::to_vec(&derived).map_err(|e| DeriveError::Io {
-            path: file.clone(),
-            source: e.into(),
-        })?;
-        write_atomic(&file, &json).map_err(io(&file))?;
-        Ok(derived)
-    }
-
-    async fn download_and_derive(
-        &self,
-        artifact: &Output,
-        kind: Kind,
-        tmp: &Path,
-    ) -> Result<(Derived, Option<Vec<u8>>), DeriveError> {
-        let mut body = self.store.stream(artifact).await?;
-        let mut out = tokio::fs::File::create(tmp)
-            .await
             .map_err(|source| DeriveError::Io {
-                path: tmp.to_owned(),
+                path: self.dir.clone(),
                 source,
             })?;
-        let (mut s256, mut s1, mut m5, mut s512) =
-            (Sha256::new(), Sha1::new(), Md5::new(), Sha512::new());
+        let tmp = self.path(&artifact.sha256, &format!("{}.part", std::process::id()));
+        let result = match self.download(artifact, &tmp).await {
+            Ok(()) => self.record(&tmp, artifact.sha256, kind).await,
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
+    fn cached(&self, sha: &Digest) -> Option<Derived> {
+        std::fs::read(self.path(sha, "json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Derived>(&b).ok())
+    }
+
+    /// Streams `artifact` from the store into `tmp`, checking it is the
+    /// attested bytes.
+    async fn download(&self, artifact: &Output, tmp: &Path) -> Result<(), DeriveError> {
+        let io = |source| DeriveError::Io {
+            path: tmp.to_owned(),
+            source,
+        };
+        let mut body = self.store.stream(artifact).await?;
+        let mut out = tokio::fs::File::create(tmp).await.map_err(io)?;
+        let mut hash = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| DeriveError::Body {
@@ -150,23 +140,11 @@ impl DerivedCache {
                 reason: e.to_string(),
             })?;
             size += chunk.len() as u64;
-            s256.update(&chunk);
-            s1.update(&chunk);
-            m5.update(&chunk);
-            s512.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|source| DeriveError::Io {
-                    path: tmp.to_owned(),
-                    source,
-                })?;
+            hash.update(&chunk);
+            out.write_all(&chunk).await.map_err(io)?;
         }
-        out.flush().await.map_err(|source| DeriveError::Io {
-            path: tmp.to_owned(),
-            source,
-        })?;
-        drop(out);
-        let got = Digest(s256.finalize().into());
+        out.flush().await.map_err(io)?;
+        let got = Digest(hash.finalize().into());
         if got != artifact.sha256 || size != artifact.size {
             return Err(DeriveError::NotAttested {
                 name: artifact.name.clone(),
@@ -174,26 +152,79 @@ impl DerivedCache {
                 size,
             });
         }
-        let path = tmp.to_owned();
-        let (package_json, metadata) = tokio::task::spawn_blocking(move || match kind {
-            Kind::Plain => (None, None),
-            Kind::NpmTarball => (npm_package_json(&path), None),
-            Kind::Wheel => (None, wheel_metadata(&path)),
-        })
-        .await
-        .unwrap_or((None, None));
-        Ok((
-            Derived {
-                sha256: got,
-                sha1: hex::encode(s1.finalize()),
-                md5: hex::encode(m5.finalize()),
-                sha512: hex::encode(s512.finalize()),
-                package_json,
-                core_metadata: metadata.is_some(),
-            },
-            metadata,
-        ))
+        Ok(())
     }
+
+    /// Derives and keeps what `file` (whose SHA-256 the caller checked to be
+    /// `sha256`) says: an import records its files this way as it stores
+    /// them, so the first client after it needs no round trip to the store.
+    pub async fn record(
+        &self,
+        file: &Path,
+        sha256: Digest,
+        kind: Kind,
+    ) -> Result<Derived, DeriveError> {
+        let path = file.to_owned();
+        let computed = tokio::task::spawn_blocking(move || derive_file(&path, sha256, kind))
+            .await
+            .map_err(|e| DeriveError::Io {
+                path: file.to_owned(),
+                source: std::io::Error::other(e),
+            })?;
+        let (derived, metadata) = computed.map_err(|source| DeriveError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        let io = |path: PathBuf| move |source| DeriveError::Io { path, source };
+        std::fs::create_dir_all(&self.dir).map_err(io(self.dir.clone()))?;
+        if let Some(m) = metadata {
+            let p = self.path(&sha256, "metadata");
+            write_atomic(&p, &m).map_err(io(p.clone()))?;
+        }
+        let p = self.path(&sha256, "json");
+        let json = serde_json::to_vec(&derived).map_err(|e| DeriveError::Io {
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        write_atomic(&p, &json).map_err(io(p.clone()))?;
+        Ok(derived)
+    }
+}
+
+/// Digests of `path` and the metadata `kind` says to read out of it.
+fn derive_file(
+    path: &Path,
+    sha256: Digest,
+    kind: Kind,
+) -> std::io::Result<(Derived, Option<Vec<u8>>)> {
+    let mut f = std::fs::File::open(path)?;
+    let (mut s1, mut m5, mut s512) = (Sha1::new(), Md5::new(), Sha512::new());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        s1.update(&buf[..n]);
+        m5.update(&buf[..n]);
+        s512.update(&buf[..n]);
+    }
+    let (package_json, metadata) = match kind {
+        Kind::Plain => (None, None),
+        Kind::NpmTarball => (npm_package_json(path), None),
+        Kind::Wheel => (None, wheel_metadata(path)),
+    };
+    Ok((
+        Derived {
+            sha256,
+            sha1: hex::encode(s1.finalize()),
+            md5: hex::encode(m5.finalize()),
+            sha512: hex::encode(s512.finalize()),
+            package_json,
+            core_metadata: metadata.is_some(),
+        },
+        metadata,
+    ))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -74,6 +74,13 @@ impl Drop for Downloaded {
     }
 }
 
+/// See [`Importer::begin`].
+#[derive(Debug)]
+pub enum Begin {
+    Done(u64),
+    Go(tokio::sync::OwnedMutexGuard<()>),
+}
+
 /// The upstream registries this node imports from, and its signing key.
 #[derive(Debug)]
 pub struct Importer {
@@ -88,6 +95,8 @@ pub struct Importer {
     nonce: Mutex<u64>,
     /// One import per package at a time; later callers find it done.
     running: Mutex<BTreeMap<PackageId, Arc<Mutex<()>>>>,
+    /// What this node imported, with the height of its commit.
+    imported: std::sync::Mutex<BTreeMap<PackageId, u64>>,
     agent: ureq::Agent,
 }
 
@@ -117,6 +126,7 @@ impl Importer {
             max_bytes,
             nonce: Mutex::new(0),
             running: Mutex::new(BTreeMap::new()),
+            imported: std::sync::Mutex::new(BTreeMap::new()),
             agent,
         }
     }
@@ -261,6 +271,16 @@ impl Importer {
         .map_err(|e| ImportError::Refused(format!("upstream download task: {e}")))?
     }
 
+    /// Starts importing `package`: `Done` if this node already did, else
+    /// the package's lock, held until the import ends.
+    pub async fn begin(&self, package: &PackageId) -> Begin {
+        let guard = self.lock(package).await;
+        match self.imported(package) {
+            Some(height) => Begin::Done(height),
+            None => Begin::Go(guard),
+        }
+    }
+
     /// Holds the package's import lock: a second request for it waits for
     /// the first and then finds the import on the ledger.
     pub async fn lock(&self, package: &PackageId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -273,13 +293,19 @@ impl Importer {
         lock.lock_owned().await
     }
 
-    /// Stores the checked files and records the import; returns when the
-    /// transaction is committed.
+    /// The height at which this node's import of `package` was committed.
+    pub fn imported(&self, package: &PackageId) -> Option<u64> {
+        self.imported.lock().ok()?.get(package).copied()
+    }
+
+    /// Stores the checked files and records the import; returns the height
+    /// of its commit.
     pub async fn record(
         &self,
         package: &PackageId,
         files: &[(String, &Path)],
-    ) -> Result<(), ImportError> {
+    ) -> Result<u64, ImportError> {
+        let started = std::time::Instant::now();
         let mut outputs: Vec<Output> = Vec::with_capacity(files.len());
         for (name, path) in files {
             let out = self
@@ -305,6 +331,7 @@ impl Importer {
             package: package.to_string(),
             source,
         };
+        let stored = started.elapsed();
         let hash = {
             let mut next = self.nonce.lock().await;
             let committed = self
@@ -330,8 +357,17 @@ impl Importer {
                 log: committed.log,
             }));
         }
-        tracing::info!(%package, height = committed.height, "imported from upstream");
-        Ok(())
+        tracing::info!(
+            %package,
+            height = committed.height,
+            store_ms = stored.as_millis() as u64,
+            commit_ms = (started.elapsed() - stored).as_millis() as u64,
+            "imported from upstream"
+        );
+        if let Ok(mut imported) = self.imported.lock() {
+            imported.insert(package.clone(), committed.height);
+        }
+        Ok(committed.height)
     }
 }
 

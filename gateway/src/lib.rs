@@ -220,6 +220,15 @@ impl Gateway {
                 .any(|h| h.eq_ignore_ascii_case(name))
     }
 
+    /// Keeps what a client will ask about an imported file (digests,
+    /// metadata), from the bytes this node just checked.
+    async fn derive_imported(&self, file: &import::Downloaded, kind: derived::Kind) {
+        let sha = pyrsia_chain::Digest(file.sha256);
+        if let Err(e) = self.derived.record(&file.path, sha, kind).await {
+            tracing::warn!(error = %e, "cannot keep derived digests of an import");
+        }
+    }
+
     /// A name's verified view, or the response that says why there is none.
     async fn view(&self, ecosystem: &str, name: &str) -> Result<catalog::NameView, Response> {
         self.catalog.name(ecosystem, name).await.map_err(|e| {

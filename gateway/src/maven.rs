@@ -16,7 +16,7 @@ use warp::reply::Response;
 use crate::catalog::NameView;
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{self, ImportError};
+use crate::import::{Begin, self, ImportError};
 use crate::{Gateway, Req};
 
 const CHECKSUMS: &[&str] = &["sha1", "md5", "sha256", "sha512"];
@@ -82,10 +82,10 @@ async fn artifact_file(
         Err(r) => return r,
     };
     if view.version(version).is_none() {
-        if let Err(r) = import(gw, group, artifact, version, file, path).await {
-            return r;
+        match import(gw, group, artifact, version, file, path).await {
+            Ok(height) => gw.catalog.invalidate("maven", &name, height),
+            Err(r) => return r,
         }
-        gw.catalog.invalidate("maven", &name);
         view = match gw.view("maven", &name).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -291,7 +291,7 @@ async fn import(
     version: &str,
     file: &str,
     path: &str,
-) -> Result<(), Response> {
+) -> Result<u64, Response> {
     let name = format!("{group}:{artifact}");
     let not_found = || {
         json_error(
@@ -310,13 +310,10 @@ async fn import(
         name: name.clone(),
         version: version.to_owned(),
     };
-    let _running = importer.lock(&package).await;
-    gw.catalog.invalidate("maven", &name);
-    if let Ok(view) = gw.catalog.name("maven", &name).await {
-        if view.version(version).is_some() {
-            return Ok(());
-        }
-    }
+    let _running = match importer.begin(&package).await {
+        Begin::Done(height) => return Ok(height),
+        Begin::Go(guard) => guard,
+    };
     let fail = |e: ImportError| {
         tracing::warn!(%package, error = %e, "import failed");
         let status = match e {
@@ -341,15 +338,19 @@ async fn import(
         .await
         .map_err(fail)?
         .ok_or_else(not_found)?;
+    // The main artifact by the POM's packaging, and a jar in any case:
+    // POMs that say `pom` over a published jar exist (velocity 1.5).
     let main_ext = match packaging(&String::from_utf8_lossy(&pom.0)).as_str() {
-        "pom" => None,
-        "war" => Some("war"),
-        "ear" => Some("ear"),
-        "aar" => Some("aar"),
-        _ => Some("jar"),
+        "war" => "war",
+        "ear" => "ear",
+        "aar" => "aar",
+        _ => "jar",
     };
-    if let Some(ext) = main_ext {
-        names.push(format!("{artifact}-{version}.{ext}"));
+    for ext in [main_ext, "jar"] {
+        let n = format!("{artifact}-{version}.{ext}");
+        if !names.contains(&n) {
+            names.push(n);
+        }
     }
     if !names.iter().any(|n| n == file) {
         names.push(file.to_owned());
@@ -359,8 +360,8 @@ async fn import(
         let url = format!("{upstream}/{dir}/{n}");
         let d = match importer.download(&url).await {
             Ok(d) => d,
-            // A main artifact the packaging implies but the upstream lacks
-            // (a `bundle` published as a jar elsewhere, …) is left out.
+            // A main artifact the upstream does not have (a `pom`
+            // project's jar, …) is left out.
             Err(ImportError::UpstreamMissing { .. }) if n != file && n != &pom_name => continue,
             Err(e) => return Err(fail(e)),
         };
@@ -383,7 +384,11 @@ async fn import(
         .iter()
         .map(|(n, d)| (n.clone(), d.path.as_path()))
         .collect();
-    importer.record(&package, &files).await.map_err(fail)
+    let height = importer.record(&package, &files).await.map_err(fail)?;
+    for (_, d) in &downloads {
+        gw.derive_imported(d, Kind::Plain).await;
+    }
+    Ok(height)
 }
 
 #[cfg(test)]

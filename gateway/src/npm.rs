@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{self, ImportError, MAX_METADATA_BYTES};
+use crate::import::{Begin, self, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
@@ -265,10 +265,10 @@ async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {
         Err(r) => return r,
     };
     if view.version(version).is_none() {
-        if let Err(r) = import(gw, name, version).await {
-            return r;
+        match import(gw, name, version).await {
+            Ok(height) => gw.catalog.invalidate("npm", name, height),
+            Err(r) => return r,
         }
-        gw.catalog.invalidate("npm", name);
         view = match gw.view("npm", name).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -300,7 +300,7 @@ async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {
 }
 
 /// Imports `name@version` from the upstream, if this node imports.
-async fn import(gw: &Gateway, name: &str, version: &str) -> Result<(), Response> {
+async fn import(gw: &Gateway, name: &str, version: &str) -> Result<u64, Response> {
     let not_found = || {
         json_error(
             StatusCode::NOT_FOUND,
@@ -318,13 +318,10 @@ async fn import(gw: &Gateway, name: &str, version: &str) -> Result<(), Response>
         name: name.to_owned(),
         version: version.to_owned(),
     };
-    let _running = importer.lock(&package).await;
-    gw.catalog.invalidate("npm", name);
-    if let Ok(view) = gw.catalog.name("npm", name).await {
-        if view.version(version).is_some() {
-            return Ok(());
-        }
-    }
+    let _running = match importer.begin(&package).await {
+        Begin::Done(height) => return Ok(height),
+        Begin::Go(guard) => guard,
+    };
     let fail = |e: ImportError| {
         tracing::warn!(%package, error = %e, "import failed");
         let status = match e {
@@ -361,10 +358,12 @@ async fn import(gw: &Gateway, name: &str, version: &str) -> Result<(), Response>
             ))))
         }
     }
-    importer
+    let height = importer
         .record(&package, &[(tarball_file(name, version), &file.path)])
         .await
-        .map_err(fail)
+        .map_err(fail)?;
+    gw.derive_imported(&file, Kind::NpmTarball).await;
+    Ok(height)
 }
 
 #[cfg(test)]

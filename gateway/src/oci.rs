@@ -12,7 +12,7 @@ use warp::reply::Response;
 
 use crate::catalog::NameView;
 use crate::http::{self, accepts};
-use crate::import::ImportError;
+use crate::import::{Begin, ImportError};
 use crate::{Gateway, Req};
 
 const INDEX_TYPES: &[&str] = &[
@@ -202,10 +202,10 @@ async fn manifest(gw: &Gateway, name: &str, reference: &str, req: &Req) -> Respo
         None => v.version(reference).is_some(),
     };
     if !present {
-        if let Err(r) = import(gw, name, reference).await {
-            return r;
+        match import(gw, name, reference).await {
+            Ok(height) => gw.catalog.invalidate("oci", name, height),
+            Err(r) => return r,
         }
-        gw.catalog.invalidate("oci", name);
         v = match view(gw, name).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -361,7 +361,7 @@ fn slice(body: hyper::Body, start: u64, len: u64) -> hyper::Body {
 /// Imports `name:reference` from the upstream: the manifest, every manifest
 /// an index names, and every config and layer, each checked against its
 /// digest.
-async fn import(gw: &Gateway, name: &str, reference: &str) -> Result<(), Response> {
+async fn import(gw: &Gateway, name: &str, reference: &str) -> Result<u64, Response> {
     let unknown = || {
         error(
             StatusCode::NOT_FOUND,
@@ -380,13 +380,10 @@ async fn import(gw: &Gateway, name: &str, reference: &str) -> Result<(), Respons
         name: name.to_owned(),
         version: reference.to_owned(),
     };
-    let _running = importer.lock(&package).await;
-    gw.catalog.invalidate("oci", name);
-    if let Ok(v) = gw.catalog.name("oci", name).await {
-        if v.version(reference).is_some() {
-            return Ok(());
-        }
-    }
+    let _running = match importer.begin(&package).await {
+        Begin::Done(height) => return Ok(height),
+        Begin::Go(guard) => guard,
+    };
     let fail = |e: ImportError| {
         tracing::warn!(%package, error = %e, "import failed");
         error(

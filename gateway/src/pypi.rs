@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, esc, json_error};
-use crate::import::{self, ImportError, MAX_METADATA_BYTES};
+use crate::import::{Begin, self, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
 const JSON_V1: &str = "application/vnd.pypi.simple.v1+json";
@@ -282,10 +282,10 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
         Err(r) => return r,
     };
     if view.version(&version).is_none() && !metadata {
-        if let Err(r) = import(gw, project, &version).await {
-            return r;
+        match import(gw, project, &version).await {
+            Ok(height) => gw.catalog.invalidate("pypi", project, height),
+            Err(r) => return r,
         }
-        gw.catalog.invalidate("pypi", project);
         view = match gw.view("pypi", project).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -349,7 +349,7 @@ fn prefers_json(accept: &str) -> bool {
 
 /// Imports every file of `project` `version` the upstream lists (at most
 /// [`MAX_FILES_PER_VERSION`]), each checked against the upstream's SHA-256.
-async fn import(gw: &Gateway, project: &str, version: &str) -> Result<(), Response> {
+async fn import(gw: &Gateway, project: &str, version: &str) -> Result<u64, Response> {
     let not_found = || {
         json_error(
             StatusCode::NOT_FOUND,
@@ -367,13 +367,10 @@ async fn import(gw: &Gateway, project: &str, version: &str) -> Result<(), Respon
         name: project.to_owned(),
         version: version.to_owned(),
     };
-    let _running = importer.lock(&package).await;
-    gw.catalog.invalidate("pypi", project);
-    if let Ok(view) = gw.catalog.name("pypi", project).await {
-        if view.version(version).is_some() {
-            return Ok(());
-        }
-    }
+    let _running = match importer.begin(&package).await {
+        Begin::Done(height) => return Ok(height),
+        Begin::Go(guard) => guard,
+    };
     let fail = |e: ImportError| {
         tracing::warn!(%package, error = %e, "import failed");
         let status = match e {
@@ -426,7 +423,12 @@ async fn import(gw: &Gateway, project: &str, version: &str) -> Result<(), Respon
         .iter()
         .map(|(n, d)| (n.clone(), d.path.as_path()))
         .collect();
-    importer.record(&package, &files).await.map_err(fail)
+    let height = importer.record(&package, &files).await.map_err(fail)?;
+    for (name, d) in &downloads {
+        let kind = if name.ends_with(".whl") { Kind::Wheel } else { Kind::Plain };
+        gw.derive_imported(d, kind).await;
+    }
+    Ok(height)
 }
 
 /// `href` resolved against the page it is on (absolute, host-relative or

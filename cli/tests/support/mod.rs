@@ -79,7 +79,7 @@ fn free_base_port(nodes: usize) -> Result<u16> {
 }
 
 /// The first of `count` consecutive free ports.
-fn free_port_run(count: usize) -> Result<u16> {
+pub fn free_port_run(count: usize) -> Result<u16> {
     let seed = u64::from(std::process::id()).wrapping_mul(31)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -480,6 +480,56 @@ impl Testnet {
         Ok(false)
     }
 
+    /// `kill -9` of node `i`'s cometbft and ABCI app: its RPC is gone.
+    pub fn stop_validator(&mut self, i: usize) -> Result<()> {
+        for child in [self.nodes[i].comet.take(), self.nodes[i].abci.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Declares a gateway of node 0 (replacing one of the same name):
+    /// `fields` are its services.toml keys besides `name`.
+    pub fn set_gateway(&self, name: &str, fields: &[(&str, toml_edit::Value)]) -> Result<()> {
+        let path = self.nodes[0].home.join("config/services.toml");
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&path)?.parse()?;
+        if doc.get("gateway").is_none() {
+            doc.insert(
+                "gateway",
+                toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()),
+            );
+        }
+        let gateways = doc
+            .get_mut("gateway")
+            .and_then(|b| b.as_array_of_tables_mut())
+            .context("services.toml [[gateway]] is not an array of tables")?;
+        gateways.retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name));
+        let mut table = toml_edit::Table::new();
+        table.insert("name", toml_edit::value(name));
+        for (k, v) in fields {
+            table.insert(k, toml_edit::Item::Value(v.clone()));
+        }
+        gateways.push(table);
+        std::fs::write(&path, doc.to_string())?;
+        Ok(())
+    }
+
+    /// The log of node 0's service `name`.
+    pub fn service_log(&self, name: &str) -> String {
+        std::fs::read_to_string(
+            self.nodes[0]
+                .home
+                .join("logs")
+                .join(format!("{}.log", name.replace(':', "-"))),
+        )
+        .unwrap_or_default()
+    }
+
     pub fn client(&self, i: usize) -> Result<LedgerClient> {
         Ok(LedgerClient::new(&self.nodes[i].rpc_url)?)
     }
@@ -592,6 +642,13 @@ impl Testnet {
 
 impl Drop for Testnet {
     fn drop(&mut self) {
+        // PYRSIA_KEEP_TESTNET=1 keeps the homes and logs of a failed test.
+        if std::thread::panicking() && std::env::var_os("PYRSIA_KEEP_TESTNET").is_some() {
+            if let Ok(fresh) = tempfile::TempDir::new() {
+                eprintln!("keeping {}", self.dir.path().display());
+                let _ = std::mem::replace(&mut self.dir, fresh).keep();
+            }
+        }
         for (_, mut child) in std::mem::take(&mut self.services) {
             let _ = child.kill();
             let _ = child.wait();

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::api::DEFAULT_API_ADDR;
 use crate::download::{Phase, Progress};
 use crate::node::{Config, Node};
+use crate::store::DEFAULT_PARTIAL_TTL;
 
 const DEFAULT_API_URL: &str = "http://127.0.0.1:7889";
 
@@ -81,6 +82,10 @@ pub struct StartArgs {
     /// Write {peer_id, listen_addrs, api} as JSON here once ready.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Seconds a partial download may go without progress before it is
+    /// removed and its reserved quota freed.
+    #[arg(long, default_value_t = DEFAULT_PARTIAL_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub partial_ttl: u64,
 }
 
 impl StartArgs {
@@ -102,6 +107,7 @@ impl StartArgs {
         c.upload_rate = self.upload_rate;
         c.stripe_size = self.stripe_size;
         c.inflight_per_peer = self.inflight_per_peer;
+        c.partial_ttl = Duration::from_secs(self.partial_ttl);
         c
     }
 

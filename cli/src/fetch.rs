@@ -92,6 +92,7 @@ async fn fetch_one(
         pin: cmd.pin,
         json: ctx.json,
         api: cmd.api.clone(),
+        token_file: None,
     }
     .run()
     .await

@@ -765,17 +765,20 @@ async fn run_swarm(
     loop {
         tokio::select! {
             _ = expire.tick() => {
+                // Off the swarm loop: removing a large partial takes a while.
                 let Some(sh) = shared.upgrade() else { break };
-                let store = sh.store.clone();
+                let (store, cmd) = (sh.store.clone(), sh.cmd.clone());
                 drop(sh);
-                let removed = tokio::task::spawn_blocking(move || {
-                    store.expire_partials(std::time::SystemTime::now(), ttl)
-                })
-                .await
-                .unwrap_or_default();
-                for key in removed {
-                    swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
-                }
+                tokio::spawn(async move {
+                    let removed = tokio::task::spawn_blocking(move || {
+                        store.expire_partials(std::time::SystemTime::now(), ttl)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for key in removed {
+                        let _ = cmd.send(Command::Unprovide { key }).await;
+                    }
+                });
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };

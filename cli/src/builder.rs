@@ -177,7 +177,9 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
         args.ecosystems.clone()
     };
     let ledger = LedgerClient::new(&ctx.node)?;
-    let store = StoreApi::new(&args.store_api);
+    // The token of the store services.toml declares at this address (or
+    // PYRSIA_STORE_TOKEN_FILE): the builder puts its outputs.
+    let store = StoreApi::for_home(&ctx.home, &args.store_api, None)?;
     let chain_id = retry_until_up("ledger", || ledger.chain_id()).await;
     let peer_id = retry_until_up("store", || store.status()).await.peer_id;
 

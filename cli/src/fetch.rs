@@ -40,6 +40,10 @@ pub struct FetchCmd {
     /// Control API of the local store.
     #[arg(long, env = "PYRSIA_STORE_API", default_value = crate::store_api::DEFAULT_API_URL)]
     pub api: String,
+    /// The local store's API token file (default: that of the store
+    /// HOME/config/services.toml declares at --api).
+    #[arg(long, env = "PYRSIA_STORE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(
@@ -115,6 +119,7 @@ async fn fetch_one(
         pin: cmd.pin,
         json: ctx.json,
         api: cmd.api.clone(),
+        token_file: crate::store_api::token_file(&ctx.home, &cmd.api, cmd.token_file.as_deref())?,
     }
     .run()
     .await

@@ -35,6 +35,10 @@ pub struct ProvenanceCmd {
     /// Control API of the local store.
     #[arg(long, env = "PYRSIA_STORE_API", default_value = crate::store_api::DEFAULT_API_URL)]
     pub api: String,
+    /// The local store's API token file (default: that of the store
+    /// HOME/config/services.toml declares at --api).
+    #[arg(long, env = "PYRSIA_STORE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Fetches and checks one attester's envelope; returns its bytes.
@@ -97,7 +101,7 @@ pub async fn run(ctx: &Context, cmd: ProvenanceCmd) -> Result<()> {
     }
     std::fs::create_dir_all(&cmd.output)
         .with_context(|| format!("creating {}", cmd.output.display()))?;
-    let store = StoreApi::new(&cmd.api);
+    let store = StoreApi::for_home(&ctx.home, &cmd.api, cmd.token_file.as_deref())?;
     let mut written = Vec::new();
     let mut missing = Vec::new();
     let mut refused = Vec::new();

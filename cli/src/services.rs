@@ -288,6 +288,8 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
                 inflight_per_peer: 4,
                 no_mdns: !s.mdns,
                 ready_file: Some(ready),
+                api_token_file: None,
+                partial_ttl: p2p_store::store::DEFAULT_PARTIAL_TTL.as_secs(),
             };
             start.run().await
         }

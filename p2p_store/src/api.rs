@@ -10,16 +10,33 @@
 //! | GET | `/status` | peer id, addresses, peers, disk, artifacts, downloads |
 //!
 //! Errors are JSON `{"error": reason}` with a 4xx for bad input.
+//!
+//! Two guards run before any route (see README, *Control API*):
+//!
+//! * **Host check** (DNS rebinding): a request whose `Host` is not a
+//!   loopback name or address (`localhost`, `127.0.0.1`, `[::1]`, any port)
+//!   or the IP the API is bound to gets 421 and a JSON error.
+//! * **Bearer token** on every call that changes the store (PUT
+//!   `/artifacts`, POST/DELETE `/artifacts/{sha}/pin`, POST `/fetch/{sha}`):
+//!   `Authorization: Bearer <token>`, the 64 hex characters of the file
+//!   `api-token` in the store directory (created 0600 on first start,
+//!   [`load_or_create_token`]; clients read it with [`read_token`]).
+//!   Missing or wrong: 401 and a JSON error. Reads stay open.
 
 // Handlers return ready error responses in `Err`; they are built once per request.
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Buf;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -33,11 +50,211 @@ use crate::store::StoreError;
 /// Default API address.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7889";
 
+/// File name of the API token in the store directory.
+pub const TOKEN_FILE_NAME: &str = "api-token";
+
+/// Bytes of randomness in a token (written as twice as many hex characters).
+const TOKEN_BYTES: usize = 32;
+
 /// API errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot bind the control API on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("API token file {path}: {source}")]
+    TokenIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API token file {path} has mode {mode:04o}, which lets other users read or change it; run `chmod 600 {path}` (or delete it to make a new token)")]
+    TokenPermissions { path: PathBuf, mode: u32 },
+    #[error("API token file {path} is not a token ({reason}); delete it and restart the store to make a new one")]
+    TokenInvalid { path: PathBuf, reason: String },
+}
+
+fn token_io(path: &Path) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
+    move |source| ApiError::TokenIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The token file of a store directory: `<dir>/api-token`.
+pub fn token_path(store_dir: &Path) -> PathBuf {
+    store_dir.join(TOKEN_FILE_NAME)
+}
+
+/// Reads the token in `path` (64 hexadecimal characters, surrounding
+/// whitespace ignored). What clients of the API use.
+pub fn read_token(path: &Path) -> Result<String, ApiError> {
+    let text = std::fs::read_to_string(path).map_err(token_io(path))?;
+    let token = text.trim();
+    if token.len() != 2 * TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::TokenInvalid {
+            path: path.to_path_buf(),
+            reason: format!("expected {} hexadecimal characters", 2 * TOKEN_BYTES),
+        });
+    }
+    Ok(token.to_ascii_lowercase())
+}
+
+/// The store's token: the one in `path` if it exists (refused when its mode
+/// lets group or others in), else a new one of 32 random bytes, written
+/// with mode 0600 from the start (a temporary file created exclusively with
+/// that mode, then hard-linked into place, so the file is never readable
+/// by others nor seen half-written; of two stores racing, both end up with
+/// the same token).
+pub fn load_or_create_token(path: &Path) -> Result<String, ApiError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => return existing_token(path, &meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(token_io(path)(e)),
+    }
+    let mut raw = [0u8; TOKEN_BYTES];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut raw).map_err(|e| {
+        ApiError::TokenIo {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("no randomness: {e}")),
+        }
+    })?;
+    let token = hex::encode(raw);
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The umask can only remove bits; make sure of 0600 anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(token_io(&tmp)(e));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created the control API token");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::metadata(path).map_err(token_io(path))?;
+            existing_token(path, &meta)
+        }
+        Err(e) => Err(token_io(path)(e)),
+    }
+}
+
+fn existing_token(path: &Path, meta: &std::fs::Metadata) -> Result<String, ApiError> {
+    if !meta.is_file() {
+        return Err(ApiError::TokenInvalid {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ApiError::TokenPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    read_token(path)
+}
+
+/// Equality of two byte strings in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// What guards the API: the token of mutating calls and the address bound.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    token: Arc<str>,
+    bound: IpAddr,
+}
+
+impl Guard {
+    pub fn new(token: impl Into<String>, bound: IpAddr) -> Self {
+        Guard {
+            token: Arc::from(token.into().to_ascii_lowercase()),
+            bound,
+        }
+    }
+
+    /// `None` if `Authorization` carries the token, else the 401 to send.
+    fn check_token(&self, header: Option<&str>) -> Option<Response> {
+        let reason = match header {
+            None => "missing Authorization header: this call needs `Authorization: Bearer <token>`, the token being the contents of the store's api-token file",
+            Some(h) => match h.trim().split_once(' ') {
+                Some((scheme, given)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    let given = given.trim().to_ascii_lowercase();
+                    if constant_time_eq(given.as_bytes(), self.token.as_bytes()) {
+                        return None;
+                    }
+                    "wrong API token: it does not match the store's api-token file"
+                }
+                _ => "malformed Authorization header: expected `Bearer <token>`",
+            },
+        };
+        let mut r = json_err(StatusCode::UNAUTHORIZED, reason);
+        r.headers_mut().insert(
+            warp::http::header::WWW_AUTHENTICATE,
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
+    }
+
+    /// `None` if `host` names this API without DNS (a loopback name or
+    /// address, or the address bound), else the 421 to send.
+    fn check_host(&self, host: Option<&warp::host::Authority>) -> Option<Response> {
+        let Some(host) = host else {
+            return Some(json_err(
+                StatusCode::MISDIRECTED_REQUEST,
+                "missing Host header: the control API only answers requests addressed to localhost, 127.0.0.1, [::1] or the address it is bound to",
+            ));
+        };
+        if host_allowed(host.host(), self.bound) {
+            return None;
+        }
+        Some(json_err(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "Host {:?} refused: the control API only answers requests addressed to localhost, 127.0.0.1, [::1] or the address it is bound to (DNS rebinding protection)",
+                host.as_str()
+            ),
+        ))
+    }
+}
+
+/// Whether a `Host` name (without port; IPv6 in brackets) is a loopback
+/// name or address, or the address the API is bound to.
+pub fn host_allowed(host: &str, bound: IpAddr) -> bool {
+    let h = host.trim_end_matches('.');
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback() || (ip == bound && !bound.is_unspecified()),
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,7 +542,25 @@ async fn set_pin(node: Node, sha: String, pinned: bool) -> Result<Response, Infa
     })
 }
 
+/// A guard's refusal, carried through warp's rejection to `recover`.
+/// (A rejection must be `Sync`; the response is taken out once.)
+struct Refused(Mutex<Option<Response>>);
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refused")
+    }
+}
+
+impl warp::reject::Reject for Refused {}
+
 async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    if let Some(refused) = r.find::<Refused>() {
+        let taken = refused.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(resp) = taken {
+            return Ok(resp);
+        }
+    }
     let resp = if r.is_not_found() {
         json_err(StatusCode::NOT_FOUND, "no such endpoint")
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
@@ -350,12 +585,41 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(resp)
 }
 
-/// All routes.
-pub fn routes(node: Node) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+/// All routes, behind the Host check; mutating ones behind the token.
+pub fn routes(
+    node: Node,
+    guard: Guard,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let n = warp::any().map(move || node.clone());
+    let g = guard.clone();
+    // Extracts nothing when the token is right; rejects with the 401 otherwise.
+    let auth = warp::header::optional::<String>("authorization")
+        .and_then(move |h: Option<String>| {
+            let refusal = g.check_token(h.as_deref());
+            async move {
+                match refusal {
+                    None => Ok(()),
+                    Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
+                }
+            }
+        })
+        .untuple_one();
+    let g = guard;
+    let host = warp::host::optional()
+        .and_then(move |h: Option<warp::host::Authority>| {
+            let refusal = g.check_host(h.as_ref());
+            async move {
+                match refusal {
+                    None => Ok(()),
+                    Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
+                }
+            }
+        })
+        .untuple_one();
     let put = warp::put()
         .and(warp::path("artifacts"))
         .and(warp::path::end())
+        .and(auth.clone())
         .and(n.clone())
         .and(warp::query::<PutQuery>())
         .and(warp::body::stream())
@@ -367,6 +631,7 @@ pub fn routes(node: Node) -> impl Filter<Extract = (Response,), Error = Infallib
         .and_then(|sha, node, q| get_artifact(node, sha, q));
     let fetch = warp::post()
         .and(warp::path!("fetch" / String))
+        .and(auth.clone())
         .and(n.clone())
         .and(warp::query::<GetQuery>())
         .and_then(|sha, node, q| start_fetch(node, sha, q));
@@ -376,41 +641,138 @@ pub fn routes(node: Node) -> impl Filter<Extract = (Response,), Error = Infallib
         .and_then(|sha, node| fetch_progress(node, sha));
     let pin = warp::post()
         .and(warp::path!("artifacts" / String / "pin"))
+        .and(auth.clone())
         .and(n.clone())
         .and_then(|sha, node| set_pin(node, sha, true));
     let unpin = warp::delete()
         .and(warp::path!("artifacts" / String / "pin"))
+        .and(auth)
         .and(n.clone())
         .and_then(|sha, node| set_pin(node, sha, false));
     let status = warp::get()
         .and(warp::path!("status"))
         .and(n)
         .map(|node: Node| warp::reply::json(&node.status()).into_response());
-    put.or(get)
-        .unify()
-        .or(fetch)
-        .unify()
-        .or(progress)
-        .unify()
-        .or(pin)
-        .unify()
-        .or(unpin)
-        .unify()
-        .or(status)
-        .unify()
-        .recover(recover)
-        .unify()
+    host.and(
+        put.or(get)
+            .unify()
+            .or(fetch)
+            .unify()
+            .or(progress)
+            .unify()
+            .or(pin)
+            .unify()
+            .or(unpin)
+            .unify()
+            .or(status)
+            .unify(),
+    )
+    .recover(recover)
+    .unify()
 }
 
 /// Binds the API; returns the bound address and the server future.
+/// Mutating calls need `token` (see [`load_or_create_token`]).
 pub fn bind(
     node: Node,
     addr: SocketAddr,
+    token: &str,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), ApiError> {
-    warp::serve(routes(node))
+    warp::serve(routes(node, Guard::new(token, addr.ip())))
         .try_bind_ephemeral(addr)
         .map_err(|e| ApiError::Bind {
             addr,
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn loopback_names_and_the_bound_address_pass_the_host_check_and_nothing_else() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for h in [
+            "127.0.0.1",
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "[::1]",
+            "127.0.0.2",
+        ] {
+            assert!(host_allowed(h, lo), "{h}");
+        }
+        for h in [
+            "attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.attacker.example",
+            "10.0.0.5",
+            "[::ffff:10.0.0.5]",
+            "0.0.0.0",
+            "",
+        ] {
+            assert!(!host_allowed(h, lo), "{h}");
+        }
+        let lan: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(host_allowed("10.0.0.5", lan));
+        assert!(!host_allowed("10.0.0.6", lan));
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert!(
+            !host_allowed("0.0.0.0", any),
+            "bound to all: only loopback names"
+        );
+        assert!(host_allowed("localhost", any));
+    }
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(constant_time_eq(b"abcd", b"abcd"));
+        assert!(!constant_time_eq(b"abcd", b"abce"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        let g = Guard::new("ab".repeat(32), "127.0.0.1".parse().unwrap());
+        assert!(g
+            .check_token(Some(&format!("Bearer {}", "ab".repeat(32))))
+            .is_none());
+        assert!(g
+            .check_token(Some(&format!("bearer {}", "AB".repeat(32))))
+            .is_none());
+        for bad in [
+            None,
+            Some("Bearer".to_owned()),
+            Some(format!("Basic {}", "ab".repeat(32))),
+            Some(format!("Bearer {}", "ac".repeat(32))),
+            Some(format!("Bearer {}", "ab".repeat(31))),
+        ] {
+            let r = g.check_token(bad.as_deref()).expect("refused");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_created_0600_reused_and_refused_when_others_may_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_path(dir.path());
+        let t = load_or_create_token(&path).unwrap();
+        assert_eq!(t.len(), 64);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), t, "reused");
+        assert_eq!(read_token(&path).unwrap(), t);
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        for loose in [0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = load_or_create_token(&path).unwrap_err();
+            assert!(matches!(err, ApiError::TokenPermissions { .. }), "{err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "short\n").unwrap();
+        let err = load_or_create_token(&path).unwrap_err();
+        assert!(matches!(err, ApiError::TokenInvalid { .. }), "{err}");
+    }
 }

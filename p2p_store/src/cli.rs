@@ -2,7 +2,7 @@
 //! and the crate's own `pyrsia-store` binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::api::DEFAULT_API_ADDR;
 use crate::download::{Phase, Progress};
 use crate::node::{Config, Node};
+use crate::store::DEFAULT_PARTIAL_TTL;
 
 const DEFAULT_API_URL: &str = "http://127.0.0.1:7889";
 
@@ -78,22 +79,64 @@ pub struct StartArgs {
     /// Also PYRSIA_STORE_NO_MDNS=1 (or true/yes/on; 0/false/no/off keep it on).
     #[arg(long, env = "PYRSIA_STORE_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
-    /// Write {peer_id, listen_addrs, api} as JSON here once ready.
+    /// Write {peer_id, listen_addrs, api, api_token_file} as JSON here once ready.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// File holding the control API's bearer token (created, mode 0600, on
+    /// first start; refused if group or others may read it).
+    /// Default: DATA_DIR/api-token.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Seconds a partial download may go without progress before it is
+    /// removed and its reserved quota freed.
+    #[arg(long, default_value_t = DEFAULT_PARTIAL_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub partial_ttl: u64,
+}
+
+/// The store directory used when none is given: `$PYRSIA_STORE_DIR`, else
+/// `$HOME/.pyrsia/store` (the default node home's own store).
+pub fn default_store_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PYRSIA_STORE_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".pyrsia")
+        .join("store")
+}
+
+/// The token a client sends: from `explicit` (a `--token-file` or
+/// `PYRSIA_STORE_TOKEN_FILE`), which must be readable, else from the
+/// default store's token file when there is one, else none (mutating calls
+/// then get 401).
+pub fn client_token(explicit: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(p) = explicit {
+        return Ok(Some(crate::api::read_token(p)?));
+    }
+    let p = crate::api::token_path(&default_store_dir());
+    if p.exists() {
+        Ok(Some(crate::api::read_token(&p)?))
+    } else {
+        Ok(None)
+    }
 }
 
 impl StartArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_store_dir)
+    }
+
+    /// Where the control API token is kept.
+    pub fn token_file(&self) -> PathBuf {
+        self.api_token_file
+            .clone()
+            .unwrap_or_else(|| crate::api::token_path(&self.dir()))
+    }
+
     /// Node configuration from the arguments.
     pub fn config(&self) -> Config {
-        let dir = self.data_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join(".pyrsia")
-                .join("store")
-        });
-        let mut c = Config::new(dir);
+        let mut c = Config::new(self.dir());
         c.listen = self.listen.clone();
         c.bootstrap = self.bootstrap.clone();
         c.quota = self.quota;
@@ -102,13 +145,18 @@ impl StartArgs {
         c.upload_rate = self.upload_rate;
         c.stripe_size = self.stripe_size;
         c.inflight_per_peer = self.inflight_per_peer;
+        c.partial_ttl = Duration::from_secs(self.partial_ttl);
         c
     }
 
     /// Runs the store node and its API until Ctrl-C / SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let token_file = self.token_file();
+        let token = crate::api::load_or_create_token(&token_file)?;
         let node = Node::start(self.config()).await?;
-        let (addr, server) = crate::api::bind(node.clone(), self.api)?;
+        let (addr, server) = crate::api::bind(node.clone(), self.api, &token)?;
         let listen: Vec<String> = node.listen_addrs().iter().map(|a| a.to_string()).collect();
         tracing::info!(peer_id = %node.peer_id(), api = %addr, ?listen, "store ready");
         if let Some(p) = &self.ready_file {
@@ -116,6 +164,7 @@ impl StartArgs {
                 "peer_id": node.peer_id().to_string(),
                 "listen_addrs": listen,
                 "api": format!("http://{addr}"),
+                "api_token_file": token_file.display().to_string(),
             });
             let tmp = p.with_extension("tmp");
             std::fs::write(&tmp, serde_json::to_vec(&j)?)?;
@@ -153,6 +202,10 @@ pub enum StoreCommand {
         /// Control API URL.
         #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
         api: String,
+        /// The store's API token file (default: the default store
+        /// directory's api-token, see README).
+        #[arg(long, env = "PYRSIA_STORE_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Show the store's status.
     Status {
@@ -160,6 +213,9 @@ pub enum StoreCommand {
         json: bool,
         #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
         api: String,
+        /// Accepted for symmetry with `put`; status needs no token.
+        #[arg(long, env = "PYRSIA_STORE_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -181,7 +237,9 @@ impl StoreCommand {
                 unpinned,
                 json,
                 api,
+                token_file,
             } => {
+                let token = client_token(token_file.as_deref())?;
                 let f = tokio::fs::File::open(&file)
                     .await
                     .with_context(|| format!("open {}", file.display()))?;
@@ -191,7 +249,7 @@ impl StoreCommand {
                 if let Some(ss) = stripe_size {
                     url.push_str(&format!("&stripe_size={ss}"));
                 }
-                let (status, bytes) = http(Method::PUT, &url, body).await?;
+                let (status, bytes) = http(Method::PUT, &url, body, token.as_deref()).await?;
                 let v = expect_json(status, &bytes)?;
                 if json {
                     println!("{v}");
@@ -206,9 +264,9 @@ impl StoreCommand {
                 }
                 Ok(())
             }
-            StoreCommand::Status { json, api } => {
+            StoreCommand::Status { json, api, .. } => {
                 let url = format!("{}/status", api.trim_end_matches('/'));
-                let (status, bytes) = http(Method::GET, &url, Body::empty()).await?;
+                let (status, bytes) = http(Method::GET, &url, Body::empty(), None).await?;
                 let v = expect_json(status, &bytes)?;
                 if json {
                     println!("{v}");
@@ -284,6 +342,10 @@ pub struct FetchArgs {
     /// Control API URL of the local store.
     #[arg(long, default_value = DEFAULT_API_URL, env = "PYRSIA_STORE_API")]
     pub api: String,
+    /// The store's API token file (default: the default store
+    /// directory's api-token, see README).
+    #[arg(long, env = "PYRSIA_STORE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl FetchArgs {
@@ -294,6 +356,14 @@ impl FetchArgs {
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
+        let token = client_token(self.token_file.as_deref())?;
+        self.run_with_token(token).await
+    }
+
+    /// Like [`FetchArgs::run`], with the token already found (`None`: send
+    /// none; the store then refuses to start the download).
+    pub async fn run_with_token(self, token: Option<String>) -> anyhow::Result<()> {
+        let token = token.as_deref();
         let api = self.api.trim_end_matches('/');
         let mut q = format!("stripe_root={}&pin={}", self.stripe_root, self.pin);
         if let Some(s) = self.size {
@@ -307,6 +377,7 @@ impl FetchArgs {
             Method::POST,
             &format!("{api}/fetch/{}?{q}", self.sha256),
             Body::empty(),
+            token,
         )
         .await?;
         expect_json(status, &bytes)?;
@@ -315,6 +386,7 @@ impl FetchArgs {
                 Method::GET,
                 &format!("{api}/fetch/{}", self.sha256),
                 Body::empty(),
+                None,
             )
             .await?;
             let v = expect_json(status, &bytes)?;
@@ -415,12 +487,18 @@ impl FetchArgs {
     }
 }
 
-async fn http(method: Method, url: &str, body: Body) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
+async fn http(
+    method: Method,
+    url: &str,
+    body: Body,
+    token: Option<&str>,
+) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
     let client = hyper::Client::new();
-    let req = hyper::Request::builder()
-        .method(method.clone())
-        .uri(url)
-        .body(body)?;
+    let mut req = hyper::Request::builder().method(method.clone()).uri(url);
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(body)?;
     let resp = client
         .request(req)
         .await
@@ -438,8 +516,13 @@ fn expect_json(status: StatusCode, bytes: &[u8]) -> anyhow::Result<serde_json::V
         )
     })?;
     if !status.is_success() {
+        let hint = if status == StatusCode::UNAUTHORIZED {
+            " (give the store's api-token file with --token-file or PYRSIA_STORE_TOKEN_FILE)"
+        } else {
+            ""
+        };
         bail!(
-            "HTTP {status}: {}",
+            "HTTP {status}: {}{hint}",
             v["error"].as_str().unwrap_or("unknown error")
         );
     }

@@ -49,6 +49,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// A download with no progress for this long fails.
     pub stall_timeout: Duration,
+    /// A partial download with no progress for this long is removed (and
+    /// its reserved quota freed): checked when the node starts, then every
+    /// `partial_ttl / 4` (at least every second, at most every 10 min).
+    pub partial_ttl: Duration,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             inflight_per_peer: 4,
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(60),
+            partial_ttl: crate::store::DEFAULT_PARTIAL_TTL,
         }
     }
 }
@@ -256,9 +261,15 @@ impl Node {
         let key = load_or_create_key(&config.data_dir.join("node_key"))?;
         let dir = config.data_dir.clone();
         let quota = config.quota;
-        let store = tokio::task::spawn_blocking(move || Store::open(dir, quota))
-            .await
-            .map_err(|e| NodeError::Transport(e.to_string()))??;
+        let ttl = config.partial_ttl;
+        let store = tokio::task::spawn_blocking(move || {
+            let s = Store::open(dir, quota)?;
+            // Stale partials go before anything is announced.
+            s.expire_partials(std::time::SystemTime::now(), ttl);
+            Ok::<_, StoreError>(s)
+        })
+        .await
+        .map_err(|e| NodeError::Transport(e.to_string()))??;
         let store = Arc::new(store);
         let peer_id = key.public().to_peer_id();
         let timeout = config.request_timeout;
@@ -716,6 +727,11 @@ fn handle_inbound(
     }
 }
 
+/// How often partial downloads are checked against `ttl`.
+fn sweep_period(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 async fn run_swarm(
     mut swarm: Swarm<Behaviour>,
     mut rx: mpsc::Receiver<Command>,
@@ -737,8 +753,33 @@ async fn run_swarm(
     // Kademlia's own republication covers the rest.
     let mut peers_changed = false;
     let mut last_announce: Option<Instant> = None;
+    let ttl = match shared.upgrade() {
+        Some(sh) => sh.config.partial_ttl,
+        None => return,
+    };
+    let mut expire = tokio::time::interval_at(
+        tokio::time::Instant::now() + sweep_period(ttl),
+        sweep_period(ttl),
+    );
+    expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = expire.tick() => {
+                // Off the swarm loop: removing a large partial takes a while.
+                let Some(sh) = shared.upgrade() else { break };
+                let (store, cmd) = (sh.store.clone(), sh.cmd.clone());
+                drop(sh);
+                tokio::spawn(async move {
+                    let removed = tokio::task::spawn_blocking(move || {
+                        store.expire_partials(std::time::SystemTime::now(), ttl)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for key in removed {
+                        let _ = cmd.send(Command::Unprovide { key }).await;
+                    }
+                });
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 match cmd {

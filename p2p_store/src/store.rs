@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -95,6 +96,21 @@ struct Entry {
     /// The same data file opened with `O_DIRECT`, while the artifact is a
     /// partial download on a filesystem that allows it.
     direct: Option<Arc<File>>,
+    /// When a partial last made progress (begun, resumed, or a stripe
+    /// written); after a restart, the data file's modification time.
+    progress_at: SystemTime,
+}
+
+/// Default time a partial download may go without progress before it is
+/// removed: 24 hours.
+pub const DEFAULT_PARTIAL_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Whether a partial download whose last progress was at `last_progress`
+/// has expired at `now` under `ttl`. A last progress in the future (a clock
+/// set back) never expires it.
+pub fn partial_expired(last_progress: SystemTime, now: SystemTime, ttl: Duration) -> bool {
+    now.duration_since(last_progress)
+        .is_ok_and(|idle| idle >= ttl)
 }
 
 /// Public summary of one stored artifact.
@@ -363,6 +379,7 @@ impl Store {
             have_count: count,
             file: Arc::new(file),
             direct: None,
+            progress_at: SystemTime::now(),
         };
         write_meta(&dir, &meta_of(&entry))?;
         inner.used += entry.manifest.size;
@@ -422,6 +439,13 @@ impl Store {
             } else {
                 Begin::Partial { have: e.have_count }
             };
+            if !e.complete {
+                // A resume is progress; the mtime carries it over a restart.
+                e.progress_at = SystemTime::now();
+                if let Err(err) = e.file.set_modified(e.progress_at) {
+                    tracing::debug!(%err, "could not touch a resumed partial");
+                }
+            }
             return Ok((r, Vec::new()));
         }
         let evicted = self.reserve(&mut inner, manifest.size)?;
@@ -449,6 +473,7 @@ impl Store {
             have_count: 0,
             file: Arc::new(file),
             direct: open_direct(&data),
+            progress_at: SystemTime::now(),
         };
         write_meta(&dir, &meta_of(&entry))?;
         inner.used += entry.manifest.size;
@@ -548,6 +573,7 @@ impl Store {
             if !e.have[index as usize] {
                 e.have[index as usize] = true;
                 e.have_count += 1;
+                e.progress_at = SystemTime::now();
             }
         }
         Ok(true)
@@ -766,6 +792,36 @@ impl Store {
         }
     }
 
+    /// Removes every partial download that made no progress for `ttl` as of
+    /// `now` (see [`partial_expired`]), freeing the quota it reserved.
+    /// Complete artifacts are never touched. Returns the removed digests.
+    pub fn expire_partials(&self, now: SystemTime, ttl: Duration) -> Vec<Digest> {
+        let mut inner = self.lock();
+        let expired: Vec<Digest> = inner
+            .entries
+            .values()
+            .filter(|e| !e.complete && partial_expired(e.progress_at, now, ttl))
+            .map(|e| e.sha256)
+            .collect();
+        for sha in &expired {
+            if let Some(e) = inner.entries.remove(sha) {
+                inner.used -= e.manifest.size;
+                let dir = self.obj_dir(sha);
+                if let Err(err) = fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), %err, "expire: remove failed");
+                }
+                tracing::info!(
+                    sha256 = %hex::encode(sha),
+                    size = e.manifest.size,
+                    stripes_present = e.have_count,
+                    ttl_secs = ttl.as_secs(),
+                    "removed a partial download that made no progress within the TTL"
+                );
+            }
+        }
+        expired
+    }
+
     /// Digests of everything this node can serve at least partly.
     pub fn provided(&self) -> Vec<Digest> {
         self.lock().entries.keys().copied().collect()
@@ -870,7 +926,10 @@ fn load_entry(dir: &Path) -> Result<Entry, StoreError> {
         .write(true)
         .open(&data)
         .map_err(io_err(&data))?;
-    let len = file.metadata().map_err(io_err(&data))?.len();
+    let fmeta = file.metadata().map_err(io_err(&data))?;
+    let len = fmeta.len();
+    // Every verified stripe written updates the data file's mtime.
+    let progress_at = fmeta.modified().unwrap_or_else(|_| SystemTime::now());
     if len != m.size {
         return Err(bad(&data, format!("length {len}, expected {}", m.size)));
     }
@@ -909,6 +968,7 @@ fn load_entry(dir: &Path) -> Result<Entry, StoreError> {
         } else {
             open_direct(&data)
         },
+        progress_at,
     })
 }
 
@@ -1027,6 +1087,77 @@ mod tests {
             s.read_stripe(&whole, 2).unwrap().as_slice(),
             &data[2 * 4096..3 * 4096]
         );
+    }
+
+    #[test]
+    fn a_partial_expires_only_after_ttl_without_progress() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ttl = Duration::from_secs(24 * 3600);
+        assert!(!partial_expired(t0, t0, ttl));
+        assert!(!partial_expired(t0, t0 + ttl - Duration::from_secs(1), ttl));
+        assert!(partial_expired(t0, t0 + ttl, ttl));
+        assert!(partial_expired(t0, t0 + 3 * ttl, ttl));
+        // Last progress after "now" (the clock went back): kept.
+        assert!(!partial_expired(t0 + ttl, t0, ttl));
+    }
+
+    #[test]
+    fn expire_partials_frees_the_quota_of_stale_partials_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 30).unwrap();
+        let complete = put_bytes(&s, &[9u8; 10_000], false);
+        let data: Vec<u8> = (0..5 * 4096u32).map(|i| (i * 13 % 256) as u8).collect();
+        let mut b = manifest::ManifestBuilder::new(4096).unwrap();
+        b.update(&data);
+        let (whole, m) = b.finish().unwrap();
+        s.begin_partial(whole, m.root(), m, false).unwrap();
+        s.write_stripe(&whole, 0, &data[..4096]).unwrap();
+        assert_eq!(s.used(), 10_000 + data.len() as u64);
+        let ttl = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        // Fresh progress: nothing goes, even with an hour's TTL.
+        assert!(s.expire_partials(now, ttl).is_empty());
+        // An hour later without progress: the partial goes, the complete stays.
+        let later = now + ttl + Duration::from_secs(5);
+        assert_eq!(s.expire_partials(later, ttl), vec![whole]);
+        assert_eq!(s.used(), 10_000);
+        assert!(s.have(&whole).is_none());
+        assert!(!s.obj_dir(&whole).exists());
+        let names: Vec<String> = s.list().into_iter().map(|i| i.sha256).collect();
+        assert_eq!(names, vec![complete.sha256]);
+        // Complete artifacts never expire.
+        assert!(s.expire_partials(later + 100 * ttl, ttl).is_empty());
+    }
+
+    #[test]
+    fn a_reopened_store_takes_a_partials_last_progress_from_its_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 3 * 4096];
+        let mut b = manifest::ManifestBuilder::new(4096).unwrap();
+        b.update(&data);
+        let (whole, m) = b.finish().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 30).unwrap();
+            s.begin_partial(whole, m.root(), m, false).unwrap();
+            s.write_stripe(&whole, 1, &data[..4096]).unwrap();
+        }
+        let two_days_ago = SystemTime::now() - Duration::from_secs(48 * 3600);
+        let data_file = dir
+            .path()
+            .join("objects")
+            .join(hex::encode(whole))
+            .join("data");
+        File::options()
+            .write(true)
+            .open(&data_file)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let s = Store::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(s.used(), data.len() as u64);
+        let removed = s.expire_partials(SystemTime::now(), DEFAULT_PARTIAL_TTL);
+        assert_eq!(removed, vec![whole]);
+        assert_eq!(s.used(), 0);
     }
 
     /// Three 16 KiB stripes and a 1000-byte tail, with what each write

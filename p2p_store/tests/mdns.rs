@@ -98,6 +98,7 @@ struct Proc {
     ns: String,
     peer_id: String,
     api: String,
+    token_file: String,
 }
 
 impl Drop for Proc {
@@ -136,6 +137,7 @@ fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str,
         ns: ns.to_string(),
         peer_id: String::new(),
         api: String::new(),
+        token_file: String::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready.exists() {
@@ -148,6 +150,7 @@ fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str,
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
     p.peer_id = v["peer_id"].as_str().unwrap().to_string();
     p.api = v["api"].as_str().unwrap().to_string();
+    p.token_file = v["api_token_file"].as_str().unwrap().to_string();
     p
 }
 
@@ -156,7 +159,7 @@ fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str,
 fn client(p: &Proc, args: &[&str]) -> Output {
     in_ns(&p.ns)
         .args(args)
-        .args(["--api", &p.api])
+        .args(["--api", &p.api, "--token-file", &p.token_file])
         .output()
         .unwrap()
 }

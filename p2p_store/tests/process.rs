@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -12,76 +12,13 @@ use hyper::{Body, Method, StatusCode};
 use p2p_store::manifest::parse_digest;
 use p2p_store::{FetchRequest, Phase, PutResult};
 
-struct Proc {
-    child: Child,
-    peer_id: libp2p::PeerId,
-    addr: libp2p::Multiaddr,
-    api: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn_store(dir: &Path, extra: &[&str]) -> Proc {
-    std::fs::create_dir_all(dir).unwrap();
-    let ready = dir.join("ready.json");
-    let child = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
-        .args([
-            "start",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("store"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut p = Proc {
-        child,
-        peer_id: libp2p::PeerId::random(),
-        addr: libp2p::Multiaddr::empty(),
-        api: String::new(),
-    };
-    wait_until(60, "store process ready", || ready.exists()).await;
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
-    p.peer_id = v["peer_id"].as_str().unwrap().parse().unwrap();
-    p.addr = v["listen_addrs"][0].as_str().unwrap().parse().unwrap();
-    p.api = v["api"].as_str().unwrap().to_string();
-    p
-}
-
-async fn http(method: Method, url: &str, body: Body) -> (StatusCode, bytes::Bytes) {
-    let client = hyper::Client::new();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body)
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let status = resp.status();
-    (
-        status,
-        hyper::body::to_bytes(resp.into_body()).await.unwrap(),
-    )
-}
-
-async fn put_file(api: &str, file: &Path, query: &str) -> (StatusCode, serde_json::Value) {
+async fn put_file(p: &Proc, file: &Path, query: &str) -> (StatusCode, serde_json::Value) {
     let data = tokio::fs::read(file).await.unwrap();
-    let (s, b) = http(
+    let (s, b) = http_as(
         Method::PUT,
-        &format!("{api}/artifacts?{query}"),
+        &format!("{}/artifacts?{query}", p.api),
         Body::from(data),
+        &[("authorization", &p.bearer())],
     )
     .await;
     (s, serde_json::from_slice(&b).unwrap())
@@ -95,9 +32,9 @@ async fn provider_killed_mid_download_completes_from_the_others() {
     // Two seeders in their own processes, each capped at 2 MiB/s.
     let mut p1 = spawn_store(&tmp.path().join("p1"), &["--upload-rate", "2M"]).await;
     let p2 = spawn_store(&tmp.path().join("p2"), &["--upload-rate", "2M"]).await;
-    let (s, v) = put_file(&p1.api, &file, "stripe_size=131072").await;
+    let (s, v) = put_file(&p1, &file, "stripe_size=131072").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v2) = put_file(&p2.api, &file, "stripe_size=131072").await;
+    let (s, v2) = put_file(&p2, &file, "stripe_size=131072").await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(v, v2);
     let put: PutResult = serde_json::from_value(v).unwrap();
@@ -152,7 +89,7 @@ async fn control_api_put_get_status_and_clear_errors() {
     let seeder = spawn_store(&tmp.path().join("s"), &[]).await;
     let file = tmp.path().join("artifact");
     make_file(&file, 3 * 1024 * 1024 + 7, 6);
-    let (s, v) = put_file(&seeder.api, &file, "").await;
+    let (s, v) = put_file(&seeder, &file, "").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let put: PutResult = serde_json::from_value(v).unwrap();
     assert_eq!(put.size, 3 * 1024 * 1024 + 7);
@@ -281,8 +218,9 @@ async fn control_api_put_get_status_and_clear_errors() {
             "download",
         ),
     ];
+    let bearer = client.bearer();
     for (m, url, body, want, reason) in cases {
-        let (s, b) = http(m.clone(), &url, body).await;
+        let (s, b) = http_as(m.clone(), &url, body, &[("authorization", &bearer)]).await;
         let v: serde_json::Value = serde_json::from_slice(&b)
             .unwrap_or_else(|_| panic!("{m} {url}: not JSON: {}", String::from_utf8_lossy(&b)));
         let msg = v["error"].as_str().unwrap_or_default().to_lowercase();
@@ -299,6 +237,8 @@ async fn control_api_put_get_status_and_clear_errors() {
     let out = tmp.path().join("fetched");
     let o = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
         .args(["fetch", "--json", "--api", api, "--sha256", &put.sha256])
+        .arg("--token-file")
+        .arg(&client.token_file)
         .args(["--stripe-root", &put.stripe_root, "-o"])
         .arg(&out)
         .output()
@@ -327,6 +267,8 @@ async fn control_api_put_get_status_and_clear_errors() {
             "-o",
         ])
         .arg(tmp.path().join("x"))
+        .arg("--token-file")
+        .arg(&client.token_file)
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -340,9 +282,9 @@ async fn a_frozen_provider_does_not_hold_up_the_download() {
     make_file(&file, 8 * 1024 * 1024, 11);
     let p1 = spawn_store(&tmp.path().join("p1"), &["--upload-rate", "2M"]).await;
     let p2 = spawn_store(&tmp.path().join("p2"), &["--upload-rate", "2M"]).await;
-    let (s, v) = put_file(&p1.api, &file, "stripe_size=131072").await;
+    let (s, v) = put_file(&p1, &file, "stripe_size=131072").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    put_file(&p2.api, &file, "stripe_size=131072").await;
+    put_file(&p2, &file, "stripe_size=131072").await;
     let put: PutResult = serde_json::from_value(v).unwrap();
     let c = {
         let mut cfg = config(&tmp.path().join("c"));
@@ -391,7 +333,7 @@ async fn api_get_streams_verified_stripes_while_downloading() {
     let file = tmp.path().join("artifact");
     make_file(&file, 4 * 1024 * 1024, 12);
     let seeder = spawn_store(&tmp.path().join("s"), &["--upload-rate", "1M"]).await;
-    let (s, v) = put_file(&seeder.api, &file, "stripe_size=65536").await;
+    let (s, v) = put_file(&seeder, &file, "stripe_size=65536").await;
     assert_eq!(s, StatusCode::CREATED);
     let put: PutResult = serde_json::from_value(v).unwrap();
     let client = spawn_store(

@@ -75,8 +75,8 @@ pub async fn run(ctx: &Context, args: GatewayArgs) -> Result<()> {
     }
     let config = pyrsia_gateway::Config {
         min_trust: args.min_trust.level(),
+        store_token_file: crate::store_api::token_file(&ctx.home, &args.store_api, None)?,
         store_api: args.store_api.clone(),
-        store_token: None,
         cache_dir: args
             .cache_dir
             .clone()

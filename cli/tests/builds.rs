@@ -448,8 +448,10 @@ async fn real_packages_with_dependencies_reach_reproducible() {
     .unwrap();
     net.start_services().await.unwrap();
 
+    let mut built = Vec::new();
     for (f, dep_file, dep_uri) in &fixtures {
         let (id, _) = request(&net, f);
+        built.push(id.clone());
         let r = wait_level(
             &net,
             &id,
@@ -491,6 +493,71 @@ async fn real_packages_with_dependencies_reach_reproducible() {
             checked += 1;
         }
         assert!(checked >= 4, "{}: {checked} provenance files", f.name);
+    }
+
+    // The built packages, through the node's gateway, by unchanged clients:
+    // the bytes they get are the ones the builders attested.
+    let gateway = net.gateway_url();
+    wait_http_ok(&format!("{gateway}/v2/")).await;
+    let attested = |id: &str, suffix: &str| -> String {
+        let record = futures_block(net.request_record(id));
+        record.attestations[0]
+            .outputs
+            .iter()
+            .find(|o| o.name.ends_with(suffix))
+            .map(|o| o.sha256.to_string())
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("npm")
+        .args(["pack", &format!("{}@{}", NPM_PACKAGE.0, NPM_PACKAGE.1)])
+        .arg(format!("--registry={gateway}/npm/"))
+        .arg(format!("--cache={}", dir.path().join("cache").display()))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm pack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = dir
+        .path()
+        .join(format!("{}-{}.tgz", NPM_PACKAGE.0, NPM_PACKAGE.1));
+    assert_eq!(packages::sha256_hex(&tgz), attested(&built[0], ".tgz"));
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--index-url",
+        ])
+        .arg(format!("{gateway}/pypi/simple/"))
+        .arg("-d")
+        .arg(dir.path())
+        .arg("tomli==2.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pip download: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wheel = dir.path().join("tomli-2.0.1-py3-none-any.whl");
+    assert_eq!(packages::sha256_hex(&wheel), attested(&built[1], ".whl"));
+}
+
+fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+async fn wait_http_ok(url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ureq::get(url).call().is_err() {
+        assert!(std::time::Instant::now() < deadline, "{url} did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -381,7 +381,9 @@ impl Catalog {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
             let path = self.file(&view.ecosystem, &view.name);
-            let tmp = path.with_extension("tmp");
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{n}"));
             std::fs::write(&tmp, serde_json::to_vec(view)?)?;
             std::fs::rename(tmp, path)
         };

@@ -108,7 +108,13 @@ impl DerivedCache {
                 path: self.dir.clone(),
                 source,
             })?;
-        let tmp = self.path(&artifact.sha256, &format!("{}.part", std::process::id()));
+        // Unique per call: concurrent requests may derive the same artifact.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.path(
+            &artifact.sha256,
+            &format!("{}-{call}.part", std::process::id()),
+        );
         let result = match self.download(artifact, &tmp).await {
             Ok(()) => self.record(&tmp, artifact.sha256, kind).await,
             Err(e) => Err(e),
@@ -228,7 +234,9 @@ fn derive_file(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
 }

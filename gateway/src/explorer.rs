@@ -18,7 +18,7 @@ use crate::{Gateway, Req};
 /// Blocks scanned for recent requests, newest first.
 const RECENT_BLOCKS: u64 = 200;
 const RECENT_SHOWN: usize = 30;
-const ECOSYSTEMS: &[&str] = &["npm", "pypi", "maven", "oci", "cargo"];
+const ECOSYSTEMS: &[&str] = &["npm", "python", "maven", "oci", "cargo"];
 
 const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}\
 header{background:#1d2330;color:#fff;padding:.8em 1.5em;display:flex;gap:2em;align-items:center}\

@@ -303,6 +303,7 @@ impl Importer {
     pub async fn record(
         &self,
         package: &PackageId,
+        upstream: &str,
         files: &[(String, &Path)],
     ) -> Result<u64, ImportError> {
         let started = std::time::Instant::now();
@@ -318,10 +319,7 @@ impl Importer {
                 })?;
             outputs.push(out);
         }
-        let upstream = self
-            .upstream(&package.ecosystem)
-            .unwrap_or_default()
-            .to_owned();
+        let upstream = upstream.to_owned();
         let kind = TxKind::TrustedImport(TrustedImport {
             package: package.clone(),
             outputs,

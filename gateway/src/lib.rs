@@ -50,7 +50,8 @@ pub struct Config {
     /// Nothing below this level is served.
     pub min_trust: TrustLevel,
     pub store_api: String,
-    pub store_token: Option<String>,
+    /// The store's API token file (imports store files).
+    pub store_token_file: Option<PathBuf>,
     /// Verified views, derived digests and import scratch space.
     pub cache_dir: PathBuf,
     /// How long a verified view of a name is served before it is read again.
@@ -86,7 +87,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, ledger: VerifiedLedger) -> Gateway {
-        let store = StoreClient::new(&config.store_api, config.store_token.clone());
+        let store = StoreClient::new(&config.store_api, config.store_token_file.clone());
         let rpc = ledger.ledger().clone();
         let importer = match (config.import_key, config.upstreams.is_empty()) {
             (Some(key), false) => Some(Importer::new(

@@ -16,7 +16,7 @@ use warp::reply::Response;
 use crate::catalog::NameView;
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{Begin, self, ImportError};
+use crate::import::{self, Begin, ImportError};
 use crate::{Gateway, Req};
 
 const CHECKSUMS: &[&str] = &["sha1", "md5", "sha256", "sha512"];
@@ -58,6 +58,19 @@ pub async fn handle(gw: &Gateway, rest: &str, _req: &Req) -> Response {
     artifact_file(gw, &group, artifact, version, file_base, checksum, rest).await
 }
 
+/// The classifier of a file of `artifact` `version` (`a-1.0-tests.jar`:
+/// `tests`). The ledger names a classified artifact
+/// `groupId:artifactId:classifier`, so that it can be imported after the
+/// version's main artifact.
+fn classifier<'a>(artifact: &str, version: &str, file: &'a str) -> Option<&'a str> {
+    let rest = file
+        .strip_prefix(artifact)?
+        .strip_prefix('-')?
+        .strip_prefix(version)?;
+    let c = rest.strip_prefix('-')?;
+    c.split('.').next().filter(|c| !c.is_empty())
+}
+
 fn checksum_of(bytes: &[u8], alg: &str) -> String {
     match alg {
         "sha1" => hex::encode(Sha1::digest(bytes)),
@@ -76,13 +89,16 @@ async fn artifact_file(
     checksum: Option<&str>,
     path: &str,
 ) -> Response {
-    let name = format!("{group}:{artifact}");
+    let name = match classifier(artifact, version, file) {
+        Some(c) => format!("{group}:{artifact}:{c}"),
+        None => format!("{group}:{artifact}"),
+    };
     let mut view = match gw.view("maven", &name).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     if view.version(version).is_none() {
-        match import(gw, group, artifact, version, file, path).await {
+        match import(gw, &name, artifact, version, file, path).await {
             Ok(height) => gw.catalog.invalidate("maven", &name, height),
             Err(r) => return r,
         }
@@ -286,13 +302,12 @@ fn packaging(pom: &str) -> String {
 /// upstream's `.sha1`.
 async fn import(
     gw: &Gateway,
-    group: &str,
+    name: &str,
     artifact: &str,
     version: &str,
     file: &str,
     path: &str,
 ) -> Result<u64, Response> {
-    let name = format!("{group}:{artifact}");
     let not_found = || {
         json_error(
             StatusCode::NOT_FOUND,
@@ -307,7 +322,7 @@ async fn import(
     };
     let package = PackageId {
         ecosystem: "maven".into(),
-        name: name.clone(),
+        name: name.to_owned(),
         version: version.to_owned(),
     };
     let _running = match importer.begin(&package).await {
@@ -327,6 +342,17 @@ async fn import(
         None => return Err(not_found()),
     };
     let pom_name = format!("{artifact}-{version}.pom");
+    if classifier(artifact, version, file).is_some() {
+        // A classified artifact is imported alone.
+        let url = format!("{upstream}/{dir}/{file}");
+        let d = checked_download(importer, &url, file).await.map_err(fail)?;
+        let height = importer
+            .record(&package, upstream, &[(file.to_owned(), d.path.as_path())])
+            .await
+            .map_err(fail)?;
+        gw.derive_imported(&d, Kind::Plain).await;
+        return Ok(height);
+    }
     let mut names = vec![pom_name.clone()];
     let pom = importer
         .get_small(
@@ -358,42 +384,65 @@ async fn import(
     let mut downloads = Vec::new();
     for n in &names {
         let url = format!("{upstream}/{dir}/{n}");
-        let d = match importer.download(&url).await {
+        let d = match checked_download(importer, &url, n).await {
             Ok(d) => d,
             // A main artifact the upstream does not have (a `pom`
             // project's jar, …) is left out.
             Err(ImportError::UpstreamMissing { .. }) if n != file && n != &pom_name => continue,
             Err(e) => return Err(fail(e)),
         };
-        let sha1_url = format!("{url}.sha1");
-        let expected = importer
-            .get_small(&sha1_url, "*/*", 1024, &[])
-            .await
-            .map_err(fail)?
-            .ok_or_else(|| {
-                fail(ImportError::Refused(format!(
-                    "{url}: the upstream has no .sha1 to check it against"
-                )))
-            })?;
-        let expected = String::from_utf8_lossy(&expected.0);
-        let expected = expected.split_whitespace().next().unwrap_or_default();
-        import::check_hex(expected, &d.sha1, n, &url).map_err(fail)?;
         downloads.push((n.clone(), d));
     }
     let files: Vec<(String, &std::path::Path)> = downloads
         .iter()
         .map(|(n, d)| (n.clone(), d.path.as_path()))
         .collect();
-    let height = importer.record(&package, &files).await.map_err(fail)?;
+    let height = importer
+        .record(&package, upstream, &files)
+        .await
+        .map_err(fail)?;
     for (_, d) in &downloads {
         gw.derive_imported(d, Kind::Plain).await;
     }
     Ok(height)
 }
 
+/// Downloads `url` and checks it against the upstream's `.sha1`.
+async fn checked_download(
+    importer: &crate::import::Importer,
+    url: &str,
+    name: &str,
+) -> Result<crate::import::Downloaded, ImportError> {
+    let d = importer.download(url).await?;
+    let sha1_url = format!("{url}.sha1");
+    let (expected, _) = importer
+        .get_small(&sha1_url, "*/*", 1024, &[])
+        .await?
+        .ok_or_else(|| {
+            ImportError::Refused(format!(
+                "{url}: the upstream has no .sha1 to check it against"
+            ))
+        })?;
+    let expected = String::from_utf8_lossy(&expected);
+    let expected = expected.split_whitespace().next().unwrap_or_default();
+    import::check_hex(expected, &d.sha1, name, url)?;
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classifiers_are_read_from_file_names() {
+        assert_eq!(classifier("a", "1.0", "a-1.0-tests.jar"), Some("tests"));
+        assert_eq!(classifier("a", "1.0", "a-1.0.jar"), None);
+        assert_eq!(classifier("a", "1.0", "a-1.0.pom"), None);
+        assert_eq!(
+            classifier("a", "1.0-rc", "a-1.0-rc-sources.jar"),
+            Some("sources")
+        );
+    }
 
     #[test]
     fn packaging_is_the_poms_own() {

@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{Begin, self, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Begin, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
@@ -359,7 +359,11 @@ async fn import(gw: &Gateway, name: &str, version: &str) -> Result<u64, Response
         }
     }
     let height = importer
-        .record(&package, &[(tarball_file(name, version), &file.path)])
+        .record(
+            &package,
+            upstream,
+            &[(tarball_file(name, version), &file.path)],
+        )
         .await
         .map_err(fail)?;
     gw.derive_imported(&file, Kind::NpmTarball).await;

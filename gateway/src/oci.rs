@@ -509,7 +509,10 @@ async fn import(gw: &Gateway, name: &str, reference: &str) -> Result<u64, Respon
         .iter()
         .map(|(n, p)| (n.clone(), p.as_path()))
         .collect();
-    let result = importer.record(&package, &refs).await.map_err(fail);
+    let result = importer
+        .record(&package, upstream, &refs)
+        .await
+        .map_err(fail);
     for (n, p) in &files {
         if !blobs.iter().any(|d| blob_name(d) == *n) {
             let _ = std::fs::remove_file(p);

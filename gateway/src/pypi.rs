@@ -15,9 +15,11 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, esc, json_error};
-use crate::import::{Begin, self, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Begin, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
+/// The ledger's name for Python packages (builds and imports alike).
+const ECOSYSTEM: &str = "python";
 const JSON_V1: &str = "application/vnd.pypi.simple.v1+json";
 const HTML_V1: &str = "application/vnd.pypi.simple.v1+html";
 
@@ -109,7 +111,7 @@ struct Listed {
 }
 
 async fn project_page(gw: &Gateway, project: &str, req: &Req) -> Response {
-    let view = match gw.view("pypi", project).await {
+    let view = match gw.view(ECOSYSTEM, project).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -277,16 +279,16 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
             format!("{filename}: not a distribution file"),
         );
     };
-    let mut view = match gw.view("pypi", project).await {
+    let mut view = match gw.view(ECOSYSTEM, project).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     if view.version(&version).is_none() && !metadata {
         match import(gw, project, &version).await {
-            Ok(height) => gw.catalog.invalidate("pypi", project, height),
+            Ok(height) => gw.catalog.invalidate(ECOSYSTEM, project, height),
             Err(r) => return r,
         }
-        view = match gw.view("pypi", project).await {
+        view = match gw.view(ECOSYSTEM, project).await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -363,7 +365,7 @@ async fn import(gw: &Gateway, project: &str, version: &str) -> Result<u64, Respo
         return Err(not_found());
     };
     let package = PackageId {
-        ecosystem: "pypi".into(),
+        ecosystem: ECOSYSTEM.into(),
         name: project.to_owned(),
         version: version.to_owned(),
     };
@@ -423,9 +425,16 @@ async fn import(gw: &Gateway, project: &str, version: &str) -> Result<u64, Respo
         .iter()
         .map(|(n, d)| (n.clone(), d.path.as_path()))
         .collect();
-    let height = importer.record(&package, &files).await.map_err(fail)?;
+    let height = importer
+        .record(&package, upstream, &files)
+        .await
+        .map_err(fail)?;
     for (name, d) in &downloads {
-        let kind = if name.ends_with(".whl") { Kind::Wheel } else { Kind::Plain };
+        let kind = if name.ends_with(".whl") {
+            Kind::Wheel
+        } else {
+            Kind::Plain
+        };
         gw.derive_imported(d, kind).await;
     }
     Ok(height)

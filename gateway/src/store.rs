@@ -3,7 +3,7 @@
 //! against the ledger's stripe root, and the whole file against its
 //! SHA-256), and store an imported file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hyper::{Body, Method, Request, StatusCode};
 use pyrsia_chain::{Digest, Output};
@@ -49,23 +49,29 @@ struct Stored {
 #[derive(Clone, Debug)]
 pub struct StoreClient {
     base: String,
-    token: Option<String>,
+    /// The store's API token file, read on each call that changes the
+    /// store (the store may create it after the gateway started).
+    token_file: Option<PathBuf>,
     http: hyper::Client<hyper::client::HttpConnector>,
 }
 
 impl StoreClient {
-    pub fn new(base: &str, token: Option<String>) -> StoreClient {
+    pub fn new(base: &str, token_file: Option<PathBuf>) -> StoreClient {
         StoreClient {
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            token_file,
             http: hyper::Client::new(),
         }
     }
 
     fn request(&self, method: Method, url: &str, body: Body) -> Result<Request<Body>, StoreError> {
-        let mut b = Request::builder().method(method).uri(url);
-        if let Some(t) = &self.token {
-            b = b.header("authorization", format!("Bearer {t}"));
+        let mut b = Request::builder().method(method.clone()).uri(url);
+        if let (true, Some(path)) = (method != Method::GET, &self.token_file) {
+            let token = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            b = b.header("authorization", format!("Bearer {}", token.trim()));
         }
         b.body(body).map_err(|e| StoreError::Request {
             url: url.to_owned(),

@@ -347,7 +347,7 @@ impl LedgerClient {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::Timeout(timeout, format!("transaction {hash}")));
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -188,9 +188,10 @@ class Upstream:
         return None
 
 
-def make_oci_image(directory, name, tag):
+def make_oci_image(directory, name, tag, big=0):
     """A two-platform OCI image index (linux/amd64, linux/arm64): a shared
-    base layer and one layer per platform, each a gzipped tar."""
+    base layer and one layer per platform, each a gzipped tar; with `big`,
+    amd64 gets one more layer of that many random bytes (for benchmarks)."""
     import gzip
     import io
 
@@ -219,6 +220,10 @@ def make_oci_image(directory, name, tag):
         layers = [dict(put(base), mediaType="application/vnd.oci.image.layer.v1.tar+gzip"),
                   dict(put(top), mediaType="application/vnd.oci.image.layer.v1.tar+gzip")]
         diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(b)).hexdigest() for b in (base, top)]
+        if big and arch == "amd64":
+            blob = os.urandom(big)
+            layers.append(dict(put(blob), mediaType="application/vnd.oci.image.layer.v1.tar"))
+            diff_ids.append(layers[-1]["digest"])
         config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
                              "config": {"Cmd": ["cat", f"/hello-{arch}.txt"]}}, sort_keys=True).encode()
         manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -239,7 +244,7 @@ def make_oci_image(directory, name, tag):
 
 def main():
     if sys.argv[1] == "make-oci":
-        make_oci_image(sys.argv[2], sys.argv[3], sys.argv[4])
+        make_oci_image(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
         return
     config = json.load(open(sys.argv[1]))
     port_file = sys.argv[2]

@@ -158,7 +158,8 @@ pub fn devnet_init(
 ) -> Result<u16> {
     let base = free_base_port(validators)?;
     let stores = 1 + plan.regular_builders + plan.trusted_builders;
-    let store_ports = free_port_run(stores * 2)?;
+    // Each store's libp2p and API ports, then node 0's gateway.
+    let store_ports = free_port_run(stores * 2 + 1)?;
     let mut extra: Vec<String> = Vec::new();
     if let Some(params) = &plan.params {
         std::fs::create_dir_all(dir)?;
@@ -184,6 +185,10 @@ pub fn devnet_init(
         .args([
             "--store-api-base",
             &(store_ports + stores as u16).to_string(),
+        ])
+        .args([
+            "--gateway-listen",
+            &format!("127.0.0.1:{}", store_ports + 2 * stores as u16),
         ])
         .args(&extra)
         .arg("--cometbft")
@@ -321,6 +326,25 @@ impl Testnet {
             .find(|l| l.starts_with("api"))
             .expect("services.toml names a store api");
         format!("http://{}", line.split('"').nth(1).unwrap_or_default())
+    }
+
+    /// The URL of node 0's gateway `main` (as `devnet init` declared it).
+    #[allow(clippy::expect_used)] // test support: a broken devnet fails the test
+    pub fn gateway_url(&self) -> String {
+        let services: toml_edit::DocumentMut =
+            std::fs::read_to_string(self.nodes[0].home.join("config/services.toml"))
+                .expect("devnet init wrote services.toml")
+                .parse()
+                .expect("services.toml parses");
+        let listen = services["gateway"]
+            .as_array_of_tables()
+            .and_then(|g| {
+                g.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("main"))
+            })
+            .and_then(|t| t.get("listen")?.as_str().map(str::to_owned))
+            .expect("services.toml declares gateway main");
+        format!("http://{listen}")
     }
 
     /// Request `id` as the ledger holds it now.

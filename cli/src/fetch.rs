@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use pyrsia_chain::{AttesterRole, Digest, Output, PackageId, RequestRecord, TrustLevel};
+use pyrsia_chain::{Output, PackageId, RequestRecord, TrustLevel};
+use pyrsia_gateway::catalog::version_view;
 use pyrsia_ledger_client::verified::At;
 
 use crate::Context;
@@ -125,36 +126,6 @@ async fn fetch_one(
     .await
 }
 
-/// The outputs a build attests: names and digests of its first counted
-/// attestation, sorted.
-fn attested_outputs(build: &RequestRecord) -> Option<Vec<(String, Digest)>> {
-    let attestation = build
-        .attestations
-        .iter()
-        .find(|a| a.role != AttesterRole::Void)?;
-    let mut outputs: Vec<_> = attestation
-        .outputs
-        .iter()
-        .map(|o| (o.name.clone(), o.sha256))
-        .collect();
-    outputs.sort();
-    Some(outputs)
-}
-
-/// The ids of the servable builds (at or above `min`) if they do not all
-/// attest the same outputs: `fetch` never picks one of two answers.
-fn disagreement(builds: &[RequestRecord], min: MinTrust) -> Option<Vec<String>> {
-    let servable: Vec<&RequestRecord> = builds
-        .iter()
-        .filter(|b| served_as(b.level).is_some_and(|l| l >= min))
-        .collect();
-    let first = servable.first().map(|b| attested_outputs(b))?;
-    servable
-        .iter()
-        .any(|b| attested_outputs(b) != first)
-        .then(|| servable.iter().map(|b| b.id.to_string()).collect())
-}
-
 /// The build to serve: the most trusted one, the latest among equals.
 pub fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
     // max_by_key keeps the last of equals: the ledger lists requests oldest first.
@@ -188,43 +159,29 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
         .await
         .with_context(|| format!("reading {package} from the ledger"))?
         .builds;
-    if let Some(ids) = disagreement(&builds, cmd.min_trust) {
-        bail!(
-            "refusing {package}: its builds at or above the minimum trust disagree on their outputs ({}); \
-             see `pyrsia verify {} {} {}`",
-            ids.join(", "),
+    // The gateway's rule: the most trusted build at or above the minimum,
+    // with the outputs its level stands for; builds that disagree are
+    // refused together.
+    let view = version_view(package.version.clone(), &builds, cmd.min_trust.level());
+    let chosen = match (&view.served, view.build()) {
+        (Ok(_), Some(b)) => b,
+        (Err(why), _) => bail!(
+            "refusing {package}: {why} (--min-trust); see `pyrsia verify {} {} {}`",
             package.ecosystem,
             package.name,
             package.version
-        );
-    }
-    let chosen = best(builds).ok_or_else(|| anyhow!("{package} has no build on the ledger"))?;
-    match served_as(chosen.level) {
-        Some(level) if level >= cmd.min_trust => {}
-        _ => bail!(
-            "refusing {package}: its best build {} is {}, below the minimum {} (--min-trust)",
-            chosen.id,
-            chosen.level,
-            cmd.min_trust
-                .to_possible_value()
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default()
         ),
-    }
-    let outputs: &[Output] = chosen
-        .attestations
-        .iter()
-        .find(|a| a.role != AttesterRole::Void)
-        .map(|a| a.outputs.as_slice())
-        .ok_or_else(|| anyhow!("{package}: build {} has no attestation", chosen.id))?;
+        (Ok(_), None) => bail!("{package} has no build on the ledger"),
+    };
+    let outputs: &[Output] = &chosen.outputs;
     std::fs::create_dir_all(&cmd.output)
         .with_context(|| format!("creating {}", cmd.output.display()))?;
     if !ctx.json {
         eprintln!(
             "{package}: build {} is {} ({} attestation(s)); fetching {} output(s)",
-            chosen.id,
+            chosen.request_id,
             chosen.level,
-            chosen.attestations.len(),
+            chosen.attesters.len(),
             outputs.len()
         );
     }
@@ -245,7 +202,7 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
     ctx.print(
         &serde_json::json!({
             "package": package.to_string(),
-            "request_id": chosen.id,
+            "request_id": chosen.request_id,
             "level": chosen.level,
             "outputs": outputs,
             "dir": cmd.output,
@@ -266,36 +223,6 @@ mod tests {
         assert!(served_as(TrustLevel::Pending) < Some(MinTrust::Trusted));
     }
 
-    fn build(id: u8, level: TrustLevel, sha: u8) -> RequestRecord {
-        let origin = pyrsia_chain::RequestOrigin::Import {
-            package: PackageId {
-                ecosystem: "npm".into(),
-                name: "a".into(),
-                version: "1".into(),
-            },
-            upstream: "u".into(),
-        };
-        RequestRecord {
-            attestations: vec![pyrsia_chain::AttestationRecord {
-                attester: Default::default(),
-                role: AttesterRole::Trusted,
-                height: 1,
-                outputs: vec![Output {
-                    name: "a.tgz".into(),
-                    sha256: Digest([sha; 32]),
-                    size: 1,
-                    stripe_size: 1,
-                    stripe_root: Digest([sha; 32]),
-                }],
-                build_env: String::new(),
-                log_digest: Digest::default(),
-                provenance: None,
-            }],
-            level,
-            ..RequestRecord::new(Digest([id; 32]), origin, Default::default(), 1)
-        }
-    }
-
     #[test]
     fn the_ledger_accepts_only_stripe_layouts_the_store_can_download() {
         use p2p_store::manifest;
@@ -303,35 +230,6 @@ mod tests {
         assert_eq!(ledger::MIN_STRIPE_SIZE, manifest::MIN_STRIPE_SIZE);
         assert_eq!(ledger::MAX_STRIPE_SIZE, manifest::MAX_STRIPE_SIZE);
         assert_eq!(ledger::MAX_STRIPES, manifest::MAX_STRIPES);
-    }
-
-    #[test]
-    fn servable_builds_that_disagree_are_refused_not_picked() {
-        let agree = [
-            build(1, TrustLevel::Trusted, 7),
-            build(2, TrustLevel::Reproducible, 7),
-        ];
-        assert_eq!(disagreement(&agree, MinTrust::Trusted), None);
-        let disagree = [
-            build(1, TrustLevel::Trusted, 7),
-            build(2, TrustLevel::Reproducible, 8),
-        ];
-        assert_eq!(
-            disagreement(&disagree, MinTrust::Trusted).map(|v| v.len()),
-            Some(2)
-        );
-        // A build below the minimum is not a candidate, so it is no conflict.
-        let low = [
-            build(1, TrustLevel::QuorumOnly, 7),
-            build(2, TrustLevel::Trusted, 8),
-        ];
-        assert_eq!(disagreement(&low, MinTrust::Trusted), None);
-        // Disputed builds are never served, so never candidates either.
-        let disputed = [
-            build(1, TrustLevel::Disputed, 7),
-            build(2, TrustLevel::Trusted, 8),
-        ];
-        assert_eq!(disagreement(&disputed, MinTrust::Pending), None);
     }
 
     #[test]

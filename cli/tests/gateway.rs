@@ -167,7 +167,10 @@ async fn unchanged_clients_install_through_imports_from_peers_and_offline() {
     assert!(!out.status.success());
     let printed =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("403"), "{printed}");
+    assert!(
+        printed.contains("403") && printed.contains("trusted") && printed.contains("reproducible"),
+        "{printed}"
+    );
 
     // 4. The explorer, in headless Chromium: the request, its level, its attester.
     let shots = std::env::var_os("PYRSIA_TEST_ARTIFACTS")

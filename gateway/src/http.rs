@@ -4,10 +4,27 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Body, StatusCode};
 use warp::reply::Response;
 
-/// A JSON body `{"error": reason}` (npm prints `error` after the status).
+/// A JSON body `{"error": reason}` (npm prints `error` after the status),
+/// and the reason in the status line too: pip and Maven print that.
 pub fn json_error(status: StatusCode, reason: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": reason.into() });
-    typed(status, "application/json", body.to_string())
+    let reason = reason.into();
+    let body = serde_json::json!({ "error": reason });
+    let mut r = typed(status, "application/json", body.to_string());
+    set_reason(&mut r, &reason);
+    r
+}
+
+/// A status line's reason phrase: `Forbidden: <why>` in printable ASCII.
+pub fn set_reason(r: &mut Response, why: &str) {
+    let canonical = r.status().canonical_reason().unwrap_or("Error");
+    let phrase: Vec<u8> = format!("{canonical}: {why}")
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' })
+        .take(400)
+        .collect();
+    if let Ok(p) = hyper::ext::ReasonPhrase::try_from(phrase) {
+        r.extensions_mut().insert(p);
+    }
 }
 
 pub fn typed(status: StatusCode, content_type: &str, body: impl Into<Body>) -> Response {

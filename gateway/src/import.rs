@@ -74,6 +74,15 @@ impl Drop for Downloaded {
     }
 }
 
+/// A checked file an import records: its output name, the file, and
+/// what the front-end derives from it.
+#[derive(Debug)]
+pub struct Fetched {
+    pub name: String,
+    pub file: Downloaded,
+    pub kind: crate::derived::Kind,
+}
+
 /// See [`Importer::begin`].
 #[derive(Debug)]
 pub enum Begin {
@@ -269,6 +278,26 @@ impl Importer {
         })
         .await
         .map_err(|e| ImportError::Refused(format!("upstream download task: {e}")))?
+    }
+
+    /// Keeps `bytes` (fetched and checked in memory, as OCI manifests are)
+    /// as a file to record.
+    pub fn keep(&self, bytes: &[u8]) -> Result<Downloaded, ImportError> {
+        let sha256: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let path = self.dir.join(format!("{}.kept", hex::encode(sha256)));
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&path, bytes))
+            .map_err(|source| ImportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Downloaded {
+            path,
+            size: bytes.len() as u64,
+            sha256,
+            sha512: sha2::Sha512::digest(bytes).into(),
+            sha1: sha1::Sha1::digest(bytes).into(),
+        })
     }
 
     /// Starts importing `package`: `Done` if this node already did, else

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{HeaderMap, Method, StatusCode};
-use pyrsia_chain::{Keypair, TrustLevel};
+use pyrsia_chain::{Keypair, PackageId, TrustLevel};
 use pyrsia_ledger_client::rpc::LedgerClient;
 use pyrsia_ledger_client::verified::VerifiedLedger;
 use warp::reply::Response;
@@ -221,13 +221,52 @@ impl Gateway {
                 .any(|h| h.eq_ignore_ascii_case(name))
     }
 
-    /// Keeps what a client will ask about an imported file (digests,
-    /// metadata), from the bytes this node just checked.
-    async fn derive_imported(&self, file: &import::Downloaded, kind: derived::Kind) {
-        let sha = pyrsia_chain::Digest(file.sha256);
-        if let Err(e) = self.derived.record(&file.path, sha, kind).await {
-            tracing::warn!(error = %e, "cannot keep derived digests of an import");
+    /// Imports `package` from upstream `upstream` (`npm`, `pypi`, …), once
+    /// per package: `fetch` downloads and checks its files, this stores and
+    /// records them and keeps what clients will ask about them. Returns the
+    /// height of the commit, or the status and message to answer with (404
+    /// when this node does not import, or the upstream has no such thing).
+    async fn import<'a, F, Fut>(
+        &'a self,
+        upstream: &str,
+        package: &PackageId,
+        fetch: F,
+    ) -> Result<u64, (StatusCode, String)>
+    where
+        F: FnOnce(&'a Importer, &'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<import::Fetched>, import::ImportError>>,
+    {
+        let not_found = || (StatusCode::NOT_FOUND, format!("{package}: not found"));
+        let importer = self.importer.as_ref().ok_or_else(not_found)?;
+        let url = importer.upstream(upstream).ok_or_else(not_found)?;
+        let _running = match importer.begin(package).await {
+            import::Begin::Done(height) => return Ok(height),
+            import::Begin::Go(guard) => guard,
+        };
+        let result = async {
+            let files = fetch(importer, url).await?;
+            let named: Vec<(String, &std::path::Path)> = files
+                .iter()
+                .map(|f| (f.name.clone(), f.file.path.as_path()))
+                .collect();
+            let height = importer.record(package, url, &named).await?;
+            for f in &files {
+                let sha = pyrsia_chain::Digest(f.file.sha256);
+                if let Err(e) = self.derived.record(&f.file.path, sha, f.kind).await {
+                    tracing::warn!(error = %e, "cannot keep derived digests of an import");
+                }
+            }
+            Ok(height)
         }
+        .await;
+        result.map_err(|e: import::ImportError| {
+            tracing::warn!(%package, error = %e, "import failed");
+            let status = match e {
+                import::ImportError::UpstreamMissing { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, format!("importing {package}: {e}"))
+        })
     }
 
     /// A name's verified view, or the response that says why there is none.

@@ -16,7 +16,7 @@ use warp::reply::Response;
 use crate::catalog::NameView;
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{self, Begin, ImportError};
+use crate::import::{self, Fetched, ImportError};
 use crate::{Gateway, Req};
 
 const CHECKSUMS: &[&str] = &["sha1", "md5", "sha256", "sha512"];
@@ -297,9 +297,10 @@ fn packaging(pom: &str) -> String {
         .unwrap_or_else(|| "jar".to_owned())
 }
 
-/// Imports `group:artifact:version`: its POM, its main artifact (by the
-/// POM's packaging) and the file asked for, each checked against the
-/// upstream's `.sha1`.
+/// Imports `name` (`group:artifact`, or `group:artifact:classifier`)
+/// `version`: a classified file alone; else the POM, the main artifact by
+/// the POM's packaging, a jar if there is one, and the file asked for; each
+/// checked against the upstream's `.sha1`.
 async fn import(
     gw: &Gateway,
     name: &str,
@@ -308,103 +309,61 @@ async fn import(
     file: &str,
     path: &str,
 ) -> Result<u64, Response> {
-    let not_found = || {
-        json_error(
-            StatusCode::NOT_FOUND,
-            format!("{name}:{version}: not found"),
-        )
-    };
-    let Some(importer) = &gw.importer else {
-        return Err(not_found());
-    };
-    let Some(upstream) = importer.upstream("maven") else {
-        return Err(not_found());
-    };
     let package = PackageId {
         ecosystem: "maven".into(),
         name: name.to_owned(),
         version: version.to_owned(),
     };
-    let _running = match importer.begin(&package).await {
-        Begin::Done(height) => return Ok(height),
-        Begin::Go(guard) => guard,
-    };
-    let fail = |e: ImportError| {
-        tracing::warn!(%package, error = %e, "import failed");
-        let status = match e {
-            ImportError::UpstreamMissing { .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_GATEWAY,
+    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    gw.import("maven", &package, |importer, upstream| async move {
+        let fetch = |n: String| async move {
+            let url = format!("{upstream}/{dir}/{n}");
+            let file = checked_download(importer, &url, &n).await?;
+            Ok::<_, ImportError>(Fetched {
+                name: n,
+                file,
+                kind: Kind::Plain,
+            })
         };
-        json_error(status, format!("importing {package}: {e}"))
-    };
-    let dir = match path.rsplit_once('/') {
-        Some((d, _)) => d,
-        None => return Err(not_found()),
-    };
-    let pom_name = format!("{artifact}-{version}.pom");
-    if classifier(artifact, version, file).is_some() {
-        // A classified artifact is imported alone.
-        let url = format!("{upstream}/{dir}/{file}");
-        let d = checked_download(importer, &url, file).await.map_err(fail)?;
-        let height = importer
-            .record(&package, upstream, &[(file.to_owned(), d.path.as_path())])
-            .await
-            .map_err(fail)?;
-        gw.derive_imported(&d, Kind::Plain).await;
-        return Ok(height);
-    }
-    let mut names = vec![pom_name.clone()];
-    let pom = importer
-        .get_small(
-            &format!("{upstream}/{dir}/{pom_name}"),
-            "*/*",
-            16 << 20,
-            &[],
-        )
-        .await
-        .map_err(fail)?
-        .ok_or_else(not_found)?;
-    // The main artifact by the POM's packaging, and a jar in any case:
-    // POMs that say `pom` over a published jar exist (velocity 1.5).
-    let main_ext = match packaging(&String::from_utf8_lossy(&pom.0)).as_str() {
-        "war" => "war",
-        "ear" => "ear",
-        "aar" => "aar",
-        _ => "jar",
-    };
-    for ext in [main_ext, "jar"] {
-        let n = format!("{artifact}-{version}.{ext}");
-        if !names.contains(&n) {
-            names.push(n);
+        if classifier(artifact, version, file).is_some() {
+            return Ok(vec![fetch(file.to_owned()).await?]);
         }
-    }
-    if !names.iter().any(|n| n == file) {
-        names.push(file.to_owned());
-    }
-    let mut downloads = Vec::new();
-    for n in &names {
-        let url = format!("{upstream}/{dir}/{n}");
-        let d = match checked_download(importer, &url, n).await {
-            Ok(d) => d,
-            // A main artifact the upstream does not have (a `pom`
-            // project's jar, …) is left out.
-            Err(ImportError::UpstreamMissing { .. }) if n != file && n != &pom_name => continue,
-            Err(e) => return Err(fail(e)),
+        let pom_name = format!("{artifact}-{version}.pom");
+        let pom_url = format!("{upstream}/{dir}/{pom_name}");
+        let (pom, _) = importer
+            .get_small(&pom_url, "*/*", 16 << 20, &[])
+            .await?
+            .ok_or(ImportError::UpstreamMissing { url: pom_url })?;
+        // The main artifact by the POM's packaging, and a jar in any case:
+        // POMs that say `pom` over a published jar exist (velocity 1.5).
+        let main_ext = match packaging(&String::from_utf8_lossy(&pom)).as_str() {
+            "war" => "war",
+            "ear" => "ear",
+            "aar" => "aar",
+            _ => "jar",
         };
-        downloads.push((n.clone(), d));
-    }
-    let files: Vec<(String, &std::path::Path)> = downloads
-        .iter()
-        .map(|(n, d)| (n.clone(), d.path.as_path()))
-        .collect();
-    let height = importer
-        .record(&package, upstream, &files)
-        .await
-        .map_err(fail)?;
-    for (_, d) in &downloads {
-        gw.derive_imported(d, Kind::Plain).await;
-    }
-    Ok(height)
+        let mut names = vec![pom_name.clone()];
+        for ext in [main_ext, "jar"] {
+            names.push(format!("{artifact}-{version}.{ext}"));
+        }
+        names.push(file.to_owned());
+        names.sort();
+        names.dedup();
+        let mut files = Vec::new();
+        for n in names {
+            let required = n == file || n == pom_name;
+            match fetch(n).await {
+                Ok(f) => files.push(f),
+                // A main artifact the upstream does not have (a `pom`
+                // project's jar, …) is left out.
+                Err(ImportError::UpstreamMissing { .. }) if !required => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|(status, message)| json_error(status, message))
 }
 
 /// Downloads `url` and checks it against the upstream's `.sha1`.

@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{self, Begin, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Fetched, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
@@ -301,73 +301,48 @@ async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {
 
 /// Imports `name@version` from the upstream, if this node imports.
 async fn import(gw: &Gateway, name: &str, version: &str) -> Result<u64, Response> {
-    let not_found = || {
-        json_error(
-            StatusCode::NOT_FOUND,
-            format!("{name}@{version}: not found"),
-        )
-    };
-    let Some(importer) = &gw.importer else {
-        return Err(not_found());
-    };
-    let Some(upstream) = importer.upstream("npm") else {
-        return Err(not_found());
-    };
     let package = PackageId {
         ecosystem: "npm".into(),
         name: name.to_owned(),
         version: version.to_owned(),
     };
-    let _running = match importer.begin(&package).await {
-        Begin::Done(height) => return Ok(height),
-        Begin::Go(guard) => guard,
-    };
-    let fail = |e: ImportError| {
-        tracing::warn!(%package, error = %e, "import failed");
-        let status = match e {
-            ImportError::UpstreamMissing { .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_GATEWAY,
+    gw.import("npm", &package, |importer, upstream| async move {
+        let missing = || ImportError::UpstreamMissing {
+            url: format!("{upstream}/{name} (version {version})"),
         };
-        json_error(status, format!("importing {package}: {e}"))
-    };
-    let doc = upstream_packument(gw, upstream, name)
-        .await
-        .map_err(fail)?
-        .ok_or_else(not_found)?;
-    let dist = doc
-        .get("versions")
-        .and_then(|v| v.get(version))
-        .and_then(|v| v.get("dist"))
-        .ok_or_else(not_found)?;
-    // The tarball comes from the configured upstream's usual path, whatever
-    // URL the packument names: metadata never chooses where this node
-    // connects.
-    let url = format!("{upstream}/{}/-/{}", name, tarball_file(name, version));
-    let file = importer.download(&url).await.map_err(fail)?;
-    match (
-        dist.get("integrity").and_then(Value::as_str),
-        dist.get("shasum").and_then(Value::as_str),
-    ) {
-        (Some(sri), _) => import::check_sri(sri, &file, &url).map_err(fail)?,
-        (None, Some(sha1)) => {
-            import::check_hex(sha1, &file.sha1, "the tarball", &url).map_err(fail)?
+        let doc = upstream_packument(gw, upstream, name)
+            .await?
+            .ok_or_else(missing)?;
+        let dist = doc
+            .get("versions")
+            .and_then(|v| v.get(version))
+            .and_then(|v| v.get("dist"))
+            .ok_or_else(missing)?;
+        // The tarball comes from the configured upstream's usual path,
+        // whatever URL the packument names: metadata never chooses where
+        // this node connects.
+        let url = format!("{upstream}/{name}/-/{}", tarball_file(name, version));
+        let file = importer.download(&url).await?;
+        match (
+            dist.get("integrity").and_then(Value::as_str),
+            dist.get("shasum").and_then(Value::as_str),
+        ) {
+            (Some(sri), _) => import::check_sri(sri, &file, &url)?,
+            (None, Some(sha1)) => import::check_hex(sha1, &file.sha1, "the tarball", &url)?,
+            (None, None) => {
+                return Err(ImportError::Refused(format!(
+                    "{url}: the upstream packument gives no integrity for {version}"
+                )))
+            }
         }
-        (None, None) => {
-            return Err(fail(ImportError::Refused(format!(
-                "{url}: the upstream packument gives no integrity for {version}"
-            ))))
-        }
-    }
-    let height = importer
-        .record(
-            &package,
-            upstream,
-            &[(tarball_file(name, version), &file.path)],
-        )
-        .await
-        .map_err(fail)?;
-    gw.derive_imported(&file, Kind::NpmTarball).await;
-    Ok(height)
+        Ok(vec![Fetched {
+            name: tarball_file(name, version),
+            file,
+            kind: Kind::NpmTarball,
+        }])
+    })
+    .await
+    .map_err(|(status, message)| json_error(status, message))
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use warp::reply::Response;
 
 use crate::catalog::NameView;
+use crate::derived::Kind;
 use crate::http::{self, accepts};
-use crate::import::{Begin, ImportError};
+use crate::import::{Fetched, ImportError};
 use crate::{Gateway, Req};
 
 const INDEX_TYPES: &[&str] = &[
@@ -362,163 +363,130 @@ fn slice(body: hyper::Body, start: u64, len: u64) -> hyper::Body {
 /// an index names, and every config and layer, each checked against its
 /// digest.
 async fn import(gw: &Gateway, name: &str, reference: &str) -> Result<u64, Response> {
-    let unknown = || {
-        error(
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            format!("{name}:{reference}: manifest unknown"),
-        )
-    };
-    let Some(importer) = &gw.importer else {
-        return Err(unknown());
-    };
-    let Some(upstream) = importer.upstream("oci") else {
-        return Err(unknown());
-    };
     let package = PackageId {
         ecosystem: "oci".into(),
         name: name.to_owned(),
         version: reference.to_owned(),
     };
-    let _running = match importer.begin(&package).await {
-        Begin::Done(height) => return Ok(height),
-        Begin::Go(guard) => guard,
-    };
-    let fail = |e: ImportError| {
-        tracing::warn!(%package, error = %e, "import failed");
-        error(
-            StatusCode::BAD_GATEWAY,
-            "UNAVAILABLE",
-            format!("importing {package}: {e}"),
-        )
-    };
-    let accept = [INDEX_TYPES, MANIFEST_TYPES].concat().join(", ");
-    let get_manifest = |reference: String| {
-        let url = format!("{upstream}/v2/{name}/manifests/{reference}");
-        let accept = accept.clone();
-        async move {
-            let (bytes, headers) = importer
-                .get_small(&url, &accept, MAX_MANIFEST, &["docker-content-digest"])
-                .await?
-                .ok_or(ImportError::UpstreamMissing { url: url.clone() })?;
-            let got = Digest::of(&bytes);
-            let claimed = parse_digest(&reference).or_else(|| {
-                headers
-                    .first()
-                    .cloned()
-                    .flatten()
-                    .and_then(|h| parse_digest(&h))
-            });
-            match claimed {
-                Some(d) if d != got => Err(ImportError::Integrity {
-                    what: "the manifest".into(),
-                    url,
-                    expected: blob_name(&d),
-                    got: blob_name(&got),
-                }),
-                Some(_) => Ok((got, bytes)),
-                None => Err(ImportError::Refused(format!(
-                    "{url}: the upstream names no digest for this manifest"
-                ))),
+    gw.import("oci", &package, |importer, upstream| async move {
+        let accept = [INDEX_TYPES, MANIFEST_TYPES].concat().join(", ");
+        let get_manifest = |reference: String| {
+            let url = format!("{upstream}/v2/{name}/manifests/{reference}");
+            let accept = accept.clone();
+            async move {
+                let (bytes, headers) = importer
+                    .get_small(&url, &accept, MAX_MANIFEST, &["docker-content-digest"])
+                    .await?
+                    .ok_or(ImportError::UpstreamMissing { url: url.clone() })?;
+                let got = Digest::of(&bytes);
+                let claimed = parse_digest(&reference).or_else(|| {
+                    headers
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .and_then(|h| parse_digest(&h))
+                });
+                match claimed {
+                    Some(d) if d != got => Err(ImportError::Integrity {
+                        what: "the manifest".into(),
+                        url,
+                        expected: blob_name(&d),
+                        got: blob_name(&got),
+                    }),
+                    Some(_) => Ok((got, bytes)),
+                    None => Err(ImportError::Refused(format!(
+                        "{url}: the upstream names no digest for this manifest"
+                    ))),
+                }
             }
-        }
-    };
-    let (root_digest, root) = get_manifest(reference.to_owned())
-        .await
-        .map_err(|e| match e {
-            ImportError::UpstreamMissing { .. } => unknown(),
-            e => fail(e),
-        })?;
-    let mut manifests: Vec<(Digest, Vec<u8>)> = vec![(root_digest, root.clone())];
-    let doc: Value = serde_json::from_slice(&root).unwrap_or(Value::Null);
-    if let Some(children) = doc.get("manifests").and_then(Value::as_array) {
-        for c in children {
-            let Some(d) = c
-                .get("digest")
-                .and_then(Value::as_str)
-                .and_then(parse_digest)
-            else {
-                return Err(fail(ImportError::Refused(
-                    "an index entry has no sha256 digest".into(),
-                )));
-            };
-            manifests.push(get_manifest(blob_name(&d)).await.map_err(fail)?);
-        }
-    }
-    let mut blobs: Vec<Digest> = Vec::new();
-    for (_, bytes) in &manifests {
-        let m: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-        let refs = m.get("config").into_iter().chain(
-            m.get("layers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten(),
-        );
-        for r in refs {
-            let Some(d) = r
-                .get("digest")
-                .and_then(Value::as_str)
-                .and_then(parse_digest)
-            else {
-                return Err(fail(ImportError::Refused(
-                    "a manifest names a blob without a sha256 digest".into(),
-                )));
-            };
-            if !blobs.contains(&d) {
-                blobs.push(d);
-            }
-        }
-    }
-    let dir = gw.cache_dir.join("import");
-    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
-    let mut downloads = Vec::new();
-    for (i, (d, bytes)) in manifests.iter().enumerate() {
-        let path = dir.join(format!("{d}.manifest"));
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&path, bytes))
-            .map_err(|source| {
-                fail(ImportError::Io {
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-        let name = if i == 0 {
-            ROOT.to_owned()
-        } else {
-            blob_name(d)
         };
-        if !files.iter().any(|(n, _)| *n == name) {
-            files.push((name, path));
+        let (root_digest, root) = get_manifest(reference.to_owned()).await?;
+        let mut manifests: Vec<(Digest, Vec<u8>)> = vec![(root_digest, root)];
+        let index: Value = serde_json::from_slice(&manifests[0].1).unwrap_or(Value::Null);
+        for child in index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let d = child
+                .get("digest")
+                .and_then(Value::as_str)
+                .and_then(parse_digest)
+                .ok_or_else(|| {
+                    ImportError::Refused("an index entry has no sha256 digest".into())
+                })?;
+            manifests.push(get_manifest(blob_name(&d)).await?);
         }
-    }
-    for d in &blobs {
-        let url = format!("{upstream}/v2/{name}/blobs/{}", blob_name(d));
-        let file = importer.download(&url).await.map_err(fail)?;
-        if file.sha256 != d.0 {
-            return Err(fail(ImportError::Integrity {
-                what: "a blob".into(),
-                url,
-                expected: blob_name(d),
-                got: blob_name(&Digest(file.sha256)),
-            }));
+        let mut blobs: Vec<Digest> = Vec::new();
+        for (_, bytes) in &manifests {
+            let m: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+            let refs = m.get("config").into_iter().chain(
+                m.get("layers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten(),
+            );
+            for r in refs {
+                let d = r
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .and_then(parse_digest)
+                    .ok_or_else(|| {
+                        ImportError::Refused(
+                            "a manifest names a blob without a sha256 digest".into(),
+                        )
+                    })?;
+                if !blobs.contains(&d) {
+                    blobs.push(d);
+                }
+            }
         }
-        files.push((blob_name(d), file.path.clone()));
-        downloads.push(file);
-    }
-    let refs: Vec<(String, &std::path::Path)> = files
-        .iter()
-        .map(|(n, p)| (n.clone(), p.as_path()))
-        .collect();
-    let result = importer
-        .record(&package, upstream, &refs)
-        .await
-        .map_err(fail);
-    for (n, p) in &files {
-        if !blobs.iter().any(|d| blob_name(d) == *n) {
-            let _ = std::fs::remove_file(p);
+        let mut files: Vec<Fetched> = Vec::new();
+        for (i, (d, bytes)) in manifests.iter().enumerate() {
+            let name = if i == 0 {
+                ROOT.to_owned()
+            } else {
+                blob_name(d)
+            };
+            if !files.iter().any(|f| f.name == name) {
+                files.push(Fetched {
+                    name,
+                    file: importer.keep(bytes)?,
+                    kind: Kind::Plain,
+                });
+            }
         }
-    }
-    result
+        for d in &blobs {
+            let url = format!("{upstream}/v2/{name}/blobs/{}", blob_name(d));
+            let file = importer.download(&url).await?;
+            if file.sha256 != d.0 {
+                return Err(ImportError::Integrity {
+                    what: "a blob".into(),
+                    url,
+                    expected: blob_name(d),
+                    got: blob_name(&Digest(file.sha256)),
+                });
+            }
+            if !files.iter().any(|f| f.name == blob_name(d)) {
+                files.push(Fetched {
+                    name: blob_name(d),
+                    file,
+                    kind: Kind::Plain,
+                });
+            }
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|(status, message)| {
+        let code = if status == StatusCode::NOT_FOUND {
+            "MANIFEST_UNKNOWN"
+        } else {
+            "UNAVAILABLE"
+        };
+        error(status, code, message)
+    })
 }
 
 #[cfg(test)]

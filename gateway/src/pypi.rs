@@ -13,9 +13,10 @@ use pyrsia_chain::PackageId;
 use serde_json::{json, Value};
 use warp::reply::Response;
 
+use crate::catalog::rank;
 use crate::derived::Kind;
 use crate::http::{self, esc, json_error};
-use crate::import::{self, Begin, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Fetched, ImportError, MAX_METADATA_BYTES};
 use crate::{Gateway, Req};
 
 /// The ledger's name for Python packages (builds and imports alike).
@@ -182,11 +183,36 @@ async fn project_page(gw: &Gateway, project: &str, req: &Req) -> Response {
         }
     }
     if files.is_empty() {
-        return if view.versions.is_empty() {
-            json_error(StatusCode::NOT_FOUND, format!("{project}: not found"))
-        } else {
-            json_error(StatusCode::FORBIDDEN, view.refusal(gw.catalog.min()))
-        };
+        if view.versions.is_empty() {
+            return json_error(StatusCode::NOT_FOUND, format!("{project}: not found"));
+        }
+        // Nothing may be served: list what the ledger has, so that the
+        // client asks for a file and prints the refusal, which names the
+        // level (pip says nothing about a refused index page).
+        for v in &view.versions {
+            let best = v
+                .builds
+                .iter()
+                .filter(|b| !b.outputs.is_empty())
+                .max_by_key(|b| rank(b.level));
+            for o in best.into_iter().flat_map(|b| b.outputs.iter()) {
+                if file_version(&o.name).is_some() {
+                    files.insert(
+                        o.name.clone(),
+                        Listed {
+                            filename: o.name.clone(),
+                            sha256: o.sha256.to_string(),
+                            core_metadata: false,
+                            requires_python: None,
+                        },
+                    );
+                }
+            }
+            versions.push(v.version.clone());
+        }
+        if files.is_empty() {
+            return json_error(StatusCode::FORBIDDEN, view.refusal(gw.catalog.min()));
+        }
     }
     let mut r = if prefers_json(req.header("accept").unwrap_or("text/html")) {
         let files: Vec<Value> = files
@@ -352,92 +378,56 @@ fn prefers_json(accept: &str) -> bool {
 /// Imports every file of `project` `version` the upstream lists (at most
 /// [`MAX_FILES_PER_VERSION`]), each checked against the upstream's SHA-256.
 async fn import(gw: &Gateway, project: &str, version: &str) -> Result<u64, Response> {
-    let not_found = || {
-        json_error(
-            StatusCode::NOT_FOUND,
-            format!("{project} {version}: not found"),
-        )
-    };
-    let Some(importer) = &gw.importer else {
-        return Err(not_found());
-    };
-    let Some(upstream) = importer.upstream("pypi") else {
-        return Err(not_found());
-    };
     let package = PackageId {
         ecosystem: ECOSYSTEM.into(),
         name: project.to_owned(),
         version: version.to_owned(),
     };
-    let _running = match importer.begin(&package).await {
-        Begin::Done(height) => return Ok(height),
-        Begin::Go(guard) => guard,
-    };
-    let fail = |e: ImportError| {
-        tracing::warn!(%package, error = %e, "import failed");
-        let status = match e {
-            ImportError::UpstreamMissing { .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_GATEWAY,
+    gw.import("pypi", &package, |importer, upstream| async move {
+        let listing_url = format!("{upstream}/simple/{project}/");
+        let missing = || ImportError::UpstreamMissing {
+            url: format!("{listing_url} (version {version})"),
         };
-        json_error(status, format!("importing {package}: {e}"))
-    };
-    let doc = upstream_listing(gw, upstream, project)
-        .await
-        .map_err(fail)?
-        .ok_or_else(not_found)?;
-    let listing_url = format!("{upstream}/simple/{project}/");
-    let mut wanted: Vec<(String, String, String)> = Vec::new();
-    for f in doc
-        .get("files")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (Some(name), Some(url), Some(sha)) = (
-            f.get("filename").and_then(Value::as_str),
-            f.get("url").and_then(Value::as_str),
-            f.pointer("/hashes/sha256").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        if file_version(name).as_deref() != Some(version) || !plain_file_name(name) {
-            continue;
+        let doc = upstream_listing(gw, upstream, project)
+            .await?
+            .ok_or_else(missing)?;
+        let mut wanted: Vec<(String, String, String)> = Vec::new();
+        for f in doc.get("files").and_then(Value::as_array).into_iter().flatten() {
+            let (Some(name), Some(url), Some(sha)) = (
+                f.get("filename").and_then(Value::as_str),
+                f.get("url").and_then(Value::as_str),
+                f.pointer("/hashes/sha256").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if file_version(name).as_deref() == Some(version) && plain_file_name(name) {
+                wanted.push((name.to_owned(), resolve(&listing_url, url), sha.to_owned()));
+            }
         }
-        let url = resolve(&listing_url, url);
-        wanted.push((name.to_owned(), url, sha.to_owned()));
-    }
-    if wanted.is_empty() {
-        return Err(not_found());
-    }
-    if wanted.len() > MAX_FILES_PER_VERSION {
-        return Err(fail(ImportError::Refused(format!(
-            "{package} has {} files upstream, over the {MAX_FILES_PER_VERSION} one import takes",
-            wanted.len()
-        ))));
-    }
-    let mut downloads = Vec::with_capacity(wanted.len());
-    for (name, url, sha) in &wanted {
-        let d = importer.download(url).await.map_err(fail)?;
-        import::check_hex(sha, &d.sha256, name, url).map_err(fail)?;
-        downloads.push((name.clone(), d));
-    }
-    let files: Vec<(String, &std::path::Path)> = downloads
-        .iter()
-        .map(|(n, d)| (n.clone(), d.path.as_path()))
-        .collect();
-    let height = importer
-        .record(&package, upstream, &files)
-        .await
-        .map_err(fail)?;
-    for (name, d) in &downloads {
-        let kind = if name.ends_with(".whl") {
-            Kind::Wheel
-        } else {
-            Kind::Plain
-        };
-        gw.derive_imported(d, kind).await;
-    }
-    Ok(height)
+        if wanted.is_empty() {
+            return Err(missing());
+        }
+        if wanted.len() > MAX_FILES_PER_VERSION {
+            return Err(ImportError::Refused(format!(
+                "{project} {version} has {} files upstream, over the {MAX_FILES_PER_VERSION} one import takes",
+                wanted.len()
+            )));
+        }
+        let mut files = Vec::with_capacity(wanted.len());
+        for (name, url, sha) in wanted {
+            let file = importer.download(&url).await?;
+            import::check_hex(&sha, &file.sha256, &name, &url)?;
+            let kind = if name.ends_with(".whl") {
+                Kind::Wheel
+            } else {
+                Kind::Plain
+            };
+            files.push(Fetched { name, file, kind });
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|(status, message)| json_error(status, message))
 }
 
 /// `href` resolved against the page it is on (absolute, host-relative or

@@ -15,8 +15,6 @@ use crate::catalog::{level_outputs, NameView};
 use crate::http::{self, esc};
 use crate::{Gateway, Req};
 
-/// Blocks scanned for recent requests, newest first.
-const RECENT_BLOCKS: u64 = 200;
 const RECENT_SHOWN: usize = 30;
 const ECOSYSTEMS: &[&str] = &["npm", "python", "maven", "oci", "cargo"];
 
@@ -133,7 +131,7 @@ async fn index(gw: &Gateway) -> Result<Response, Response> {
         );
     }
     body.push_str("</table><h2>Recent requests</h2><table id=\"recent\"><tr><th>package</th><th>level</th><th>request</th><th>height</th></tr>");
-    let ids = recent_ids(gw, snapshot.height).await;
+    let ids = recent_ids(gw).await;
     let ledger = gw.catalog.ledger().await;
     for id in ids.into_iter().take(RECENT_SHOWN) {
         let Ok(Some(r)) = ledger.request(&snapshot, &id).await else {
@@ -156,30 +154,32 @@ async fn index(gw: &Gateway) -> Result<Response, Response> {
     Ok(page("Pyrsia explorer", &body))
 }
 
-/// Request ids named by events of the last [`RECENT_BLOCKS`] blocks, newest
-/// first. The events only point at requests; each is then read with proofs.
-async fn recent_ids(gw: &Gateway, height: u64) -> Vec<Digest> {
-    let mut ids: Vec<Digest> = Vec::new();
-    let from = height.saturating_sub(RECENT_BLOCKS).max(1);
-    for h in (from..=height).rev() {
-        let Ok(events) = gw.rpc.block_events(h).await else {
-            break;
-        };
-        for e in events.iter().rev() {
-            if !matches!(e.kind.as_str(), "build_requested" | "attested") {
-                continue;
-            }
-            if let Some(id) = e
-                .attribute("request_id")
-                .and_then(|s| s.parse::<Digest>().ok())
-            {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
+/// Request ids named by the newest requests and attestations, newest
+/// first: the node's transaction index points at them; each is then read
+/// with proofs.
+async fn recent_ids(gw: &Gateway) -> Vec<Digest> {
+    let mut events = Vec::new();
+    for kind in ["build_requested", "attested"] {
+        match gw
+            .rpc
+            .recent_events(kind, "request_id", RECENT_SHOWN as u8)
+            .await
+        {
+            Ok(found) => events.extend(found),
+            Err(e) => tracing::debug!(error = %e, "no recent events"),
         }
-        if ids.len() >= RECENT_SHOWN {
-            break;
+    }
+    // Newest first across both kinds; the sort is stable.
+    events.sort_by_key(|e| std::cmp::Reverse(e.height));
+    let mut ids: Vec<Digest> = Vec::new();
+    for e in events {
+        if let Some(id) = e
+            .attribute("request_id")
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
         }
     }
     ids
@@ -263,7 +263,15 @@ async fn search(gw: &Gateway, q: &str) -> Result<Response, Response> {
             .await
             .map_err(unavailable)?;
         let Some(record) = record else {
-            body.push_str("<p>No artifact with this digest is on the ledger (proven absent).</p>");
+            // A request id, then.
+            match ledger.request(&snapshot, &sha).await.map_err(unavailable)? {
+                Some(r) => {
+                    let _ = write!(body, "<ul>{}</ul>", request_item(&r));
+                }
+                None => body.push_str(
+                    "<p>No artifact or request with this digest is on the ledger (proven absent).</p>",
+                ),
+            }
             return Ok(page("search", &body));
         };
         let ids: Vec<Digest> = ledger

@@ -172,6 +172,38 @@ impl LedgerClient {
             .collect())
     }
 
+    /// The events of the newest committed transactions that carry
+    /// `kind.attribute`, newest first: at most `limit` transactions, found
+    /// through the node's transaction index. An index is only a pointer to
+    /// what to read with proofs, never an answer.
+    pub async fn recent_events(
+        &self,
+        kind: &str,
+        attribute: &str,
+        limit: u8,
+    ) -> Result<Vec<LedgerEvent>, ClientError> {
+        let query: tendermint_rpc::query::Query = format!("{kind}.{attribute} EXISTS")
+            .parse()
+            .map_err(|e| self.rpc_err(e))?;
+        let found = self
+            .http
+            .tx_search(query, false, 1, limit, tendermint_rpc::Order::Descending)
+            .await
+            .map_err(|e| self.call_err(e))?;
+        Ok(found
+            .txs
+            .into_iter()
+            .filter(|t| t.tx_result.code.is_ok())
+            .flat_map(|t| {
+                let height = t.height.value();
+                t.tx_result
+                    .events
+                    .into_iter()
+                    .map(move |e| LedgerEvent::from_abci(height, e))
+            })
+            .collect())
+    }
+
     /// The URL of this node's event websocket.
     pub fn websocket_url(&self) -> String {
         let base = self.url.trim_end_matches('/');

@@ -497,6 +497,7 @@ async fn real_packages_with_dependencies_reach_reproducible() {
 
     // The built packages, through the node's gateway, by unchanged clients:
     // the bytes they get are the ones the builders attested.
+    net.start_service("gateway:main").unwrap();
     let gateway = net.gateway_url();
     wait_http_ok(&format!("{gateway}/v2/")).await;
     let attested = |id: &str, suffix: &str| -> String {

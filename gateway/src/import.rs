@@ -199,6 +199,25 @@ impl Importer {
         .map_err(|e| ImportError::Refused(format!("upstream fetch task: {e}")))?
     }
 
+    /// A JSON document from upstream (`None` on 404); `what` names it in
+    /// errors.
+    pub async fn get_json(
+        &self,
+        url: &str,
+        accept: &str,
+        what: &str,
+    ) -> Result<Option<serde_json::Value>, ImportError> {
+        let Some((body, _)) = self.get_small(url, accept, MAX_METADATA_BYTES, &[]).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| ImportError::Upstream {
+                url: url.to_owned(),
+                reason: format!("{what} is not JSON: {e}"),
+            })
+    }
+
     fn check_allowed(&self, url: &str) -> Result<(), ImportError> {
         if self.allowed(url) {
             Ok(())

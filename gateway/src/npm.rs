@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::derived::Kind;
 use crate::http::{self, json_error};
-use crate::import::{self, Fetched, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Fetched, ImportError};
 use crate::{Gateway, Req};
 
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
@@ -234,18 +234,9 @@ async fn upstream_packument(
         return Ok(None);
     };
     let url = format!("{upstream}/{}", name.replace('/', "%2f"));
-    let Some((body, _)) = importer
-        .get_small(&url, "application/json", MAX_METADATA_BYTES, &[])
-        .await?
-    else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| ImportError::Upstream {
-            url,
-            reason: format!("packument is not JSON: {e}"),
-        })
+    importer
+        .get_json(&url, "application/json", "the packument")
+        .await
 }
 
 async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {

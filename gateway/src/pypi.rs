@@ -16,7 +16,7 @@ use warp::reply::Response;
 use crate::catalog::rank;
 use crate::derived::Kind;
 use crate::http::{self, esc, json_error};
-use crate::import::{self, Fetched, ImportError, MAX_METADATA_BYTES};
+use crate::import::{self, Fetched, ImportError};
 use crate::{Gateway, Req};
 
 /// The ledger's name for Python packages (builds and imports alike).
@@ -280,18 +280,9 @@ async fn upstream_listing(
         return Ok(None);
     };
     let url = format!("{upstream}/simple/{project}/");
-    let Some((body, _)) = importer
-        .get_small(&url, JSON_V1, MAX_METADATA_BYTES, &[])
-        .await?
-    else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| ImportError::Upstream {
-            url,
-            reason: format!("not PEP 691 JSON: {e}"),
-        })
+    importer
+        .get_json(&url, JSON_V1, "the PEP 691 listing")
+        .await
 }
 
 async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {

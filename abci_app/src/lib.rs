@@ -74,7 +74,8 @@ impl App {
         App { ledger, proposer }
     }
 
-    /// The mempool's transactions within the byte budget, after this
+    /// The mempool's transactions in an order that applies (see
+    /// [`Ledger::order_proposal`]) within the byte budget, after this
     /// proposer's beacon when the chain has beacon keys.
     fn prepare_proposal(
         &self,
@@ -92,10 +93,11 @@ impl App {
                 txs.push(Bytes::from(beacon));
             }
         }
+        let candidates = r.txs.into_iter().filter(|tx| !is_beacon_tx(tx)).collect();
         txs.extend(
-            r.txs
+            self.ledger
+                .order_proposal(candidates)?
                 .into_iter()
-                .filter(|tx| !is_beacon_tx(tx))
                 .take_while(|tx| match budget.checked_sub(tx.len()) {
                     Some(rest) => {
                         budget = rest;
@@ -134,7 +136,7 @@ impl App {
         })
     }
 
-    fn check_tx(&self, req: request::CheckTx) -> response::CheckTx {
+    fn check_tx(&mut self, req: request::CheckTx) -> response::CheckTx {
         let recheck = req.kind == request::CheckTxKind::Recheck;
         let result = self.ledger.check_tx(&req.tx, recheck);
         response::CheckTx {

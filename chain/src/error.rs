@@ -32,6 +32,7 @@ pub mod code {
     pub const TOO_MANY_OPEN: u32 = 23;
     pub const DUPLICATE_FAILURE: u32 = 24;
     pub const ANSWER_CONFLICT: u32 = 25;
+    pub const NONCE_NOT_NEXT: u32 = 26;
     pub const INTERNAL: u32 = 100;
 }
 
@@ -45,6 +46,8 @@ pub enum TxError {
     BadSignature(String),
     #[error("stale nonce {got}: the signer's last committed nonce is {last}")]
     StaleNonce { last: u64, got: u64 },
+    #[error("nonce {got} does not extend this node's mempool: the signer's next nonce here is {expected} (after its last committed nonce and those already admitted)")]
+    NonceNotNext { expected: u64, got: u64 },
     #[error("invalid field: {0}")]
     InvalidField(String),
     #[error("no build request {0}")]
@@ -118,6 +121,7 @@ impl TxError {
             TxError::WrongChain { .. } => code::WRONG_CHAIN,
             TxError::BadSignature(_) => code::BAD_SIGNATURE,
             TxError::StaleNonce { .. } => code::STALE_NONCE,
+            TxError::NonceNotNext { .. } => code::NONCE_NOT_NEXT,
             TxError::InvalidField(_) => code::INVALID_FIELD,
             TxError::UnknownRequest(_) => code::UNKNOWN_REQUEST,
             TxError::DuplicateRequest(_) => code::DUPLICATE_REQUEST,

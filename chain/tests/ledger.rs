@@ -209,15 +209,113 @@ fn check_tx_writes_nothing_and_init_chain_is_idempotent() {
     );
     assert_eq!(h.ledger.check_tx(&tx, false).code, 0);
     assert_eq!(
-        h.ledger.check_tx(&tx, false).code,
-        0,
-        "CheckTx consumed the nonce"
+        h.ledger.info().unwrap().app_hash,
+        genesis_hash,
+        "CheckTx wrote to the state"
     );
     assert_eq!(
         h.ledger.init_chain(CHAIN, &genesis(10_000), 1).unwrap(),
         genesis_hash
     );
     assert!(h.ledger.init_chain("other", &genesis(10_000), 1).is_err());
+}
+
+fn register(h: &mut Harness, signer: &Keypair) -> Vec<u8> {
+    h.tx(
+        signer,
+        TxKind::RegisterBuilder(RegisterBuilder {
+            peer_id: "p".into(),
+            ecosystems: vec!["npm".into()],
+        }),
+    )
+}
+
+#[test]
+fn check_tx_admits_each_nonce_once_and_no_gap() {
+    let mut h = Harness::new();
+    let signer = key(1);
+    let (first, second, third) = (
+        register(&mut h, &signer),
+        register(&mut h, &signer),
+        register(&mut h, &signer),
+    );
+    assert_eq!(h.ledger.check_tx(&first, false).code, 0);
+    assert_eq!(h.ledger.check_tx(&first, false).code, code::NONCE_NOT_NEXT);
+    let gap = h.ledger.check_tx(&third, false);
+    assert_eq!(gap.code, code::NONCE_NOT_NEXT, "{}", gap.log);
+    assert!(gap.log.contains("next nonce here is 2"), "{}", gap.log);
+    assert_eq!(h.ledger.check_tx(&second, false).code, 0);
+    assert_eq!(h.ledger.check_tx(&third, false).code, 0);
+}
+
+/// CometBFT answers CheckTx's verdict to the sender even when its mempool
+/// then drops the transaction for being full: the sender's next nonce is
+/// admitted and the dropped one must be accepted when it is sent again.
+#[test]
+fn a_nonce_dropped_after_admission_can_be_sent_again() {
+    let mut h = Harness::new();
+    let signer = key(1);
+    let (first, second) = (register(&mut h, &signer), register(&mut h, &signer));
+    assert_eq!(h.ledger.check_tx(&first, false).code, 0);
+    assert_eq!(h.ledger.check_tx(&second, false).code, 0);
+    // A block without them; the recheck finds only the second in the mempool.
+    h.block(&[]);
+    assert_eq!(h.ledger.check_tx(&second, true).code, 0);
+    assert_eq!(h.ledger.check_tx(&first, false).code, 0);
+    assert_eq!(h.ledger.check_tx(&second, false).code, code::NONCE_NOT_NEXT);
+    // Once the first is committed, the mempool starts again from the state.
+    let result = h.block(std::slice::from_ref(&first));
+    assert_eq!(result.txs[0].code, 0);
+    assert_eq!(h.ledger.check_tx(&first, false).code, code::STALE_NONCE);
+    assert_eq!(h.ledger.check_tx(&second, false).code, 0);
+}
+
+/// Gossip delivers a signer's `n + 1` before `n`, or `n` never arrives:
+/// the proposal puts each signer's transactions in nonce order and holds
+/// back what follows a gap, so no transaction is made stale by a later one.
+#[test]
+fn proposals_order_each_signer_and_hold_back_gaps() {
+    let mut h = Harness::new();
+    let (a, b) = (key(1), key(2));
+    let a1 = register(&mut h, &a);
+    let a2 = register(&mut h, &a);
+    let _a3 = register(&mut h, &a);
+    let a4 = register(&mut h, &a);
+    let b1 = register(&mut h, &b);
+    let stale = {
+        let old = register(&mut h, &key(3));
+        h.block(std::slice::from_ref(&old));
+        old
+    };
+    let ordered = h
+        .ledger
+        .order_proposal(vec![
+            a2.clone(),
+            stale.clone(),
+            b"junk".to_vec(),
+            a1.clone(),
+            a4.clone(),
+            b1.clone(),
+        ])
+        .unwrap();
+    assert_eq!(ordered, vec![a1.clone(), a2.clone(), b1.clone()]);
+    h.ledger
+        .check_proposal(&ordered, &[], h.height + 1)
+        .unwrap();
+
+    // A proposer that does otherwise is refused, whoever it is.
+    for (bad, why) in [
+        (vec![a2.clone(), a1.clone()], "nonce 2 where 1 is next"),
+        (vec![a1.clone(), a2.clone(), a4], "nonce 4 where 3 is next"),
+        (vec![stale, b1.clone()], "where 2 is next"),
+        (vec![b1, b"junk".to_vec()], "cannot apply"),
+    ] {
+        let err = h
+            .ledger
+            .check_proposal(&bad, &[], h.height + 1)
+            .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
 }
 
 #[test]

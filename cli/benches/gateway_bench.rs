@@ -17,7 +17,7 @@ mod packages;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -58,17 +58,18 @@ fn verdaccio(dir: &Path, uplink: &str, port: u16) -> Result<Child> {
     std::fs::write(
         &config,
         format!(
-            "storage: {}\nuplinks:\n  up:\n    url: {uplink}/npm/\n    maxage: 30m\npackages:\n  '**':\n    access: $all\n    proxy: up\nlog: {{ type: stdout, format: pretty, level: warn }}\n",
+            "storage: {}\nuplinks:\n  up:\n    url: {uplink}/npm/\n    maxage: 30m\n    timeout: 120s\n    max_fails: 1000\npackages:\n  '**':\n    access: $all\n    proxy: up\nlog: {{ type: stdout, format: pretty, level: info }}\n",
             dir.join("storage").display()
         ),
     )?;
+    let log = std::fs::File::create(dir.join("verdaccio.log"))?;
     Ok(Command::new(bin)
         .arg("--config")
         .arg(&config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .spawn()?)
 }
 
@@ -169,13 +170,24 @@ async fn main() -> Result<()> {
     let mut proxy = verdaccio(verdaccio_dir.path(), &upstream.url, verdaccio_port)?;
     let verdaccio_url = format!("http://127.0.0.1:{verdaccio_port}");
     wait_http(&format!("{verdaccio_url}/-/ping"));
+    let verdaccio_log = verdaccio_dir.path().join("verdaccio.log");
+    let through_verdaccio = || {
+        npm_ci(&clients, &verdaccio_url, &lock).with_context(|| {
+            let log = std::fs::read_to_string(&verdaccio_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            format!(
+                "verdaccio's log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+    };
     npm_ci(&clients, &node_gw, &lock)?;
-    npm_ci(&clients, &verdaccio_url, &lock)?;
+    through_verdaccio()?;
 
     let (mut gateway, mut peer) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         gateway.push(npm_ci(&clients, &node_gw, &lock)?);
-        peer.push(npm_ci(&clients, &verdaccio_url, &lock)?);
+        peer.push(through_verdaccio()?);
     }
     let _ = proxy.kill();
     let (g, v) = (median(gateway.clone()), median(peer.clone()));

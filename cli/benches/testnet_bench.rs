@@ -15,6 +15,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -23,16 +24,42 @@ use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
 use pyrsia_ledger_client::rpc::LedgerClient;
+use sha2::{Digest as _, Sha256};
 use support::{synthetic_request, AppKind, ServicePlan, Testnet};
 
 /// At most one sender per builder key, so nonces stay in order.
 const MAX_SENDERS: usize = 64;
 
-/// Sends each lane's txs in order to its node, lanes concurrently; returns
-/// the committed rate measured from the first send to the block that holds
-/// the last of them.
-async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usize, f64)> {
-    let total: usize = lanes.iter().map(Vec::len).sum();
+/// How long without one of the run's transactions landing in a block before
+/// the rest count as lost.
+const STALL: Duration = Duration::from_secs(60);
+
+/// How long without one of the run's transactions landing in a block before
+/// the client sends the missing ones again, as a real client does: CometBFT
+/// answers a broadcast with CheckTx's verdict even when its mempool then
+/// drops the transaction for being full.
+const RESUBMIT: Duration = Duration::from_secs(10);
+
+/// What became of a run's transactions.
+struct Outcome {
+    /// Sent again because they had not landed after `RESUBMIT`.
+    resubmitted: usize,
+    /// In a block, whatever their result.
+    committed: usize,
+    /// In a block, but refused there by the rules: (tx, code, log).
+    failed: Vec<(Vec<u8>, u32, String)>,
+    /// In no block after `STALL` without progress.
+    lost: Vec<Vec<u8>>,
+    /// Committed txs per second, from the first send to the block holding the
+    /// last of them.
+    rate: f64,
+}
+
+/// Sends each lane's txs in order to its node, lanes concurrently, then
+/// follows the blocks until every tx is in one or none has landed for `STALL`.
+async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outcome> {
+    let mut pending: HashSet<Vec<u8>> = lanes.iter().flatten().cloned().collect();
+    let sent = lanes.clone();
     let start_height = clients[0].latest_height().await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -58,24 +85,114 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<(usi
         t.await??;
     }
     let mut committed = 0;
+    let mut failed = Vec::new();
     let mut height = start_height;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while committed < total {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {committed}/{total} committed"
-        );
+    let mut last_landed = Instant::now();
+    let mut finished = started.elapsed();
+    let (mut resubmitted, mut last_resubmit) = (0, Instant::now());
+    while !pending.is_empty() && last_landed.elapsed() < STALL {
         if clients[0].latest_height().await? > height {
+            // The block store reports a height before its results are saved.
+            let Ok(txs) = clients[0].block_txs(height + 1).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
             height += 1;
-            committed += clients[0].block_tx_count(height).await?;
+            for tx in txs {
+                if pending.remove(&tx.bytes) {
+                    committed += 1;
+                    last_landed = Instant::now();
+                    finished = started.elapsed();
+                    if tx.code != 0 {
+                        failed.push((tx.bytes, tx.code, tx.log));
+                    }
+                }
+            }
         } else {
+            if last_landed.elapsed() >= RESUBMIT && last_resubmit.elapsed() >= RESUBMIT {
+                resubmitted += resubmit(clients, &sent, &pending).await;
+                last_resubmit = Instant::now();
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    Ok((
+    Ok(Outcome {
+        resubmitted,
         committed,
-        committed as f64 / started.elapsed().as_secs_f64(),
-    ))
+        failed,
+        lost: pending.into_iter().collect(),
+        rate: committed as f64 / finished.as_secs_f64(),
+    })
+}
+
+/// Sends each lane's still pending txs again, in order, to its node; returns
+/// how many. A refusal or "already in the mempool" is not an error here: a
+/// tx that never lands is reported as lost.
+async fn resubmit(
+    clients: &[LedgerClient],
+    lanes: &[Vec<Vec<u8>>],
+    pending: &HashSet<Vec<u8>>,
+) -> usize {
+    let mut sent = 0;
+    for (lane, txs) in lanes.iter().enumerate() {
+        let client = &clients[lane % clients.len()];
+        for tx in txs.iter().filter(|tx| pending.contains(*tx)) {
+            let _ = client.broadcast_bytes(tx.clone()).await;
+            sent += 1;
+        }
+    }
+    sent
+}
+
+/// One line per tx that was lost or failed: its signer, nonce and kind, and
+/// the signer's last committed nonce.
+async fn explain(client: &LedgerClient, outcome: &Outcome) -> Result<()> {
+    let lost = outcome.lost.iter().map(|tx| (tx, "lost".to_owned()));
+    let failed = outcome
+        .failed
+        .iter()
+        .map(|(tx, code, log)| (tx, format!("failed (code {code}): {log}")));
+    for (bytes, fate) in lost.chain(failed).take(50) {
+        let tx: SignedTx = borsh::from_slice(bytes)?;
+        let last: Option<u64> = client.query_value(&format!("nonce/{}", tx.signer)).await?;
+        println!(
+            "    {fate}: tx {} signer {} nonce {} (last committed nonce {last:?})",
+            hex::encode_upper(Sha256::digest(bytes)),
+            tx.signer,
+            tx.body.nonce
+        );
+    }
+    Ok(())
+}
+
+/// What the nodes' CometBFT logs say about the mempool (at `mempool:debug`,
+/// e.g. `CMT_LOG_LEVEL=mempool:debug,*:info`): transactions dropped for a
+/// full mempool after CheckTx accepted them (the sender was told they were
+/// accepted), and transactions a recheck removed.
+fn mempool_drops(net: &Testnet) -> (usize, usize) {
+    let (mut full, mut rechecked_out) = (0, 0);
+    for node in &net.nodes {
+        let log = std::fs::read_to_string(node.home.join("cometbft.log")).unwrap_or_default();
+        for line in log.lines() {
+            if line.contains("mempool is full") {
+                full += 1;
+            } else if line.contains("tx is no longer valid") {
+                rechecked_out += 1;
+            }
+        }
+    }
+    (full, rechecked_out)
+}
+
+fn report(name: &str, outcome: &Outcome, tx_size: usize) {
+    println!(
+        "  {name:<15} {} txs of {tx_size} B committed ({} refused in the block), {} lost, {} sent again, {:.0} tx/s",
+        outcome.committed,
+        outcome.failed.len(),
+        outcome.lost.len(),
+        outcome.resubmitted,
+        outcome.rate
+    );
 }
 
 fn builder_keys() -> Vec<Keypair> {
@@ -192,7 +309,7 @@ async fn main() -> Result<()> {
 
     // The bench's builders are admitted at genesis, and one requester may
     // keep all its requests open.
-    let net = Testnet::start_planned(
+    let mut net = Testnet::start_planned(
         4,
         ServicePlan {
             timeout_commit: Some(timeout_commit.clone()),
@@ -209,7 +326,15 @@ async fn main() -> Result<()> {
     let lanes = attest_lanes(&net, count, senders).await?;
     let tx_size = lanes.iter().flatten().map(Vec::len).max().unwrap_or(0);
     let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i)).collect::<Result<_>>()?;
-    let (pyrsia_n, pyrsia_rate) = load(&clients, lanes).await?;
+    let pyrsia = load(&clients, lanes).await?;
+    explain(&clients[0], &pyrsia).await?;
+    let (full, rechecked_out) = mempool_drops(&net);
+    println!("  pyrsia mempools: {full} accepted txs dropped as the mempool was full, {rechecked_out} removed by recheck (logged at mempool:debug)");
+    if !pyrsia.lost.is_empty() || !pyrsia.failed.is_empty() {
+        // The nodes' logs say where each lost transaction went.
+        let kept = std::mem::replace(&mut net.dir, tempfile::TempDir::new()?).keep();
+        println!("  kept the testnet's homes and logs in {}", kept.display());
+    }
     drop(net);
 
     let kv = Testnet::start_with(4, AppKind::Kvstore, &timeout_commit).await?;
@@ -220,14 +345,18 @@ async fn main() -> Result<()> {
         tx.resize(tx_size, b'v');
         lanes[i % senders].push(tx);
     }
-    let (kv_n, kv_rate) = load(&clients, lanes).await?;
+    let kvstore = load(&clients, lanes).await?;
 
     println!("testnet_bench: 4 validators on one host, timeout_commit {timeout_commit}, {senders} concurrent senders");
-    println!("  pyrsia Attest:  {pyrsia_n} txs of {tx_size} B committed, {pyrsia_rate:.0} tx/s");
-    println!("  kvstore:        {kv_n} txs of {tx_size} B committed, {kv_rate:.0} tx/s");
+    report("pyrsia Attest:", &pyrsia, tx_size);
+    report("kvstore:", &kvstore, tx_size);
     println!(
         "  ratio pyrsia/kvstore: {:.2} (goal >= 0.8)",
-        pyrsia_rate / kv_rate
+        pyrsia.rate / kvstore.rate
+    );
+    anyhow::ensure!(
+        pyrsia.lost.is_empty() && pyrsia.failed.is_empty() && kvstore.lost.is_empty(),
+        "transactions were lost or refused"
     );
     Ok(())
 }

@@ -394,6 +394,12 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
         rejected_code(client.broadcast(&register(1, "peer-again")).await),
         code::STALE_NONCE
     );
+    // Nothing refused entered the mempool, so 2 is still the next nonce:
+    // a later one would leave a gap.
+    assert_eq!(
+        rejected_code(client.broadcast(&register(3, "peer-gap")).await),
+        code::NONCE_NOT_NEXT
+    );
     // Signed for another chain.
     let other_chain = sign_tx(&key, "another-chain", register(2, "peer-2").body);
     assert_eq!(
@@ -423,7 +429,7 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
         &key,
         &chain_id,
         TxBody {
-            nonce: 5,
+            nonce: 2,
             kind: TxKind::Governance(Governance {
                 seq: 0,
                 approvals: vec![approve(&member, &chain_id, 0, &action)],
@@ -440,7 +446,7 @@ async fn bad_transactions_are_rejected_each_with_its_own_code() {
         &key,
         &chain_id,
         TxBody {
-            nonce: 6,
+            nonce: 2,
             kind: TxKind::Attest(Attest {
                 request_id: Digest([3; 32]),
                 outputs: vec![Output {
@@ -631,11 +637,12 @@ async fn killing_the_abci_app_mid_stream_loses_no_committed_tx() {
         "only {committed_before} committed before the kill"
     );
     // The chain goes on, and the restarted app's state proves against headers.
+    // From a new signer: the streamed nonces may still be in the mempool.
     let next = sign_tx(
-        &key,
+        &Keypair::from_seed([77; 32]),
         &chain_id,
         TxBody {
-            nonce: 1000,
+            nonce: 1,
             kind: TxKind::RequestBuild(BuildRequest {
                 source: SourceRef {
                     repo_url: "https://example.org/serde.git".into(),

@@ -395,8 +395,17 @@ impl Importer {
         let committed = self
             .ledger
             .wait_tx(hash, Duration::from_secs(60))
-            .await
-            .map_err(ledger_err)?;
+            .await;
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                // The mempool may have dropped it after admitting it: the next
+                // import starts again from the committed nonce, filling the gap
+                // instead of queueing behind it (docs/protocol.md).
+                *self.nonce.lock().await = 0;
+                return Err(ledger_err(e));
+            }
+        };
         if committed.code != 0 {
             return Err(ledger_err(ClientError::Rejected {
                 code: committed.code,

@@ -260,11 +260,17 @@ pub fn create_network(
             // Builders and clients follow blocks over the websocket.
             doc["rpc"]["max_subscription_clients"] = value(200);
             doc["rpc"]["timeout_broadcast_tx_commit"] = value("30s");
+            // A transaction held back behind a gap in its signer's nonces
+            // (docs/protocol.md) leaves the mempool after this many blocks.
+            doc["mempool"]["ttl_num_blocks"] = value(MEMPOOL_TTL_BLOCKS);
         })?;
         cfg.save(&node.home)?;
     }
     Ok(homes)
 }
+
+/// CometBFT's `mempool.ttl_num_blocks` in every validator's config.
+pub const MEMPOOL_TTL_BLOCKS: i64 = 600;
 
 /// Default validity of a certification: about half a year (183 days).
 pub const CERTIFICATION_SECONDS: u64 = 183 * 24 * 3600;

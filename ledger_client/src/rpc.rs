@@ -45,6 +45,14 @@ pub struct CommittedTx {
     pub events: Vec<(String, Vec<(String, String)>)>,
 }
 
+/// A transaction as a block holds it, with its result.
+#[derive(Clone, Debug)]
+pub struct BlockTx {
+    pub bytes: Vec<u8>,
+    pub code: u32,
+    pub log: String,
+}
+
 impl CommittedTx {
     /// The first value of `attribute` in the first event of `kind`.
     pub fn attribute(&self, kind: &str, attribute: &str) -> Option<&str> {
@@ -233,6 +241,35 @@ impl LedgerClient {
             .iter()
             .filter(|tx| !pyrsia_chain::beacon::is_beacon_tx(tx))
             .count())
+    }
+
+    /// Block `height`'s transactions with their results, in block order, not
+    /// counting its proposer's beacon.
+    pub async fn block_txs(&self, height: u64) -> Result<Vec<BlockTx>, ClientError> {
+        let block = self.block(height).await?;
+        let results = self
+            .block_results(height)
+            .await?
+            .txs_results
+            .unwrap_or_default();
+        if results.len() != block.data.len() {
+            return Err(self.rpc_err(format!(
+                "block {height} holds {} transactions but {} results",
+                block.data.len(),
+                results.len()
+            )));
+        }
+        Ok(block
+            .data
+            .into_iter()
+            .zip(results)
+            .filter(|(tx, _)| !pyrsia_chain::beacon::is_beacon_tx(tx))
+            .map(|(bytes, r)| BlockTx {
+                bytes,
+                code: r.code.value(),
+                log: r.log,
+            })
+            .collect())
     }
 
     /// The chain id, as the node reports it.

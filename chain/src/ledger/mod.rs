@@ -5,7 +5,7 @@
 //! family: `builds` (builders, requests, attestations, imports), `names`
 //! (names and releases) and `governance`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -146,6 +146,9 @@ pub struct Ledger {
     published: Arc<Mutex<Option<Committed>>>,
     last_block_time: u64,
     pending: Option<Pending>,
+    /// Nonces CheckTx admitted since the last commit, by signer. Cleared at
+    /// each commit, when CometBFT rechecks what its mempool still holds.
+    mempool_nonces: BTreeMap<PublicKey, BTreeSet<u64>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -176,6 +179,7 @@ impl Ledger {
             committed,
             last_block_time,
             pending: None,
+            mempool_nonces: BTreeMap::new(),
         })
     }
 
@@ -336,14 +340,39 @@ impl Ledger {
     }
 
     /// Mempool admission: every check execution would make, against the last
-    /// committed state, without writing anything. A `recheck` (CometBFT
+    /// committed state, without writing it. A `recheck` (CometBFT
     /// re-validating its mempool after a block) skips the signature: the bytes
     /// were verified when they entered, and only the state has changed.
-    pub fn check_tx(&self, bytes: &[u8], recheck: bool) -> TxResult {
+    ///
+    /// A new transaction's nonce must also extend what this mempool holds for
+    /// its signer: at most one past the highest nonce admitted since the last
+    /// commit, and not one already admitted. So nobody can park transactions
+    /// that can never be proposed (a gap) in the mempool, while a nonce whose
+    /// transaction CometBFT dropped after admitting it can be sent again.
+    pub fn check_tx(&mut self, bytes: &[u8], recheck: bool) -> TxResult {
         let Some(committed) = &self.committed else {
             return TxResult::failed(&TxError::Store(StoreError::Tree("not initialised".into())));
         };
         let outcome = self.decode(bytes, !recheck).and_then(|tx| {
+            let admitted = self.mempool_nonces.get(&tx.signer);
+            if !recheck {
+                let last: u64 = self
+                    .store
+                    .get_decoded(state_key::nonce(tx.signer).as_bytes(), committed.height)?
+                    .unwrap_or(0);
+                let highest = admitted
+                    .and_then(|a| a.last())
+                    .map_or(last, |h| last.max(*h));
+                let nonce = tx.body.nonce;
+                if nonce > last
+                    && (admitted.is_some_and(|a| a.contains(&nonce)) || nonce > highest + 1)
+                {
+                    return Err(TxError::NonceNotNext {
+                        expected: highest + 1,
+                        got: nonce,
+                    });
+                }
+            }
             let mut block = Writes::new();
             let mut exec = Exec {
                 store: &self.store,
@@ -355,14 +384,21 @@ impl Ledger {
                 time: self.last_block_time,
                 chain_id: self.chain_id.as_deref().unwrap_or_default(),
             };
-            exec.run(&tx)
+            exec.run(&tx)?;
+            Ok(tx)
         });
         match outcome {
-            Ok(_) => TxResult {
-                code: 0,
-                log: String::new(),
-                events: Vec::new(),
-            },
+            Ok(tx) => {
+                self.mempool_nonces
+                    .entry(tx.signer)
+                    .or_default()
+                    .insert(tx.body.nonce);
+                TxResult {
+                    code: 0,
+                    log: String::new(),
+                    events: Vec::new(),
+                }
+            }
             Err(e) => TxResult::failed(&e),
         }
     }
@@ -539,6 +575,21 @@ impl Ledger {
         if txs.iter().skip(1).any(|t| beacon::is_beacon_tx(t.as_ref())) {
             return refuse("a beacon that is not the first transaction".into());
         }
+        let mut next = NextNonces::new(self)?;
+        for t in txs.iter().filter(|t| !beacon::is_beacon_tx(t.as_ref())) {
+            let tx = match self.decode(t.as_ref(), false) {
+                Ok(tx) => tx,
+                Err(e) => return refuse(format!("a transaction that cannot apply: {e}")),
+            };
+            let expected = next.get(tx.signer)?;
+            if tx.body.nonce != expected {
+                return refuse(format!(
+                    "signer {}'s nonce {} where {expected} is next",
+                    tx.signer, tx.body.nonce
+                ));
+            }
+            next.set(tx.signer, expected + 1);
+        }
         let keys: BeaconKeys = self
             .store
             .get_decoded(state_key::BEACON_KEYS.as_bytes(), version)?
@@ -561,6 +612,44 @@ impl Ledger {
                     .or_else(refuse)
             }
         }
+    }
+
+    /// PrepareProposal's selection from the mempool: each signer's
+    /// transactions in nonce order, starting right after its last committed
+    /// nonce and stopping at the first gap. Gossip can deliver a signer's
+    /// `n + 1` before `n`, and a full mempool can drop `n` after CheckTx
+    /// accepted it; proposing `n + 1` then would make `n` stale for ever. A
+    /// transaction held back stays in the mempool for a later block. Beacons,
+    /// and what does not decode for this chain (CheckTx refuses it, so only a
+    /// faulty mempool holds it), are left out.
+    pub fn order_proposal<T: AsRef<[u8]>>(&self, txs: Vec<T>) -> Result<Vec<T>, LedgerError> {
+        let mut next = NextNonces::new(self)?;
+        let mut waiting: BTreeMap<PublicKey, BTreeMap<u64, T>> = BTreeMap::new();
+        let mut ordered = Vec::with_capacity(txs.len());
+        for bytes in txs {
+            let Ok(tx) = self.decode(bytes.as_ref(), false) else {
+                continue;
+            };
+            let expected = next.get(tx.signer)?;
+            if tx.body.nonce < expected {
+                continue;
+            }
+            if tx.body.nonce > expected {
+                let held = waiting.entry(tx.signer).or_default();
+                held.entry(tx.body.nonce).or_insert(bytes);
+                continue;
+            }
+            ordered.push(bytes);
+            let mut expected = expected + 1;
+            if let Some(held) = waiting.get_mut(&tx.signer) {
+                while let Some(bytes) = held.remove(&expected) {
+                    ordered.push(bytes);
+                    expected += 1;
+                }
+            }
+            next.set(tx.signer, expected);
+        }
+        Ok(ordered)
     }
 
     /// PrepareProposal: this validator's beacon transaction for `height`,
@@ -594,6 +683,7 @@ impl Ledger {
         let height = p.committed.height;
         self.publish(p.committed);
         self.last_block_time = p.time;
+        self.mempool_nonces.clear();
         Ok(height)
     }
 
@@ -617,6 +707,42 @@ impl Ledger {
     /// proof against that height's app hash if `prove`.
     pub fn query(&self, path: &str, height: u64, prove: bool) -> Result<QueryAnswer, QueryError> {
         self.reader().query(path, height, prove)
+    }
+}
+
+/// Each signer's next nonce after the last committed state, read once per
+/// signer and advanced as a proposal is assembled or checked.
+struct NextNonces<'a> {
+    ledger: &'a Ledger,
+    version: u64,
+    next: BTreeMap<PublicKey, u64>,
+}
+
+impl<'a> NextNonces<'a> {
+    fn new(ledger: &'a Ledger) -> Result<Self, LedgerError> {
+        Ok(NextNonces {
+            ledger,
+            version: ledger.info().ok_or(LedgerError::NotInitialised)?.height,
+            next: BTreeMap::new(),
+        })
+    }
+
+    fn get(&mut self, signer: PublicKey) -> Result<u64, LedgerError> {
+        if let Some(n) = self.next.get(&signer) {
+            return Ok(*n);
+        }
+        let last: u64 = self
+            .ledger
+            .store
+            .get_decoded(state_key::nonce(signer).as_bytes(), self.version)?
+            .unwrap_or(0);
+        let next = last.saturating_add(1);
+        self.next.insert(signer, next);
+        Ok(next)
+    }
+
+    fn set(&mut self, signer: PublicKey, next: u64) {
+        self.next.insert(signer, next);
     }
 }
 

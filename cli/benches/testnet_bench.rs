@@ -23,7 +23,8 @@ use pyrsia_chain::crypto::sign_tx;
 use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
-use pyrsia_ledger_client::rpc::LedgerClient;
+use pyrsia_chain::code::NONCE_NOT_NEXT;
+use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
 use sha2::{Digest as _, Sha256};
 use support::{synthetic_request, AppKind, ServicePlan, Testnet};
 
@@ -71,7 +72,11 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outc
                 loop {
                     match client.broadcast_bytes(tx.clone()).await {
                         Ok(_) => break,
-                        Err(pyrsia_ledger_client::rpc::ClientError::Rejected { code, log }) => {
+                        // An earlier nonce of this signer left the mempool
+                        // (dropped when full): this one is sent again after it
+                        // once the blocks show both missing.
+                        Err(ClientError::Rejected { code, .. }) if code == NONCE_NOT_NEXT => break,
+                        Err(ClientError::Rejected { code, log }) => {
                             anyhow::bail!("tx rejected by CheckTx (code {code}): {log}")
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -10,3 +10,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pyrsia-target}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads=2
+# Every fuzz target for a few seconds on its committed corpus (docs/fuzzing.md);
+# PYRSIA_FUZZ_SMOKE=0 skips it (its cold build is long on a busy machine).
+if [ "${PYRSIA_FUZZ_SMOKE:-1}" != 0 ]; then ./scripts/fuzz-smoke.sh; fi

@@ -34,6 +34,36 @@ use std::time::{Duration, Instant};
 
 pub use error::BuildError;
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API: no stability,
+/// hidden from the docs). They call the same code the builder runs.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// [`normalise`](crate::normalize) of `raw` (an output named `name`)
+    /// into `dest`, with the given unpack limits (the fuzzer uses small ones
+    /// so that a bomb fails fast instead of allocating 1 GiB).
+    pub fn normalise(
+        raw: &Path,
+        name: &str,
+        dest: &Path,
+        epoch: i64,
+        max_bytes: u64,
+        max_entries: usize,
+    ) -> Result<(), String> {
+        let limits = crate::normalize::UnpackLimits {
+            bytes: max_bytes,
+            entries: max_entries,
+        };
+        crate::normalize::normalise(raw, name, dest, epoch, limits)
+    }
+
+    /// `name` and `version` of an npm tarball, as the builder reads them.
+    pub fn npm_name_version(tgz: &Path) -> Result<(String, String), String> {
+        crate::normalize::npm_name_version(tgz)
+    }
+}
+
 use cgroup::BuildCgroup;
 use error::IoContext;
 use recipe::{Collect, Kind};

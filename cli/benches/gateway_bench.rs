@@ -73,14 +73,15 @@ fn verdaccio(dir: &Path, uplink: &str, port: u16) -> Result<Child> {
         .spawn()?)
 }
 
-/// Seconds of `npm ci` of `lock` through `registry`, from nothing.
+/// Seconds of `npm ci` of `lock` through the npm registry at `registry`
+/// (its full URL), from nothing.
 fn npm_ci(clients: &Clients, registry: &str, lock: &Path) -> Result<f64> {
     let project = clients.fresh("bench-project");
     write_npm_project(&project, TREE);
     std::fs::copy(lock, project.join("package-lock.json"))?;
     let cache = clients.fresh("bench-cache");
     let started = Instant::now();
-    let out = clients.npm(&project, &cache, registry, &["ci"]);
+    let out = clients.npm_registry(&project, &cache, registry, &["ci"]);
     let secs = started.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!(
@@ -170,9 +171,16 @@ async fn main() -> Result<()> {
     let mut proxy = verdaccio(verdaccio_dir.path(), &upstream.url, verdaccio_port)?;
     let verdaccio_url = format!("http://127.0.0.1:{verdaccio_port}");
     wait_http(&format!("{verdaccio_url}/-/ping"));
+    // The lockfile as a Verdaccio user has it: resolved at Verdaccio's root.
+    let verdaccio_lock = clients.dir.path().join("verdaccio-lock.json");
+    std::fs::write(
+        &verdaccio_lock,
+        std::fs::read_to_string(&lock)?
+            .replace(&format!("{importer_gw}/npm/"), &format!("{verdaccio_url}/")),
+    )?;
     let verdaccio_log = verdaccio_dir.path().join("verdaccio.log");
     let through_verdaccio = || {
-        npm_ci(&clients, &verdaccio_url, &lock).with_context(|| {
+        npm_ci(&clients, &format!("{verdaccio_url}/"), &verdaccio_lock).with_context(|| {
             let log = std::fs::read_to_string(&verdaccio_log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             format!(
@@ -181,12 +189,13 @@ async fn main() -> Result<()> {
             )
         })
     };
-    npm_ci(&clients, &node_gw, &lock)?;
+    let gateway_registry = format!("{node_gw}/npm/");
+    npm_ci(&clients, &gateway_registry, &lock)?;
     through_verdaccio()?;
 
     let (mut gateway, mut peer) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        gateway.push(npm_ci(&clients, &node_gw, &lock)?);
+        gateway.push(npm_ci(&clients, &gateway_registry, &lock)?);
         peer.push(through_verdaccio()?);
     }
     let _ = proxy.kill();

@@ -19,11 +19,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use pyrsia_chain::code::NONCE_NOT_NEXT;
 use pyrsia_chain::crypto::sign_tx;
 use pyrsia_chain::{
     Attest, Digest, Keypair, Output, RegisterBuilder, RequestRecord, SignedTx, TxBody, TxKind,
 };
-use pyrsia_chain::code::NONCE_NOT_NEXT;
 use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
 use sha2::{Digest as _, Sha256};
 use support::{synthetic_request, AppKind, ServicePlan, Testnet};

@@ -223,7 +223,7 @@ async fn trust_walks_pending_quorum_trusted_reproducible_and_every_tx_kind_commi
             "--version",
             "3.0.1",
             "--upstream",
-            "https://registry.npmjs.org",
+            "https://upstream.example",
             "--output",
             &output_arg(9),
         ])

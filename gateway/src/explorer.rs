@@ -349,3 +349,26 @@ async fn proof(gw: &Gateway, key: &str) -> Result<Response, Response> {
     });
     Ok(http::json(&doc, "application/json"))
 }
+
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// [`handle`]'s parsing of an explorer path.
+    pub fn path(path: &str) {
+        if let Some(rest) = path.strip_prefix("/-/package/") {
+            if let Some((_eco, name)) = rest.split_once('/') {
+                let _ = http::percent_decode(name);
+            }
+        } else if let Some(key) = path.strip_prefix("/-/proof/") {
+            let _ = http::percent_decode(key);
+        }
+    }
+
+    /// The search box: a digest or a request id.
+    pub fn search(q: &str) {
+        let q = q.trim();
+        let _ = esc(q);
+        let _ = q.parse::<Digest>();
+    }
+}

@@ -392,10 +392,7 @@ impl Importer {
             *next = nonce + 1;
             hash
         };
-        let committed = self
-            .ledger
-            .wait_tx(hash, Duration::from_secs(60))
-            .await;
+        let committed = self.ledger.wait_tx(hash, Duration::from_secs(60)).await;
         let committed = match committed {
             Ok(c) => c,
             Err(e) => {

@@ -200,25 +200,7 @@ impl Gateway {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let name = match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => host.rsplit_once(':').map_or(host, |(n, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    n
-                } else {
-                    host
-                }
-            }),
-        };
-        let loopback = name == "localhost"
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        loopback
-            || self
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name))
+        host_allowed(host, &self.allowed_hosts)
     }
 
     /// Imports `package` from upstream `upstream` (`npm`, `pypi`, …), once
@@ -282,6 +264,27 @@ impl Gateway {
     }
 }
 
+/// Whether a `Host` header names this gateway: a loopback name or address
+/// (port optional, IPv6 in brackets) or one of `allowed` (DNS rebinding
+/// protection).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    let loopback = name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback || allowed.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// One request, as the front-ends see it (the path still percent-encoded).
 #[derive(Debug)]
 pub struct Req {
@@ -306,5 +309,57 @@ impl Req {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (k == key).then(|| http::percent_decode(&v.replace('+', " ")).unwrap_or_default())
         })
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: no stability,
+/// hidden from the docs). Each runs the parsers a front-end applies to a
+/// request's path, query and headers, in the order its handler does, up to
+/// the point where the handler asks the ledger or the store.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The Host check, the query parameters and every front-end's path
+    /// parsing for one request.
+    pub fn request(path: &str, query: &str, host: &str, accept: &str, range: &str) {
+        let _ = host_allowed(host, &["pyrsia.example".to_owned()]);
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("host", host), ("accept", accept), ("range", range)] {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+        let req = Req {
+            method: Method::GET,
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers,
+        };
+        let _ = req.host();
+        explorer::fuzzing::search(&req.param("q").unwrap_or_default());
+        if let Some(rest) = path.strip_prefix("/npm/") {
+            npm::fuzzing::path(rest, accept);
+        } else if let Some(rest) = path.strip_prefix("/pypi/") {
+            pypi::fuzzing::path(rest, accept);
+        } else if let Some(rest) = path.strip_prefix("/maven/") {
+            maven::fuzzing::path(rest);
+        } else if path == "/v2" || path.starts_with("/v2/") {
+            oci::fuzzing::path(&path[3..], range);
+        } else {
+            explorer::fuzzing::path(path);
+        }
+    }
+
+    /// What the front-ends parse from upstream or stored documents: a
+    /// PyPI link against its page, a POM's packaging and Maven metadata,
+    /// an OCI manifest's media type, an npm packument's abbreviation.
+    pub fn documents(page: &str, text: &str) {
+        let _ = pypi::fuzzing::resolve(page, text);
+        let _ = maven::fuzzing::document(text);
+        let _ = oci::fuzzing::media_type(text.as_bytes());
+        if let Ok(v) = serde_json::from_str(text) {
+            let _ = npm::fuzzing::abbreviate(v);
+        }
     }
 }

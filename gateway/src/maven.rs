@@ -388,6 +388,47 @@ async fn checked_download(
     Ok(d)
 }
 
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// [`handle`]'s parsing of the path after `/maven/`.
+    pub fn path(rest: &str) {
+        let segments: Vec<&str> = rest.split('/').collect();
+        if segments.len() < 3 || !segments.iter().all(|s| segment_ok(s)) {
+            return;
+        }
+        let file = segments[segments.len() - 1];
+        let (file_base, checksum) = match file.rsplit_once('.') {
+            Some((b, ext)) if CHECKSUMS.contains(&ext) => (b, Some(ext)),
+            _ => (file, None),
+        };
+        if file_base == "maven-metadata.xml" {
+            let dirs = &segments[..segments.len() - 1];
+            let (group_dirs, artifact) = dirs.split_at(dirs.len() - 1);
+            let _ = (group_dirs.join("."), artifact[0], checksum);
+            return;
+        }
+        if segments.len() < 4 {
+            return;
+        }
+        let n = segments.len();
+        let (version, artifact) = (segments[n - 2], segments[n - 3]);
+        let group = segments[..n - 3].join(".");
+        if file_base.starts_with(&format!("{artifact}-{version}")) {
+            let _ = classifier(artifact, version, file_base);
+            let _ = metadata_xml(&group, artifact, &[version.to_owned()]);
+        }
+    }
+
+    /// What is read from upstream POMs and metadata.
+    pub fn document(xml: &str) -> String {
+        let mut versions = xml_values(xml, "version");
+        versions.sort_by(|a, b| compare_versions(a, b));
+        metadata_xml(&packaging(xml), "a", &versions)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -336,6 +336,31 @@ async fn import(gw: &Gateway, name: &str, version: &str) -> Result<u64, Response
     .map_err(|(status, message)| json_error(status, message))
 }
 
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// [`handle`]'s parsing of the path after `/npm/`.
+    pub fn path(rest: &str, accept: &str) {
+        if rest.starts_with("-/") {
+            return;
+        }
+        let _ = accept.contains(ABBREVIATED);
+        if let Some((name, file)) = rest.split_once("/-/") {
+            if let Some(name) = package_name(name) {
+                let _ = tarball_file(&name, file);
+                let _ = tarball_url("http://localhost", &name, file);
+            }
+            return;
+        }
+        let _ = package_name(rest);
+    }
+
+    pub fn abbreviate(v: Value) -> Value {
+        super::abbreviate(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

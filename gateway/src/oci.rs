@@ -526,3 +526,38 @@ mod tests {
         assert_eq!(&got[..], b"lo wide w");
     }
 }
+
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// [`route`]'s parsing of the path after `/v2`, and a blob's Range.
+    pub fn path(rest: &str, range: &str) {
+        if rest.is_empty() || rest == "/" {
+            return;
+        }
+        let rest = rest.trim_start_matches('/');
+        let (name, reference) = if let Some((n, r)) = rest.rsplit_once("/manifests/") {
+            (n, r)
+        } else if let Some((n, r)) = rest.rsplit_once("/blobs/") {
+            (n, r)
+        } else if let Some(n) = rest.strip_suffix("/tags/list") {
+            (n, "")
+        } else {
+            return;
+        };
+        if repository_ok(name) {
+            let _ = reference_ok(reference);
+            if let Some(d) = parse_digest(reference) {
+                let _ = blob_name(&d);
+            }
+        }
+        for size in [0, 1, 1000, u64::MAX] {
+            let _ = parse_range(range, size);
+        }
+    }
+
+    pub fn media_type(bytes: &[u8]) -> String {
+        super::media_type(bytes)
+    }
+}

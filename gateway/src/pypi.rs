@@ -436,7 +436,14 @@ fn resolve(page: &str, href: &str) -> String {
         return format!("{}{href}", &page[..origin_end]);
     }
     let dir = page.rsplit_once('/').map_or(page, |(d, _)| d);
-    let mut parts: Vec<&str> = dir[origin_end..].split('/').collect();
+    // A page without a path (`http://host`, or a scheme-less upstream such
+    // as `host:8080`) has its last `/` inside the origin, if at all: its
+    // directory is the root.
+    let mut parts: Vec<&str> = dir
+        .get(origin_end..)
+        .unwrap_or_default()
+        .split('/')
+        .collect();
     for seg in href.split('/') {
         match seg {
             ".." => {
@@ -449,6 +456,41 @@ fn resolve(page: &str, href: &str) -> String {
         }
     }
     format!("{}{}", &page[..origin_end], parts.join("/"))
+}
+
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// [`handle`]'s parsing of the path after `/pypi/`, and the Accept
+    /// negotiation of a project page.
+    pub fn path(rest: &str, accept: &str) {
+        let _ = prefers_json(accept);
+        let segments: Vec<&str> = rest.split('/').collect();
+        match segments.as_slice() {
+            ["simple", project, ""] | ["simple", project] => {
+                if let Some(project) = http::percent_decode(project) {
+                    let normal = normalise(&project);
+                    let _ = normal.is_empty() || !plain_file_name(&normal);
+                }
+            }
+            ["files", project, filename] => {
+                if let (Some(project), Some(filename)) = (
+                    http::percent_decode(project),
+                    http::percent_decode(filename),
+                ) {
+                    if plain_file_name(&filename) && normalise(&project) == project {
+                        let _ = file_version(&filename);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn resolve(page: &str, href: &str) -> String {
+        super::resolve(page, href)
+    }
 }
 
 #[cfg(test)]
@@ -498,5 +540,30 @@ mod tests {
             "http://127.0.0.1:9/files/a.whl"
         );
         assert_eq!(resolve(page, "http://x/y"), "http://x/y");
+    }
+
+    /// fuzz/artifacts/http_paths/crash-fd5c76eb036fea57946cc0979966e45de4159b74:
+    /// a page whose last `/` comes before the end of its origin sliced out
+    /// of bounds.
+    #[test]
+    fn fuzz_crash_fd5c76eb_resolve_against_a_page_without_a_path() {
+        let input = "GET\n/v2/a/b/blobs/sha256:2d71fbac32f5c8530fb1903cGE6b04401627ca9fbac32f5c8530fb1903cc4dT\n/-/package/npm/%40scope%2Fname%b022587c4db022\nbytes=-10\n";
+        let f: Vec<&str> = input
+            .splitn(7, '\n')
+            .chain(std::iter::repeat(""))
+            .take(7)
+            .collect();
+        let (path, query) = f[1].split_once('?').unwrap_or((f[1], ""));
+        crate::fuzzing::request(path, query, f[2], f[4], "");
+        crate::fuzzing::documents(f[2], f[6]);
+        assert_eq!(
+            resolve("/-/package/npm/%40scope", ""),
+            "/-/package/npm/%40scope/"
+        );
+        assert_eq!(resolve("http://host", "a.whl"), "http://host/a.whl");
+        assert_eq!(
+            resolve("localhost:8080/simple/six/", "../../files/a.whl"),
+            "localhost:8080/simple/six//files/a.whl"
+        );
     }
 }

@@ -686,6 +686,143 @@ pub fn bind(
         })
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API: no stability,
+/// hidden from the docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The request would reach the node.
+    pub const REACHED: u16 = 226;
+    /// Not a request hyper passes on (bad method, target or header).
+    pub const NOT_HTTP: u16 = 0;
+    /// The API token the guard is built with.
+    pub const TOKEN: &str = "00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff";
+
+    /// The status the control API answers a request with before it reaches
+    /// the node; [`REACHED`] when it would reach the node, [`NOT_HTTP`] when
+    /// hyper would refuse it before the routes see it. The route table
+    /// is [`routes`]' (same methods, paths, guards, query types and
+    /// parsers, same `recover`), with each handler cut at its first use of
+    /// the node, which needs a running store.
+    pub async fn control_request(
+        method: &str,
+        path_and_query: &str,
+        host: Option<&str>,
+        authorization: Option<&str>,
+    ) -> u16 {
+        let Ok(method) = warp::http::Method::from_bytes(method.as_bytes()) else {
+            return NOT_HTTP;
+        };
+        let guard = Guard::new(TOKEN, IpAddr::from([127, 0, 0, 1]));
+        let g = guard.clone();
+        let auth = warp::header::optional::<String>("authorization")
+            .and_then(move |h: Option<String>| {
+                let refusal = g.check_token(h.as_deref());
+                async move {
+                    match refusal {
+                        None => Ok(()),
+                        Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
+                    }
+                }
+            })
+            .untuple_one();
+        let g = guard;
+        let host_check = warp::host::optional()
+            .and_then(move |h: Option<warp::host::Authority>| {
+                let refusal = g.check_host(h.as_ref());
+                async move {
+                    match refusal {
+                        None => Ok(()),
+                        Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
+                    }
+                }
+            })
+            .untuple_one();
+        // What a handler does before it asks the node.
+        let reached = || None::<u16>;
+        let answered = |r: Response| Some(r.status().as_u16());
+        let put = warp::put()
+            .and(warp::path("artifacts"))
+            .and(warp::path::end())
+            .and(auth.clone())
+            .and(warp::query::<PutQuery>())
+            .map(move |q: PutQuery| {
+                let ss = q.stripe_size.unwrap_or(crate::DEFAULT_STRIPE_SIZE);
+                match ManifestBuilder::new(ss) {
+                    Ok(_) => reached(),
+                    Err(e) => answered(json_err(StatusCode::BAD_REQUEST, e.to_string())),
+                }
+            });
+        let get = warp::get()
+            .and(warp::path!("artifacts" / String))
+            .and(warp::query::<GetQuery>())
+            .map(move |sha: String, q: GetQuery| {
+                fetch_request(&sha, &q).err().map(|r| r.status().as_u16())
+            });
+        let fetch = warp::post()
+            .and(warp::path!("fetch" / String))
+            .and(auth.clone())
+            .and(warp::query::<GetQuery>())
+            .map(move |sha: String, q: GetQuery| {
+                fetch_request(&sha, &q).err().map(|r| r.status().as_u16())
+            });
+        let progress = warp::get()
+            .and(warp::path!("fetch" / String))
+            .map(|sha: String| parse_sha(&sha).err().map(|r| r.status().as_u16()));
+        let pin = warp::post()
+            .and(warp::path!("artifacts" / String / "pin"))
+            .and(auth.clone())
+            .map(|sha: String| parse_sha(&sha).err().map(|r| r.status().as_u16()));
+        let unpin = warp::delete()
+            .and(warp::path!("artifacts" / String / "pin"))
+            .and(auth)
+            .map(|sha: String| parse_sha(&sha).err().map(|r| r.status().as_u16()));
+        let status = warp::get().and(warp::path!("status")).map(reached);
+        let filter = host_check
+            .and(
+                put.or(get)
+                    .unify()
+                    .or(fetch)
+                    .unify()
+                    .or(progress)
+                    .unify()
+                    .or(pin)
+                    .unify()
+                    .or(unpin)
+                    .unify()
+                    .or(status)
+                    .unify(),
+            )
+            .map(|refused: Option<u16>| {
+                // No route answers 226 (IM Used): it stands for "reached the node".
+                let status = refused
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::IM_USED);
+                warp::reply::with_status("", status).into_response()
+            })
+            .recover(recover)
+            .unify();
+        // hyper refuses what does not parse before warp sees it, and the
+        // test request builder panics on it: skip such inputs.
+        if path_and_query.parse::<warp::http::Uri>().is_err() {
+            return NOT_HTTP;
+        }
+        let mut req = warp::test::request()
+            .method(method.as_str())
+            .path(path_and_query);
+        for (name, value) in [("host", host), ("authorization", authorization)] {
+            if let Some(v) = value {
+                if warp::http::HeaderValue::from_str(v).is_err() {
+                    return NOT_HTTP;
+                }
+                req = req.header(name, v);
+            }
+        }
+        req.reply(&filter).await.status().as_u16()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -403,6 +403,14 @@ impl Ledger {
         }
     }
 
+    /// Forgets which nonces CheckTx admitted, as a restart does (CometBFT's
+    /// mempool starts empty). For harnesses that run CheckTx on inputs that
+    /// must not see each other, such as the fuzz target.
+    #[doc(hidden)]
+    pub fn forget_admitted_nonces(&mut self) {
+        self.mempool_nonces.clear();
+    }
+
     /// Executes a block and computes the new app hash; nothing is written
     /// until [`Ledger::commit`].
     pub fn finalize_block<T: AsRef<[u8]>>(

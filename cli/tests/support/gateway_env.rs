@@ -226,10 +226,16 @@ impl Clients {
         d
     }
 
+    /// npm with the gateway at `registry` (its npm front-end is `/npm/`).
     pub fn npm(&self, dir: &Path, cache: &Path, registry: &str, args: &[&str]) -> Output {
+        self.npm_registry(dir, cache, &format!("{registry}/npm/"), args)
+    }
+
+    /// npm with `registry` as its full registry URL.
+    pub fn npm_registry(&self, dir: &Path, cache: &Path, registry: &str, args: &[&str]) -> Output {
         run(Command::new("npm")
             .args(args)
-            .arg(format!("--registry={registry}/npm/"))
+            .arg(format!("--registry={registry}"))
             .arg(format!("--cache={}", cache.display()))
             .args([
                 "--no-audit",

@@ -72,19 +72,15 @@ async fn until_status(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
+    eventually(Duration::from_secs(secs), what, || async {
         let s = status(p).await;
         if cond(&s) {
-            return s;
+            Ok(s)
+        } else {
+            Err(s["provider_records"].clone())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {}",
-            s["provider_records"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn counts(s: &serde_json::Value) -> (u64, u64, u64) {

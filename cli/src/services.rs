@@ -75,6 +75,15 @@ pub struct StoreService {
     /// Same-LAN discovery; off in the embedded devnet, whose stores bootstrap.
     #[serde(default)]
     pub mdns: bool,
+    /// Established inbound libp2p connections (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inbound_connections: Option<u32>,
+    /// Established libp2p connections with one peer (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_peer: Option<u32>,
+    /// Kademlia provider records kept for other peers (default 65 536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_provider_records: Option<usize>,
 }
 
 fn default_quota() -> String {
@@ -182,6 +191,9 @@ impl Services {
             upload_rate: None,
             max_uploads: default_max_uploads(),
             mdns: false,
+            max_inbound_connections: None,
+            max_connections_per_peer: None,
+            max_provider_records: None,
         };
         let mut stores = vec![store(0, "node", PathBuf::from("store"), None)];
         let mut builders = Vec::new();
@@ -272,6 +284,8 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
             }
             let ready = s.ready_file(home);
             let _ = std::fs::remove_file(&ready);
+            let conns = p2p_store::ConnectionLimits::default();
+            let providers = p2p_store::ProviderLimits::default();
             let start = p2p_store::cli::StartArgs {
                 data_dir: Some(home.join(&s.dir)),
                 listen: vec![s.listen.parse().context("store listen address")?],
@@ -290,6 +304,12 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
                 ready_file: Some(ready),
                 api_token_file: None,
                 partial_ttl: p2p_store::store::DEFAULT_PARTIAL_TTL.as_secs(),
+                max_inbound_connections: s.max_inbound_connections.unwrap_or(conns.max_inbound),
+                max_pending_connections: conns.max_pending_inbound,
+                max_connections_per_peer: s.max_connections_per_peer.unwrap_or(conns.max_per_peer),
+                max_provider_records: s.max_provider_records.unwrap_or(providers.max_records),
+                max_providers_per_key: providers.max_per_key,
+                max_provider_records_per_peer: providers.max_per_peer,
             };
             start.run().await
         }

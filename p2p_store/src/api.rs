@@ -429,13 +429,13 @@ async fn get_artifact(node: Node, sha: String, q: GetQuery) -> Result<Response, 
         Ok(r) => r,
         Err(r) => return Ok(r),
     };
-    if !node.store().is_complete(&req.sha256, &req.stripe_root) {
+    if !node.store().has_complete(&req.sha256) {
         return Ok(stream_while_fetching(node, req).await);
     }
     if req.pin {
         let _ = node.store().set_pinned(&req.sha256, true);
     }
-    let (f, size) = match node.store().open_complete(&req.sha256, &req.stripe_root) {
+    let (f, size) = match node.store().open_complete(&req.sha256) {
         Ok(x) => x,
         Err(e) => return Ok(json_err(store_status(&e), e.to_string())),
     };

@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::api::DEFAULT_API_ADDR;
 use crate::download::{Phase, Progress};
-use crate::node::{Config, Node};
+use crate::node::{Config, ConnectionLimits, Node};
+use crate::providers::ProviderLimits;
 use crate::store::DEFAULT_PARTIAL_TTL;
 
 const DEFAULT_API_URL: &str = "http://127.0.0.1:7889";
@@ -91,6 +92,25 @@ pub struct StartArgs {
     /// removed and its reserved quota freed.
     #[arg(long, default_value_t = DEFAULT_PARTIAL_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub partial_ttl: u64,
+    /// Established inbound libp2p connections accepted, all peers together.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_inbound, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inbound_connections: u32,
+    /// Inbound libp2p connections accepted while still in their handshake.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_pending_inbound, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_connections: u32,
+    /// Established libp2p connections with one peer (both directions).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_per_peer, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: u32,
+    /// Kademlia provider records kept for other peers, in total (our own
+    /// are kept apart and not counted).
+    #[arg(long, default_value_t = ProviderLimits::default().max_records)]
+    pub max_provider_records: usize,
+    /// Other peers' provider records kept for one artifact.
+    #[arg(long, default_value_t = ProviderLimits::default().max_per_key)]
+    pub max_providers_per_key: usize,
+    /// Provider records kept for one other peer.
+    #[arg(long, default_value_t = ProviderLimits::default().max_per_peer)]
+    pub max_provider_records_per_peer: usize,
 }
 
 /// The store directory used when none is given: `$PYRSIA_STORE_DIR`, else
@@ -146,6 +166,17 @@ impl StartArgs {
         c.stripe_size = self.stripe_size;
         c.inflight_per_peer = self.inflight_per_peer;
         c.partial_ttl = Duration::from_secs(self.partial_ttl);
+        c.connection_limits = ConnectionLimits {
+            max_inbound: self.max_inbound_connections,
+            max_pending_inbound: self.max_pending_connections,
+            max_per_peer: self.max_connections_per_peer,
+        };
+        c.provider_limits = ProviderLimits {
+            max_records: self.max_provider_records,
+            max_per_key: self.max_providers_per_key,
+            max_per_peer: self.max_provider_records_per_peer,
+            ..ProviderLimits::default()
+        };
         c
     }
 

@@ -32,6 +32,10 @@ pub const MAX_ACTIVE_PEERS: usize = 16;
 const MAX_REMEMBERED_DOWNLOADS: usize = 1024;
 /// Manifest requests in flight at once.
 const MAX_MANIFEST_REQUESTS: usize = 8;
+
+/// How long a download keeps looking for a manifest matching its root once
+/// a provider showed one that does not.
+pub const MANIFEST_GRACE: Duration = Duration::from_secs(15);
 /// Requests to one stripe at once in the endgame.
 const MAX_DUPLICATES: usize = 2;
 /// Failures after which a peer leaves the pool.
@@ -184,12 +188,16 @@ impl DownloadHandle {
 /// Starts a download or joins the one already running for the same digest.
 pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
     let mut map = lock(&node.shared.downloads);
+    let mut before = None;
     if let Some(h) = map.get(&req.sha256) {
         match h.outcome() {
-            None => return h.clone(),
-            Some(Ok(())) if node.store().is_complete(&req.sha256, &req.stripe_root) => {
-                return h.clone()
-            }
+            None if h.progress().stripe_root == hex::encode(req.stripe_root) => return h.clone(),
+            // Another layout is being downloaded into the same object: this
+            // one runs after it ends (and replaces its partial unless it
+            // completed), rather than joining a download of a layout the
+            // caller did not ask for.
+            None => before = Some(h.clone()),
+            Some(Ok(())) if node.store().has_complete(&req.sha256) => return h.clone(),
             _ => {}
         }
     }
@@ -225,15 +233,14 @@ pub(crate) fn start(node: Node, req: FetchRequest) -> DownloadHandle {
     let task_node = node.clone();
     let task = tokio::spawn(async move {
         let node = task_node;
+        if let Some(b) = before {
+            let _ = b.wait().await;
+        }
         let mut d = Downloader::new(node.clone(), req, tx);
         let r = d.run().await;
+        // A failed download keeps its verified stripes for a resume.
         if let Err(e) = &r {
             tracing::warn!(sha256 = %hex::encode(sha), error = %e, "download failed");
-            if !matches!(e, FetchError::Conflict(_))
-                && !node.store().is_complete(&sha, &d.req.stripe_root)
-            {
-                // keep verified stripes of a partial for a later resume; nothing else to do
-            }
         }
         d.publish(Some(r));
     });
@@ -451,6 +458,9 @@ struct Downloader {
     manifest_inflight: usize,
     manifest_tried: usize,
     last_manifest_error: String,
+    /// When a provider first showed a manifest that does not verify
+    /// against the requested root.
+    first_rejected: Option<Instant>,
     providers_inflight: bool,
     last_discovery: Option<Instant>,
     last_progress: Instant,
@@ -492,6 +502,7 @@ impl Downloader {
             manifest_inflight: 0,
             manifest_tried: 0,
             last_manifest_error: String::from("no answer"),
+            first_rejected: None,
             providers_inflight: false,
             last_discovery: None,
             last_progress: Instant::now(),
@@ -559,7 +570,8 @@ impl Downloader {
 
     async fn run(&mut self) -> Result<(), FetchError> {
         let store = self.node.store().clone();
-        if store.is_complete(&self.req.sha256, &self.req.stripe_root) {
+        // Complete under any root: the whole file already matched its SHA-256.
+        if store.has_complete(&self.req.sha256) {
             if let Some((m, _)) = store.manifest(&self.req.sha256) {
                 self.done = m.count();
                 self.resumed = m.count();
@@ -570,17 +582,9 @@ impl Downloader {
             }
             return Ok(());
         }
-        if let Some((_, root)) = store.manifest(&self.req.sha256) {
-            if root != self.req.stripe_root {
-                return Err(FetchError::Conflict(format!(
-                    "{} is stored with stripe root {}, not {}",
-                    hex::encode(self.req.sha256),
-                    hex::encode(root),
-                    hex::encode(self.req.stripe_root)
-                )));
-            }
-        }
-        // A partial left from before (e.g. a restart) gives us the manifest at once.
+        // A partial left from before (e.g. a restart) gives us the manifest
+        // at once. One under another root stays until a manifest for this
+        // root is verified, and is then replaced (`Store::begin_partial`).
         if let Some((m, root)) = store.manifest(&self.req.sha256) {
             if root == self.req.stripe_root
                 && m.verify(&root, self.req.size, self.req.stripe_size).is_ok()
@@ -644,6 +648,20 @@ impl Downloader {
 
     fn on_tick(&mut self) -> Result<(), FetchError> {
         let stall = self.node.config().stall_timeout;
+        // Providers answer with the layout they hold; when they show one
+        // that does not match, the requested root is likely one nobody
+        // serves (a bogus or unusual attested layout), and a caller with
+        // other layouts to try should not wait the whole stall timeout.
+        if self.manifest.is_none()
+            && self
+                .first_rejected
+                .is_some_and(|t| t.elapsed() >= MANIFEST_GRACE.min(stall))
+        {
+            return Err(FetchError::NoValidManifest {
+                tried: self.manifest_tried,
+                last: self.last_manifest_error.clone(),
+            });
+        }
         if self.last_progress.elapsed() >= stall {
             if self.manifest.is_none() {
                 if self.manifest_tried == 0 {
@@ -1129,6 +1147,7 @@ impl Downloader {
                                 // wrong): this peer just does not serve this download.
                                 tracing::debug!(%peer, reason, "manifest rejected");
                                 self.last_manifest_error = format!("{peer}: {reason}");
+                                self.first_rejected.get_or_insert_with(Instant::now);
                                 self.drop_peer(peer);
                             }
                         }

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::kad::{
-    self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, QueryResult,
-};
+use libp2p::kad::{self, GetProvidersOk, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{
+    connection_limits, identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -22,6 +22,7 @@ use crate::download::{self, DownloadHandle, FetchRequest};
 use crate::limiter::RateLimiter;
 use crate::manifest::{Digest, DEFAULT_STRIPE_SIZE};
 use crate::protocol::{ErrorCode, Request, Response, StoreCodec, PROTOCOL};
+use crate::providers::{ProviderCounts, ProviderLimits, ProviderStats, ProviderStore};
 use crate::store::{Store, StoreError};
 
 /// Node configuration.
@@ -53,6 +54,34 @@ pub struct Config {
     /// its reserved quota freed): checked when the node starts, then every
     /// `partial_ttl / 4` (at least every second, at most every 10 min).
     pub partial_ttl: Duration,
+    /// Bounds on the Kademlia provider records other peers leave here.
+    pub provider_limits: ProviderLimits,
+    /// Bounds on connections from other peers.
+    pub connection_limits: ConnectionLimits,
+}
+
+/// Bounds on the connections a node accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Established inbound connections, all peers together.
+    pub max_inbound: u32,
+    /// Inbound connections still in their handshake.
+    pub max_pending_inbound: u32,
+    /// Established connections with one peer, both directions.
+    pub max_per_peer: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        // A store talks to the few dozen peers of a download or of the
+        // downloads it serves; two connections per peer happen when both
+        // sides dial at once, and a few more cover a redial racing a close.
+        ConnectionLimits {
+            max_inbound: 256,
+            max_pending_inbound: 64,
+            max_per_peer: 4,
+        }
+    }
 }
 
 impl Config {
@@ -73,6 +102,8 @@ impl Config {
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(60),
             partial_ttl: crate::store::DEFAULT_PARTIAL_TTL,
+            provider_limits: ProviderLimits::default(),
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -82,8 +113,20 @@ impl Config {
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("node key {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
+    #[error("node key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: libp2p::identity::DecodingError,
+    },
+    #[error("node key {path}: {source}")]
+    KeyIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node key {path} has mode {mode:04o}, which lets other users read or change this node's identity; run `chmod 600 {path}`")]
+    KeyPermissions { path: PathBuf, mode: u32 },
     #[error("transport: {0}")]
     Transport(String),
     #[error("listen on {addr}: {reason}")]
@@ -124,8 +167,9 @@ impl From<request_response::OutboundFailure> for RequestError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     rr: request_response::Behaviour<StoreCodec>,
-    kad: kad::Behaviour<MemoryStore>,
+    kad: kad::Behaviour<ProviderStore>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -188,6 +232,7 @@ pub(crate) struct Shared {
     pub(crate) downloads: Mutex<HashMap<Digest, DownloadHandle>>,
     upload_slots: Arc<Semaphore>,
     limiter: Option<Arc<RateLimiter>>,
+    providers: Arc<ProviderStats>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) download_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -226,26 +271,87 @@ pub struct Status {
     pub artifacts: Vec<crate::store::ArtifactInfo>,
     pub penalised_peers: Vec<String>,
     pub counters: Counters,
+    /// Kademlia provider records held: ours, other peers', and how many of
+    /// theirs a bound refused.
+    pub provider_records: ProviderCounts,
     pub downloads: Vec<download::Progress>,
 }
 
+/// The node's libp2p identity: the key in `path` if there is one (refused
+/// when group or others may read or write it: whoever reads it can act as
+/// this node's peer id, which a builder registers on the ledger), else a
+/// new ed25519 key written 0600 from the first byte (created exclusively
+/// under a temporary name with that mode, then hard-linked into place, so
+/// it is never readable by others nor seen half-written).
 fn load_or_create_key(path: &std::path::Path) -> Result<Keypair, NodeError> {
-    let kerr = |reason: String| NodeError::Key {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |source: std::io::Error| NodeError::KeyIo {
         path: path.to_path_buf(),
-        reason,
+        source,
     };
-    match std::fs::read(path) {
-        Ok(b) => Keypair::from_protobuf_encoding(&b).map_err(|e| kerr(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let k = Keypair::generate_ed25519();
-            let b = k.to_protobuf_encoding().map_err(|e| kerr(e.to_string()))?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, b).map_err(|e| kerr(e.to_string()))?;
-            std::fs::rename(&tmp, path).map_err(|e| kerr(e.to_string()))?;
+    match std::fs::metadata(path) {
+        Ok(meta) => return existing_key(path, &meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let k = Keypair::generate_ed25519();
+    let bytes = k.to_protobuf_encoding().map_err(|source| NodeError::Key {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The umask can only remove bits; make sure of 0600 anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created the node's libp2p identity key");
             Ok(k)
         }
-        Err(e) => Err(kerr(e.to_string())),
+        // Another process made one first: use that one, as it will.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::metadata(path).map_err(io)?;
+            existing_key(path, &meta)
+        }
+        Err(e) => Err(io(e)),
     }
+}
+
+fn existing_key(path: &std::path::Path, meta: &std::fs::Metadata) -> Result<Keypair, NodeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(NodeError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| NodeError::KeyIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Keypair::from_protobuf_encoding(&bytes).map_err(|source| NodeError::Key {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Node {
@@ -275,6 +381,9 @@ impl Node {
         let timeout = config.request_timeout;
         let use_mdns = config.mdns;
         let max_streams = (config.max_uploads * 4).max(64);
+        let provider_stats = Arc::new(ProviderStats::default());
+        let (plimits, climits) = (config.provider_limits, config.connection_limits);
+        let kad_stats = provider_stats.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -293,14 +402,7 @@ impl Node {
                 );
                 let mut kcfg = kad::Config::new(StreamProtocol::new("/pyrsia/kad/1"));
                 kcfg.set_query_timeout(Duration::from_secs(20));
-                let store = MemoryStore::with_config(
-                    pid,
-                    MemoryStoreConfig {
-                        max_provided_keys: 1 << 20,
-                        max_providers_per_key: 64,
-                        ..Default::default()
-                    },
-                );
+                let store = ProviderStore::new(pid, plimits, kad_stats);
                 let mut kad = kad::Behaviour::with_config(pid, store, kcfg);
                 kad.set_mode(Some(kad::Mode::Server));
                 let identify = identify::Behaviour::new(identify::Config::new(
@@ -319,7 +421,14 @@ impl Node {
                     tracing::info!("mDNS discovery off");
                     None
                 };
+                let limits = connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_incoming(Some(climits.max_inbound))
+                        .with_max_pending_incoming(Some(climits.max_pending_inbound))
+                        .with_max_established_per_peer(Some(climits.max_per_peer)),
+                );
                 Ok(Behaviour {
+                    limits,
                     rr,
                     kad,
                     identify,
@@ -399,6 +508,7 @@ impl Node {
             downloads: Mutex::new(HashMap::new()),
             upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             limiter,
+            providers: provider_stats,
             config,
             task: Mutex::new(None),
             download_tasks: Mutex::new(Vec::new()),
@@ -553,6 +663,11 @@ impl Node {
         lock(&self.shared.downloads).get(sha256).cloned()
     }
 
+    /// Kademlia provider records held here.
+    pub fn provider_records(&self) -> ProviderCounts {
+        self.shared.providers.counts()
+    }
+
     pub fn counters(&self) -> Counters {
         lock(&self.shared.counters).clone()
     }
@@ -587,6 +702,7 @@ impl Node {
             artifacts: self.shared.store.list(),
             penalised_peers: penal,
             counters: self.counters(),
+            provider_records: self.provider_records(),
             downloads,
         }
     }

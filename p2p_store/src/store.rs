@@ -424,6 +424,31 @@ impl Store {
         let mut inner = self.lock();
         inner.clock += 1;
         let clock = inner.clock;
+        let mut pinned = pinned;
+        let other_partial = inner
+            .entries
+            .get(&sha)
+            .filter(|e| e.root != root && !e.complete)
+            .map(|e| e.root);
+        if let Some(old_root) = other_partial {
+            // The caller verified this manifest against `root`; the partial
+            // under another root came from a layout that may be bogus (one
+            // attester's word), and keeping it would block every later
+            // download of these bytes. Its stripes cannot serve the new
+            // layout, so it goes.
+            if let Some(old) = inner.entries.remove(&sha) {
+                inner.used -= old.manifest.size;
+                pinned |= old.pinned;
+            }
+            let dir = self.obj_dir(&sha);
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            tracing::info!(
+                sha256 = %hex::encode(sha),
+                old_root = %hex::encode(old_root),
+                new_root = %hex::encode(root),
+                "replaced a partial download made under another stripe root"
+            );
+        }
         if let Some(e) = inner.entries.get_mut(&sha) {
             if e.root != root {
                 return Err(StoreError::RootConflict {
@@ -657,6 +682,11 @@ impl Store {
     }
 
     /// Whether the artifact is complete with this root.
+    /// Whether the artifact is complete here, under any stripe root.
+    pub fn has_complete(&self, sha: &Digest) -> bool {
+        self.lock().entries.get(sha).is_some_and(|e| e.complete)
+    }
+
     pub fn is_complete(&self, sha: &Digest, root: &Digest) -> bool {
         self.lock()
             .entries
@@ -738,8 +768,11 @@ impl Store {
         write_meta(&self.obj_dir(sha), &meta)
     }
 
-    /// Path of a complete artifact's data, marking it recently used.
-    pub fn open_complete(&self, sha: &Digest, root: &Digest) -> Result<(File, u64), StoreError> {
+    /// A complete artifact's data, marking it recently used. Whatever stripe
+    /// root it is stored under: a complete artifact passed the whole-file
+    /// SHA-256 check, so its bytes are the ones asked for, and a root is
+    /// only a layout to download by.
+    pub fn open_complete(&self, sha: &Digest) -> Result<(File, u64), StoreError> {
         let meta = {
             let mut inner = self.lock();
             inner.clock += 1;
@@ -749,13 +782,6 @@ impl Store {
                 .get_mut(sha)
                 .filter(|e| e.complete)
                 .ok_or_else(|| StoreError::NotFound(hex::encode(sha)))?;
-            if &e.root != root {
-                return Err(StoreError::RootConflict {
-                    sha256: hex::encode(sha),
-                    stored: hex::encode(e.root),
-                    requested: hex::encode(root),
-                });
-            }
             e.last_access = clock;
             meta_of(e)
         };
@@ -993,8 +1019,7 @@ mod tests {
         let c = put_bytes(&s, &[3u8; 10_000], false);
         // touch b so c is the least recently used unpinned one
         let bd = manifest::parse_digest(&b.sha256).unwrap();
-        let br = manifest::parse_digest(&b.stripe_root).unwrap();
-        s.open_complete(&bd, &br).unwrap();
+        s.open_complete(&bd).unwrap();
         let d = put_bytes(&s, &[4u8; 15_000], false);
         let names: Vec<String> = s.list().into_iter().map(|i| i.sha256).collect();
         assert!(names.contains(&a.sha256), "pinned evicted");
@@ -1204,7 +1229,7 @@ mod tests {
         );
         download_out_of_order(&s, &data, whole, &m);
         assert!(s.lock().entries[&whole].direct.is_none());
-        let (mut f, size) = s.open_complete(&whole, &root).unwrap();
+        let (mut f, size) = s.open_complete(&whole).unwrap();
         let mut got = Vec::new();
         f.read_to_end(&mut got).unwrap();
         assert_eq!(size, data.len() as u64);

@@ -286,21 +286,22 @@ async fn leave_a_partial(client: &Proc, seeder: Proc, put: &serde_json::Value) {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
     let progress = format!("{}/fetch/{sha}", client.api);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (_, b) = http(Method::GET, &progress, Body::empty()).await;
-        let p = json(&b);
-        assert_ne!(p["phase"], "done", "the download finished: {p}");
-        assert_ne!(p["phase"], "failed", "{p}");
-        if p["stripes_done"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no stripe arrived: {p}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        std::time::Duration::from_secs(60),
+        "a first stripe",
+        || async {
+            let (_, b) = http(Method::GET, &progress, Body::empty()).await;
+            let p = json(&b);
+            assert_ne!(p["phase"], "done", "the download finished: {p}");
+            assert_ne!(p["phase"], "failed", "{p}");
+            if p["stripes_done"].as_u64().unwrap_or(0) >= 1 {
+                Ok(())
+            } else {
+                Err(p)
+            }
+        },
+    )
+    .await;
     drop(seeder);
 }
 
@@ -365,18 +366,19 @@ async fn a_stale_partial_download_is_removed_and_its_quota_freed() {
     )
     .await;
     leave_a_partial(&client, seeder, &put).await;
-    let mut last = serde_json::Value::Null;
-    let mut gone = false;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while tokio::time::Instant::now() < deadline {
-        last = status(&client).await;
-        if last["artifacts"] == serde_json::json!([]) && last["disk_used"] == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the stale partial is still there: {last}");
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the stale partial to be removed",
+        || async {
+            let s = status(&client).await;
+            if s["artifacts"] == serde_json::json!([]) && s["disk_used"] == 0 {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
     assert!(!client_data(&tmp.path().join("c2"), &sha).exists());
 }
 

@@ -68,15 +68,15 @@ async fn four_nodes_artifact_on_two_fetched_by_third_from_both() {
     // The fourth node finds all three providers through Kademlia.
     let sha = parse_digest(&pa.sha256).unwrap();
     let want = [a.peer_id(), b.peer_id(), c.peer_id()];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "all three providers", || async {
         let got = d.find_providers(sha).await.unwrap();
         if want.iter().all(|w| got.contains(w)) {
-            break;
+            Ok(())
+        } else {
+            Err(got)
         }
-        assert!(tokio::time::Instant::now() < deadline, "providers: {got:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,18 +144,19 @@ async fn restart_still_provides_and_resumes_without_refetching() {
     })
     .await;
     let b = start(&tmp.path().join("b"), &[&a], |_| {}).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = b.find_providers(sha).await.unwrap();
-        if got.contains(&a.peer_id()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "restarted node not a provider"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node as a provider",
+        || async {
+            let got = b.find_providers(sha).await.unwrap();
+            if got.contains(&a.peer_id()) {
+                Ok(())
+            } else {
+                Err(got)
+            }
+        },
+    )
+    .await;
 
     // 2. An interrupted download resumes from its verified stripes.
     let cdir = tmp.path().join("c");

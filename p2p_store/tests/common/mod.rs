@@ -48,16 +48,41 @@ pub async fn start(dir: &Path, bootstrap: &[&Node], tweak: impl FnOnce(&mut Conf
     Node::start(c).await.unwrap()
 }
 
-/// Polls `cond` every 50 ms until it holds or `secs` pass.
-pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+/// Waits on state: runs `condition` every 50 ms until it returns `Ok`
+/// (whose value is returned), failing the test with `what` and the last
+/// `Err` state it saw once `within` has passed. The one polling loop of
+/// these tests; nothing sleeps for a fixed time instead.
+pub async fn eventually<T, S: std::fmt::Debug, F: std::future::Future<Output = Result<T, S>>>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match condition().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; last seen: {last:?}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// [`eventually`] for a synchronous condition.
+pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    eventually(Duration::from_secs(secs), what, || {
+        let held = cond();
+        async move {
+            if held {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        }
+    })
+    .await
 }
 
 /// Waits until `a` is connected to every node in `others`.

@@ -18,7 +18,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use gateway_env::{ok, wait_http, write_npm_project, Clients, Upstream, OCI_IMAGE};
@@ -219,18 +219,6 @@ async fn main() -> Result<()> {
         "skopeo copy (warm)",
         &clients.skopeo(&node_gw, &clients.fresh("oci2")),
     );
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(image.join("index.json"))?)?;
-    let _ = index;
-    let blobs = std::fs::read_dir(image.join("blobs/sha256"))?;
-    let mut big = None;
-    for b in blobs {
-        let b = b?;
-        if b.metadata()?.len() == BIG_LAYER {
-            big = Some(b.file_name().to_string_lossy().into_owned());
-        }
-    }
-    let big = big.context("the big layer was not copied")?;
     let mut verified = net.verified(0)?;
     let package = pyrsia_chain::PackageId {
         ecosystem: "oci".into(),
@@ -241,12 +229,18 @@ async fn main() -> Result<()> {
         .package_builds(&package, pyrsia_ledger_client::verified::At::Latest)
         .await?
         .builds;
-    let out = builds[0].attestations[0]
-        .outputs
-        .iter()
-        .find(|o| o.sha256.to_string() == big)
-        .context("the layer on the ledger")?
+    let out = builds
+        .first()
+        .and_then(|b| b.attestations.first())
+        .and_then(|a| a.outputs.iter().max_by_key(|o| o.size))
+        .context("the image's outputs on the ledger")?
         .clone();
+    anyhow::ensure!(
+        out.size == BIG_LAYER,
+        "the largest output is {} bytes, not the 1 GiB layer",
+        out.size
+    );
+    let big = out.sha256.to_string();
     let direct = format!(
         "{}/artifacts/{}?stripe_root={}&size={}&stripe_size={}",
         net.store_api(),
@@ -270,7 +264,6 @@ async fn main() -> Result<()> {
     println!("  through the gateway median {g:.0} MB/s");
     println!("  store API directly  median {s:.0} MB/s");
     println!("  ratio gateway/store {:.2}", g / s);
-    let _ = Duration::from_secs(0);
     drop(upstream);
     Ok(())
 }

@@ -32,14 +32,14 @@ use support::{synthetic_request, AppKind, ServicePlan, Testnet};
 const MAX_SENDERS: usize = 64;
 
 /// How long without one of the run's transactions landing in a block before
-/// the rest count as lost.
-const STALL: Duration = Duration::from_secs(60);
-
-/// How long without one of the run's transactions landing in a block before
 /// the client sends the missing ones again, as a real client does: CometBFT
 /// answers a broadcast with CheckTx's verdict even when its mempool then
 /// drops the transaction for being full.
 const RESUBMIT: Duration = Duration::from_secs(10);
+
+/// Rounds of sending again in a row with nothing landing before what is
+/// still missing counts as lost.
+const MAX_RESUBMITS: u32 = 6;
 
 /// What became of a run's transactions.
 struct Outcome {
@@ -49,7 +49,7 @@ struct Outcome {
     committed: usize,
     /// In a block, but refused there by the rules: (tx, code, log).
     failed: Vec<(Vec<u8>, u32, String)>,
-    /// In no block after `STALL` without progress.
+    /// In no block after `MAX_RESUBMITS` rounds of sending again.
     lost: Vec<Vec<u8>>,
     /// Committed txs per second, from the first send to the block holding the
     /// last of them.
@@ -57,7 +57,8 @@ struct Outcome {
 }
 
 /// Sends each lane's txs in order to its node, lanes concurrently, then
-/// follows the blocks until every tx is in one or none has landed for `STALL`.
+/// follows the blocks until every tx is in one, sending again what has not
+/// landed after `RESUBMIT`, at most `MAX_RESUBMITS` times in a row.
 async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outcome> {
     let mut pending: HashSet<Vec<u8>> = lanes.iter().flatten().cloned().collect();
     let sent = lanes.clone();
@@ -92,10 +93,11 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outc
     let mut committed = 0;
     let mut failed = Vec::new();
     let mut height = start_height;
-    let mut last_landed = Instant::now();
     let mut finished = started.elapsed();
-    let (mut resubmitted, mut last_resubmit) = (0, Instant::now());
-    while !pending.is_empty() && last_landed.elapsed() < STALL {
+    // Since the last landing or the last round of sending again.
+    let mut quiet_since = Instant::now();
+    let (mut resubmitted, mut fruitless_rounds) = (0, 0);
+    while !pending.is_empty() {
         if clients[0].latest_height().await? > height {
             // The block store reports a height before its results are saved.
             let Ok(txs) = clients[0].block_txs(height + 1).await else {
@@ -106,18 +108,22 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outc
             for tx in txs {
                 if pending.remove(&tx.bytes) {
                     committed += 1;
-                    last_landed = Instant::now();
+                    quiet_since = Instant::now();
+                    fruitless_rounds = 0;
                     finished = started.elapsed();
                     if tx.code != 0 {
                         failed.push((tx.bytes, tx.code, tx.log));
                     }
                 }
             }
-        } else {
-            if last_landed.elapsed() >= RESUBMIT && last_resubmit.elapsed() >= RESUBMIT {
-                resubmitted += resubmit(clients, &sent, &pending).await;
-                last_resubmit = Instant::now();
+        } else if quiet_since.elapsed() >= RESUBMIT {
+            if fruitless_rounds == MAX_RESUBMITS {
+                break;
             }
+            resubmitted += resubmit(clients, &sent, &pending).await?;
+            fruitless_rounds += 1;
+            quiet_since = Instant::now();
+        } else {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -130,23 +136,34 @@ async fn load(clients: &[LedgerClient], lanes: Vec<Vec<Vec<u8>>>) -> Result<Outc
     })
 }
 
-/// Sends each lane's still pending txs again, in order, to its node; returns
-/// how many. A refusal or "already in the mempool" is not an error here: a
-/// tx that never lands is reported as lost.
+/// Sends each lane's still pending txs again, in order, to its node, lanes
+/// concurrently; returns how many. A refusal or "already in the mempool" is
+/// not an error here: a tx that never lands is reported as lost.
 async fn resubmit(
     clients: &[LedgerClient],
     lanes: &[Vec<Vec<u8>>],
     pending: &HashSet<Vec<u8>>,
-) -> usize {
-    let mut sent = 0;
+) -> Result<usize> {
+    let mut tasks = Vec::new();
     for (lane, txs) in lanes.iter().enumerate() {
-        let client = &clients[lane % clients.len()];
-        for tx in txs.iter().filter(|tx| pending.contains(*tx)) {
-            let _ = client.broadcast_bytes(tx.clone()).await;
-            sent += 1;
-        }
+        let client = clients[lane % clients.len()].clone();
+        let txs: Vec<Vec<u8>> = txs
+            .iter()
+            .filter(|tx| pending.contains(*tx))
+            .cloned()
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for tx in &txs {
+                let _ = client.broadcast_bytes(tx.clone()).await;
+            }
+            txs.len()
+        }));
     }
-    sent
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await?;
+    }
+    Ok(sent)
 }
 
 /// One line per tx that was lost or failed: its signer, nonce and kind, and

@@ -27,9 +27,8 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -119,38 +118,17 @@ pub fn load_or_create_token(path: &Path) -> Result<String, ApiError> {
         }
     })?;
     let token = hex::encode(raw);
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask can only remove bits; make sure of 0600 anyway.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(token.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(token_io(&tmp)(e));
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
+    let created =
+        crate::owner_only::create(path, format!("{token}\n").as_bytes()).map_err(token_io(path))?;
+    match created {
+        crate::owner_only::Created::Written => {
             tracing::info!(path = %path.display(), "created the control API token");
             Ok(token)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        crate::owner_only::Created::Existed => {
             let meta = std::fs::metadata(path).map_err(token_io(path))?;
             existing_token(path, &meta)
         }
-        Err(e) => Err(token_io(path)(e)),
     }
 }
 
@@ -585,37 +563,38 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(resp)
 }
 
+/// Extracts nothing when the token is right; rejects with the 401 otherwise.
+fn token_check(guard: Guard) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |h: Option<String>| {
+            let refusal = guard.check_token(h.as_deref());
+            async move { refusal.map_or(Ok(()), |r| Err(refused(r))) }
+        })
+        .untuple_one()
+}
+
+/// Extracts nothing for an allowed Host; rejects with the 421 otherwise.
+fn host_check(guard: Guard) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::host::optional()
+        .and_then(move |h: Option<warp::host::Authority>| {
+            let refusal = guard.check_host(h.as_ref());
+            async move { refusal.map_or(Ok(()), |r| Err(refused(r))) }
+        })
+        .untuple_one()
+}
+
+fn refused(response: Response) -> warp::Rejection {
+    warp::reject::custom(Refused(Mutex::new(Some(response))))
+}
+
 /// All routes, behind the Host check; mutating ones behind the token.
 pub fn routes(
     node: Node,
     guard: Guard,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let n = warp::any().map(move || node.clone());
-    let g = guard.clone();
-    // Extracts nothing when the token is right; rejects with the 401 otherwise.
-    let auth = warp::header::optional::<String>("authorization")
-        .and_then(move |h: Option<String>| {
-            let refusal = g.check_token(h.as_deref());
-            async move {
-                match refusal {
-                    None => Ok(()),
-                    Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
-                }
-            }
-        })
-        .untuple_one();
-    let g = guard;
-    let host = warp::host::optional()
-        .and_then(move |h: Option<warp::host::Authority>| {
-            let refusal = g.check_host(h.as_ref());
-            async move {
-                match refusal {
-                    None => Ok(()),
-                    Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
-                }
-            }
-        })
-        .untuple_one();
+    let auth = token_check(guard.clone());
+    let host = host_check(guard);
     let put = warp::put()
         .and(warp::path("artifacts"))
         .and(warp::path::end())
@@ -715,30 +694,8 @@ pub mod fuzzing {
             return NOT_HTTP;
         };
         let guard = Guard::new(TOKEN, IpAddr::from([127, 0, 0, 1]));
-        let g = guard.clone();
-        let auth = warp::header::optional::<String>("authorization")
-            .and_then(move |h: Option<String>| {
-                let refusal = g.check_token(h.as_deref());
-                async move {
-                    match refusal {
-                        None => Ok(()),
-                        Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
-                    }
-                }
-            })
-            .untuple_one();
-        let g = guard;
-        let host_check = warp::host::optional()
-            .and_then(move |h: Option<warp::host::Authority>| {
-                let refusal = g.check_host(h.as_ref());
-                async move {
-                    match refusal {
-                        None => Ok(()),
-                        Some(r) => Err(warp::reject::custom(Refused(Mutex::new(Some(r))))),
-                    }
-                }
-            })
-            .untuple_one();
+        let auth = token_check(guard.clone());
+        let host_check = super::host_check(guard);
         // What a handler does before it asks the node.
         let reached = || None::<u16>;
         let answered = |r: Response| Some(r.status().as_u16());

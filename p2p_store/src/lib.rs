@@ -9,6 +9,7 @@ pub mod download;
 pub mod limiter;
 pub mod manifest;
 pub mod node;
+mod owner_only;
 pub mod protocol;
 pub mod providers;
 pub mod store;

@@ -284,8 +284,7 @@ pub struct Status {
 /// under a temporary name with that mode, then hard-linked into place, so
 /// it is never readable by others nor seen half-written).
 fn load_or_create_key(path: &std::path::Path) -> Result<Keypair, NodeError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use crate::owner_only::Created;
     let io = |source: std::io::Error| NodeError::KeyIo {
         path: path.to_path_buf(),
         source,
@@ -300,38 +299,15 @@ fn load_or_create_key(path: &std::path::Path) -> Result<Keypair, NodeError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask can only remove bits; make sure of 0600 anyway.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(&bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
+    match crate::owner_only::create(path, &bytes).map_err(io)? {
+        Created::Written => {
             tracing::info!(path = %path.display(), "created the node's libp2p identity key");
             Ok(k)
         }
-        // Another process made one first: use that one, as it will.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        Created::Existed => {
             let meta = std::fs::metadata(path).map_err(io)?;
             existing_key(path, &meta)
         }
-        Err(e) => Err(io(e)),
     }
 }
 

@@ -365,10 +365,11 @@ impl Ledger {
                     .map_or(last, |h| last.max(*h));
                 let nonce = tx.body.nonce;
                 if nonce > last
-                    && (admitted.is_some_and(|a| a.contains(&nonce)) || nonce > highest + 1)
+                    && (admitted.is_some_and(|a| a.contains(&nonce))
+                        || nonce > highest.saturating_add(1))
                 {
                     return Err(TxError::NonceNotNext {
-                        expected: highest + 1,
+                        expected: highest.saturating_add(1),
                         got: nonce,
                     });
                 }
@@ -596,7 +597,7 @@ impl Ledger {
                     tx.signer, tx.body.nonce
                 ));
             }
-            next.set(tx.signer, expected + 1);
+            next.set(tx.signer, expected.saturating_add(1));
         }
         let keys: BeaconKeys = self
             .store
@@ -648,11 +649,11 @@ impl Ledger {
                 continue;
             }
             ordered.push(bytes);
-            let mut expected = expected + 1;
+            let mut expected = expected.saturating_add(1);
             if let Some(held) = waiting.get_mut(&tx.signer) {
                 while let Some(bytes) = held.remove(&expected) {
                     ordered.push(bytes);
-                    expected += 1;
+                    expected = expected.saturating_add(1);
                 }
             }
             next.set(tx.signer, expected);

@@ -82,7 +82,12 @@ async fn four_nodes_artifact_on_two_fetched_by_third_from_both() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_peer_is_penalised_and_no_bad_byte_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
-    let honest = start(&tmp.path().join("h"), &[], |_| {}).await;
+    // The honest peer is capped, so the download cannot finish on it alone
+    // before the bad peer is asked.
+    let honest = start(&tmp.path().join("h"), &[], |c| {
+        c.upload_rate = Some(2 * 1024 * 1024)
+    })
+    .await;
     let bad = start(&tmp.path().join("b"), &[&honest], |_| {}).await;
     let file = tmp.path().join("artifact");
     make_file(&file, 4 * 1024 * 1024, 2);

@@ -188,9 +188,10 @@ async fn explain(client: &LedgerClient, outcome: &Outcome) -> Result<()> {
 }
 
 /// What the nodes' CometBFT logs say about the mempool (at `mempool:debug`,
-/// e.g. `CMT_LOG_LEVEL=mempool:debug,*:info`): transactions dropped for a
-/// full mempool after CheckTx accepted them (the sender was told they were
-/// accepted), and transactions a recheck removed.
+/// e.g. `CMT_LOG_LEVEL=mempool:debug,*:info`): transactions turned away by
+/// a full mempool, from gossip or after CheckTx accepted them (CometBFT logs
+/// both the same way; the sender of the second was told it was accepted),
+/// and transactions a recheck removed.
 fn mempool_drops(net: &Testnet) -> (usize, usize) {
     let (mut full, mut rechecked_out) = (0, 0);
     for node in &net.nodes {
@@ -351,7 +352,7 @@ async fn main() -> Result<()> {
     let pyrsia = load(&clients, lanes).await?;
     explain(&clients[0], &pyrsia).await?;
     let (full, rechecked_out) = mempool_drops(&net);
-    println!("  pyrsia mempools: {full} accepted txs dropped as the mempool was full, {rechecked_out} removed by recheck (logged at mempool:debug)");
+    println!("  pyrsia mempools: {full} txs turned away by a full mempool (gossip or after CheckTx), {rechecked_out} removed by recheck (logged at mempool:debug)");
     if !pyrsia.lost.is_empty() || !pyrsia.failed.is_empty() {
         // The nodes' logs say where each lost transaction went.
         let kept = std::mem::replace(&mut net.dir, tempfile::TempDir::new()?).keep();

@@ -57,9 +57,15 @@ pub enum DevnetCommand {
         dir: PathBuf,
         #[arg(long, default_value_t = 4)]
         validators: usize,
-        /// Node i uses ports BASE+10i (p2p), +1 (RPC), +2 (ABCI).
+        /// Node i uses ports BASE+10i (p2p), +1 (RPC), +2 (ABCI); with
+        /// --hosts, every node uses BASE, +1 and +2 on its own host.
         #[arg(long, default_value_t = 26656)]
         base_port: u16,
+        /// Each validator's own host (IP addresses, one per validator,
+        /// comma-separated), when they run on separate hosts or network
+        /// namespaces; see testnet/netns-start.sh.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<std::net::IpAddr>,
         #[arg(long, default_value = "pyrsia-devnet")]
         chain_id: String,
         #[arg(long, default_value_t = 3)]
@@ -122,6 +128,7 @@ struct NetworkPlan<'a> {
     keys_dir: &'a Path,
     chain_id: &'a str,
     base_port: u16,
+    hosts: Vec<std::net::IpAddr>,
     board_members: usize,
     threshold: u16,
     trusted_nodes: usize,
@@ -143,6 +150,7 @@ fn init_network(plan: NetworkPlan<'_>) -> Result<serde_json::Value> {
     let spec = NetworkSpec {
         chain_id: plan.chain_id.to_owned(),
         base_port: plan.base_port,
+        hosts: plan.hosts,
         board: Board {
             keys: board.clone(),
             threshold: plan.threshold,
@@ -230,6 +238,7 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         dir,
         validators,
         base_port,
+        hosts,
         chain_id,
         board_members,
         threshold,
@@ -269,6 +278,7 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         keys_dir: &dir,
         chain_id: &chain_id,
         base_port,
+        hosts,
         board_members,
         threshold,
         trusted_nodes,
@@ -403,6 +413,7 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             keys_dir: home,
             chain_id: "pyrsia-devnet",
             base_port: 26656,
+            hosts: Vec::new(),
             board_members: 3,
             threshold: 2,
             trusted_nodes: 2,

@@ -2,6 +2,7 @@
 //! one host), a shared `genesis.json` whose `app_state` is the ledger's
 //! [`GenesisState`], and a `pyrsia.toml` per home naming its ports.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -44,8 +45,13 @@ fn format_err(path: &Path, reason: impl ToString) -> GenesisError {
 #[derive(Clone, Debug)]
 pub struct NetworkSpec {
     pub chain_id: String,
-    /// Node `i` listens on p2p `base_port + 10 i`, RPC `+1`, ABCI `+2`.
+    /// Without `hosts`, node `i` listens on 127.0.0.1, p2p `base_port +
+    /// 10 i`, RPC `+1`, ABCI `+2`. With them, every node uses p2p
+    /// `base_port`, RPC `+1` and ABCI `+2` on its own host.
     pub base_port: u16,
+    /// Node `i`'s address as the others reach it, one per node, when each
+    /// runs on a host (or network namespace) of its own. Empty: one host.
+    pub hosts: Vec<std::net::IpAddr>,
     pub board: Board,
     pub trusted_nodes: Vec<GenesisTrustedNode>,
     /// Builder keys the board admits at genesis.
@@ -89,6 +95,8 @@ impl NodeConfig {
 #[derive(Clone, Debug)]
 pub struct NodeHome {
     pub home: PathBuf,
+    /// Where the other nodes reach it.
+    pub host: IpAddr,
     pub node_id: String,
     pub config: NodeConfig,
 }
@@ -169,6 +177,13 @@ pub fn create_network(
             spec.board.keys.len()
         )));
     }
+    if !spec.hosts.is_empty() && spec.hosts.len() != homes_at.len() {
+        return Err(GenesisError::Spec(format!(
+            "{} hosts for {} validators",
+            spec.hosts.len(),
+            homes_at.len()
+        )));
+    }
     let max_port = u32::from(spec.base_port) + 10 * homes_at.len() as u32;
     if max_port > u32::from(u16::MAX) {
         return Err(GenesisError::Spec("ports beyond 65535".into()));
@@ -206,16 +221,20 @@ pub fn create_network(
             "power": "10",
             "name": format!("node{i}"),
         }));
-        let port = spec.base_port + 10 * i as u16;
+        let (host, port) = match spec.hosts.get(i) {
+            Some(host) => (*host, spec.base_port),
+            None => (LOCALHOST, spec.base_port + 10 * i as u16),
+        };
         homes.push(NodeHome {
             node_id: node_id(&home)?,
             config: NodeConfig {
                 chain_id: spec.chain_id.clone(),
                 moniker: format!("node{i}"),
                 abci_addr: format!("127.0.0.1:{}", port + 2),
-                rpc_url: format!("http://127.0.0.1:{}", port + 1),
+                rpc_url: format!("http://{}", SocketAddr::new(host, port + 1)),
                 p2p_port: port,
             },
+            host,
             home,
         });
     }
@@ -244,14 +263,34 @@ pub fn create_network(
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, p)| format!("{}@127.0.0.1:{}", p.node_id, p.config.p2p_port))
+            .map(|(_, p)| {
+                format!(
+                    "{}@{}",
+                    p.node_id,
+                    SocketAddr::new(p.host, p.config.p2p_port)
+                )
+            })
             .collect();
         let cfg = &node.config;
+        // On a host of its own, a node listens on every interface, and tells
+        // its peers the address they reach it at.
+        let listen = if spec.hosts.is_empty() {
+            LOCALHOST
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
         set_config(&node.home, |doc| {
             doc["moniker"] = value(cfg.moniker.clone());
             doc["proxy_app"] = value(format!("tcp://{}", cfg.abci_addr));
-            doc["rpc"]["laddr"] = value(cfg.rpc_url.replace("http://", "tcp://"));
-            doc["p2p"]["laddr"] = value(format!("tcp://127.0.0.1:{}", cfg.p2p_port));
+            doc["rpc"]["laddr"] = value(format!(
+                "tcp://{}",
+                SocketAddr::new(listen, cfg.p2p_port + 1)
+            ));
+            doc["p2p"]["laddr"] = value(format!("tcp://{}", SocketAddr::new(listen, cfg.p2p_port)));
+            if !spec.hosts.is_empty() {
+                doc["p2p"]["external_address"] =
+                    value(SocketAddr::new(node.host, cfg.p2p_port).to_string());
+            }
             doc["p2p"]["persistent_peers"] = value(peers.join(","));
             doc["p2p"]["allow_duplicate_ip"] = value(true);
             doc["p2p"]["addr_book_strict"] = value(false);
@@ -268,6 +307,8 @@ pub fn create_network(
     }
     Ok(homes)
 }
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// CometBFT's `mempool.ttl_num_blocks` in every validator's config.
 pub const MEMPOOL_TTL_BLOCKS: i64 = 600;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub struct Testnet {
     pub app: AppKind,
     /// Node 0's stores and builders (`store:NAME`, `builder:NAME`) by name.
     services: std::collections::BTreeMap<String, Child>,
+    /// The namespaces validator `i` runs in (host `i`), if not on this host.
+    pub netns: Option<netns::Netns>,
 }
 
 /// Stores and builders node 0 runs beside its validator, and what genesis
@@ -133,6 +136,9 @@ pub struct ServicePlan {
     pub params: Option<serde_json::Value>,
     /// Builder keys the board admits at genesis.
     pub admitted_builders: Vec<pyrsia_chain::PublicKey>,
+    /// Each validator's own host (a network namespace); empty: all of them
+    /// on 127.0.0.1.
+    pub hosts: Vec<std::net::IpAddr>,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -156,7 +162,12 @@ pub fn devnet_init(
     timeout_commit: &str,
     plan: &ServicePlan,
 ) -> Result<u16> {
-    let base = free_base_port(validators)?;
+    // On hosts of their own, nodes share the default ports.
+    let base = if plan.hosts.is_empty() {
+        free_base_port(validators)?
+    } else {
+        26656
+    };
     let stores = 1 + plan.regular_builders + plan.trusted_builders;
     // Each store's libp2p and API ports, then node 0's gateway.
     let store_ports = free_port_run(stores * 2 + 1)?;
@@ -171,6 +182,16 @@ pub fn devnet_init(
     for key in &plan.admitted_builders {
         extra.push("--admit-builder".into());
         extra.push(key.to_string());
+    }
+    if !plan.hosts.is_empty() {
+        extra.push("--hosts".into());
+        extra.push(
+            plan.hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
     }
     let out = Command::new(pyrsia_bin())
         .args(["--json", "devnet", "init", "--dir"])
@@ -215,7 +236,14 @@ impl Testnet {
         app: AppKind,
         timeout_commit: &str,
     ) -> Result<Testnet> {
-        Self::start_full(validators, app, timeout_commit, ServicePlan::default()).await
+        Self::start_full(
+            validators,
+            app,
+            timeout_commit,
+            ServicePlan::default(),
+            None,
+        )
+        .await
     }
 
     /// One validator whose home also declares `plan`'s stores and builders;
@@ -230,7 +258,26 @@ impl Testnet {
             .timeout_commit
             .clone()
             .unwrap_or_else(|| "300ms".into());
-        Self::start_full(validators, AppKind::Pyrsia, &timeout_commit, plan).await
+        Self::start_full(validators, AppKind::Pyrsia, &timeout_commit, plan, None).await
+    }
+
+    /// `validators` validators, each in a network namespace of its own
+    /// (see [`netns::Netns`]), with `plan`'s genesis.
+    pub async fn start_netns(validators: usize, mut plan: ServicePlan) -> Result<Testnet> {
+        let net = netns::Netns::up(validators)?;
+        plan.hosts = (0..validators).map(|i| net.host(i)).collect();
+        let timeout_commit = plan
+            .timeout_commit
+            .clone()
+            .unwrap_or_else(|| "300ms".into());
+        Self::start_full(
+            validators,
+            AppKind::Pyrsia,
+            &timeout_commit,
+            plan,
+            Some(net),
+        )
+        .await
     }
 
     async fn start_full(
@@ -238,15 +285,22 @@ impl Testnet {
         app: AppKind,
         timeout_commit: &str,
         plan: ServicePlan,
+        netns: Option<netns::Netns>,
     ) -> Result<Testnet> {
         let dir = tempfile::tempdir()?;
         let base = devnet_init(dir.path(), validators, timeout_commit, &plan)?;
         let nodes = (0..validators)
-            .map(|i| TestNode {
-                home: dir.path().join(format!("node{i}")),
-                rpc_url: format!("http://127.0.0.1:{}", base + 10 * i as u16 + 1),
-                abci: None,
-                comet: None,
+            .map(|i| {
+                let rpc = match plan.hosts.get(i) {
+                    Some(host) => std::net::SocketAddr::new(*host, base + 1),
+                    None => ([127, 0, 0, 1], base + 10 * i as u16 + 1).into(),
+                };
+                TestNode {
+                    home: dir.path().join(format!("node{i}")),
+                    rpc_url: format!("http://{rpc}"),
+                    abci: None,
+                    comet: None,
+                }
             })
             .collect();
         let mut net = Testnet {
@@ -254,6 +308,7 @@ impl Testnet {
             nodes,
             app,
             services: Default::default(),
+            netns,
         };
         for i in 0..validators {
             if app == AppKind::Pyrsia {
@@ -452,13 +507,19 @@ impl Testnet {
         Ok(())
     }
 
+    /// `program`, run on validator `i`'s host.
+    fn on_host(&self, i: usize, program: PathBuf) -> Command {
+        match &self.netns {
+            Some(net) => net.command(i, program),
+            None => Command::new(program),
+        }
+    }
+
     pub fn start_abci(&mut self, i: usize) -> Result<()> {
+        let mut cmd = self.on_host(i, pyrsia_bin());
         let node = &mut self.nodes[i];
         let child = spawn(
-            Command::new(pyrsia_bin())
-                .arg("--home")
-                .arg(&node.home)
-                .arg("abci"),
+            cmd.arg("--home").arg(&node.home).arg("abci"),
             &node.home.join("abci.log"),
         )?;
         node.abci = Some(child);
@@ -466,8 +527,8 @@ impl Testnet {
     }
 
     pub fn start_cometbft(&mut self, i: usize) -> Result<()> {
+        let mut cmd = self.on_host(i, cometbft());
         let node = &mut self.nodes[i];
-        let mut cmd = Command::new(cometbft());
         cmd.arg("start").arg("--home").arg(&node.home);
         if self.app == AppKind::Kvstore {
             cmd.arg("--proxy_app=kvstore");

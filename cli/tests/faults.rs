@@ -1,0 +1,327 @@
+//! The network under faults: four validators, each in a network namespace of
+//! its own (`testnet/netns.sh`, routed through this host, 50 ms round trips
+//! from the link emulator), under a steady transaction load, while
+//! validators are killed, partitioned, starved of disk or given a skewed
+//! clock. Each test checks that commits stop or go on as BFT says, that no
+//! transaction a client saw accepted is lost once the client resends it,
+//! and that every node holds one history (the same app hash at every
+//! height). Needs root, for the namespaces.
+//!
+//! Asserting that nothing commits needs a window of time: it is
+//! `STALL_WINDOW`, many block intervals and consensus rounds long.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use pyrsia_chain::code::{NONCE_NOT_NEXT, STALE_NONCE};
+use pyrsia_chain::crypto::sign_tx;
+use pyrsia_chain::{Keypair, TxBody, TxKind};
+use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
+use support::{synthetic_request, ServicePlan, Testnet};
+
+/// The namespaced testnets run one at a time: each is eight processes on a
+/// small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long the chain must stay still to count as halted.
+const STALL_WINDOW: Duration = Duration::from_secs(8);
+
+/// Four validators in namespaces with a 50 ms round trip between any two.
+async fn four_hosts() -> Result<Testnet> {
+    let plan = ServicePlan {
+        // The load opens many requests no one builds.
+        params: Some(serde_json::json!({
+            "max_open_per_signer": 60000,
+            "max_open_per_ecosystem": 1000000,
+        })),
+        ..ServicePlan::default()
+    };
+    let net = Testnet::start_netns(4, plan)
+        .await
+        .context("starting 4 validators in network namespaces (needs root)")?;
+    net.netns
+        .as_ref()
+        .context("a namespaced testnet has its namespaces")?
+        .delay(25.0, 2.0, 0.0)?;
+    Ok(net)
+}
+
+/// Clients sending build requests, each from its own key, to whichever
+/// validator answers, as a careful client does: it resends from its last
+/// committed nonce when a node refuses a gap or stops answering.
+struct Load {
+    stop: Arc<AtomicBool>,
+    lanes: Vec<tokio::task::JoinHandle<Result<u64>>>,
+}
+
+/// How far a lane runs ahead of its committed nonce.
+const WINDOW: u64 = 20;
+/// Without a commit for this long, a lane resends what is not committed.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+impl Load {
+    fn start(net: &Testnet, lanes: usize) -> Result<Load> {
+        let clients: Vec<LedgerClient> = (0..net.nodes.len())
+            .map(|i| net.client(i))
+            .collect::<Result<_>>()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let lanes = (0..lanes)
+            .map(|lane| {
+                let clients = clients.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move { run_lane(lane, clients, stop).await })
+            })
+            .collect();
+        Ok(Load { stop, lanes })
+    }
+
+    /// Stops sending new transactions, waits until every one a lane sent is
+    /// committed, and returns how many were.
+    async fn finish(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for lane in self.lanes {
+            total += lane.await??;
+        }
+        Ok(total)
+    }
+}
+
+fn lane_tx(key: &Keypair, chain_id: &str, lane: usize, nonce: u64) -> Result<Vec<u8>> {
+    let kind = TxKind::RequestBuild(synthetic_request(lane * 1_000_000 + nonce as usize, "npm"));
+    Ok(borsh::to_vec(&sign_tx(
+        key,
+        chain_id,
+        TxBody { nonce, kind },
+    ))?)
+}
+
+/// Returns the number of transactions committed once `stop` is set and all
+/// that were sent are in blocks.
+async fn run_lane(lane: usize, clients: Vec<LedgerClient>, stop: Arc<AtomicBool>) -> Result<u64> {
+    let key = Keypair::from_seed([100 + lane as u8; 32]);
+    let signer = key.public();
+    let mut node = lane % clients.len();
+    let mut chain_id = None;
+    // The highest nonce sent, and the last time the committed one moved.
+    let (mut sent, mut committed, mut moved) = (0u64, 0u64, Instant::now());
+    let mut final_nonce = None;
+    let mut deadline = None;
+    loop {
+        let client = &clients[node];
+        let next = match client.next_nonce(&signer).await {
+            Ok(next) => next,
+            Err(_) => {
+                node = (node + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if next - 1 > committed {
+            committed = next - 1;
+            moved = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) && final_nonce.is_none() {
+            final_nonce = Some(sent);
+            deadline = Some(Instant::now() + Duration::from_secs(120));
+        }
+        if let Some(last) = final_nonce {
+            if committed >= last {
+                return Ok(committed);
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                bail!(
+                    "lane {lane}: only nonces up to {committed} of {last} committed within 120 s"
+                );
+            }
+        }
+        if moved.elapsed() > RESEND_AFTER && sent > committed {
+            // What was sent beyond the committed nonce may have left every
+            // mempool (a killed node's, or a full one's): send it again.
+            sent = committed;
+            moved = Instant::now();
+        }
+        let cap = final_nonce.unwrap_or(u64::MAX).min(committed + WINDOW);
+        if sent >= cap {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let chain = match &chain_id {
+            Some(c) => c,
+            None => match client.chain_id().await {
+                Ok(c) => chain_id.insert(c),
+                Err(_) => continue,
+            },
+        };
+        let nonce = sent.max(committed) + 1;
+        match client
+            .broadcast_bytes(lane_tx(&key, chain, lane, nonce)?)
+            .await
+        {
+            Ok(_) => sent = nonce,
+            // This node's mempool lacks an earlier nonce, or it was just
+            // committed: start again from the committed one.
+            Err(ClientError::Rejected { code, .. })
+                if code == NONCE_NOT_NEXT || code == STALE_NONCE =>
+            {
+                sent = committed;
+                node = (node + 1) % clients.len();
+            }
+            Err(ClientError::Rejected { code, log }) => {
+                bail!("lane {lane}: nonce {nonce} refused by CheckTx (code {code}): {log}")
+            }
+            // The node is down, or already holds it: try another.
+            Err(_) => node = (node + 1) % clients.len(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn height(net: &Testnet, i: usize) -> Result<u64> {
+    Ok(net.client(i)?.latest_height().await?)
+}
+
+/// Waits until each of `nodes` is at `target` or beyond.
+async fn wait_heights(net: &Testnet, nodes: &[usize], target: u64, within: Duration) -> Result<()> {
+    for &i in nodes {
+        net.client(i)?
+            .wait_height(target, within)
+            .await
+            .with_context(|| format!("node {i} reaching height {target}"))?;
+    }
+    Ok(())
+}
+
+/// Asserts that `nodes` stay at one height for `STALL_WINDOW`; returns it.
+async fn assert_halted(net: &Testnet, nodes: &[usize]) -> Result<u64> {
+    // A height in flight when the fault began may still complete.
+    let settle = Instant::now() + Duration::from_secs(30);
+    let mut before = max_height(net, nodes).await?;
+    loop {
+        tokio::time::sleep(STALL_WINDOW).await;
+        let after = max_height(net, nodes).await?;
+        if after == before {
+            return Ok(after);
+        }
+        if Instant::now() > settle {
+            bail!("nodes {nodes:?} still commit: height {before} became {after}");
+        }
+        before = after;
+    }
+}
+
+async fn max_height(net: &Testnet, nodes: &[usize]) -> Result<u64> {
+    let mut max = 0;
+    for &i in nodes {
+        max = max.max(height(net, i).await?);
+    }
+    Ok(max)
+}
+
+/// Every node in `nodes` returned the same app hash at every height up to
+/// `upto`: one history.
+async fn assert_one_history(net: &Testnet, nodes: &[usize], upto: u64) -> Result<()> {
+    let clients: Vec<LedgerClient> = nodes
+        .iter()
+        .map(|&i| net.client(i))
+        .collect::<Result<_>>()?;
+    for h in 1..=upto {
+        let first = clients[0].block_app_hash(h).await?;
+        for (k, c) in clients.iter().enumerate().skip(1) {
+            let other = c.block_app_hash(h).await?;
+            if other != first {
+                bail!(
+                    "height {h}: node {} has app hash {}, node {} has {}",
+                    nodes[0],
+                    hex::encode(&first),
+                    nodes[k],
+                    hex::encode(&other)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ends the load, then checks that every node holds the same history.
+async fn settle(net: &Testnet, load: Load) -> Result<u64> {
+    let committed = load.finish().await?;
+    let all: Vec<usize> = (0..net.nodes.len()).collect();
+    let top = height(net, 0).await?;
+    wait_heights(net, &all, top, Duration::from_secs(120)).await?;
+    assert_one_history(net, &all, top).await?;
+    Ok(committed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_four_killed_the_chain_commits_and_it_catches_up() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut net = four_hosts().await?;
+    let load = Load::start(&net, 4)?;
+    let start = height(&net, 0).await?;
+    wait_heights(&net, &[0], start + 3, Duration::from_secs(60)).await?;
+
+    net.stop_validator(3)?;
+    let down_at = max_height(&net, &[0, 1, 2]).await?;
+    // Three of four hold more than two thirds of the power.
+    wait_heights(&net, &[0, 1, 2], down_at + 10, Duration::from_secs(120)).await?;
+
+    net.start_abci(3)?;
+    net.start_cometbft(3)?;
+    let now = max_height(&net, &[0, 1, 2]).await?;
+    wait_heights(&net, &[3], now, Duration::from_secs(120)).await?;
+    let committed = settle(&net, load).await?;
+    assert!(committed > 0, "the load committed nothing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_of_four_killed_nothing_commits_nor_forks_until_one_returns() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut net = four_hosts().await?;
+    let load = Load::start(&net, 4)?;
+    let start = height(&net, 0).await?;
+    wait_heights(&net, &[0], start + 3, Duration::from_secs(60)).await?;
+
+    net.stop_validator(2)?;
+    net.stop_validator(3)?;
+    let halted = assert_halted(&net, &[0, 1]).await?;
+
+    net.start_abci(2)?;
+    net.start_cometbft(2)?;
+    wait_heights(&net, &[0, 1, 2], halted + 5, Duration::from_secs(120)).await?;
+
+    net.start_abci(3)?;
+    net.start_cometbft(3)?;
+    settle(&net, load).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_two_partition_halts_both_sides_and_heals_into_one_history() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let net = four_hosts().await?;
+    let load = Load::start(&net, 4)?;
+    let start = height(&net, 0).await?;
+    wait_heights(&net, &[0], start + 3, Duration::from_secs(60)).await?;
+
+    let netns = net.netns.as_ref().context("namespaced")?;
+    netns.partition(&[0, 1], &[2, 3])?;
+    let left = assert_halted(&net, &[0, 1]).await?;
+    let right = assert_halted(&net, &[2, 3]).await?;
+
+    netns.heal()?;
+    wait_heights(
+        &net,
+        &[0, 1, 2, 3],
+        left.max(right) + 5,
+        Duration::from_secs(180),
+    )
+    .await?;
+    settle(&net, load).await?;
+    Ok(())
+}

@@ -21,7 +21,8 @@ use pyrsia_chain::code::{NONCE_NOT_NEXT, STALE_NONCE};
 use pyrsia_chain::crypto::sign_tx;
 use pyrsia_chain::{Keypair, TxBody, TxKind};
 use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
-use support::{synthetic_request, ServicePlan, Testnet};
+use support::{netns::skewed_cometbft, synthetic_request, ServicePlan, Testnet};
+use tendermint_rpc::Client as _;
 
 /// The namespaced testnets run one at a time: each is eight processes on a
 /// small machine.
@@ -322,6 +323,202 @@ async fn a_two_two_partition_halts_both_sides_and_heals_into_one_history() -> Re
         Duration::from_secs(180),
     )
     .await?;
+    settle(&net, load).await?;
+    Ok(())
+}
+
+/// A filesystem of `bytes` mounted over a directory, its contents moved in;
+/// unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount_over(dir: &std::path::Path, bytes: u64) -> Result<SmallDisk> {
+        let aside = dir.with_extension("before-mount");
+        std::fs::rename(dir, &aside)?;
+        std::fs::create_dir(dir)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()?;
+        if !status.success() {
+            bail!("mounting a tmpfs over {} (needs root)", dir.display());
+        }
+        let disk = SmallDisk {
+            dir: dir.to_owned(),
+        };
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(aside.join("."))
+            .arg(dir)
+            .status()?;
+        if !status.success() {
+            bail!("copying {} onto the small disk", aside.display());
+        }
+        std::fs::remove_dir_all(&aside)?;
+        Ok(disk)
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.dir.join("filler"))?;
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                if e.kind() == std::io::ErrorKind::StorageFull {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+        }
+    }
+
+    fn free(&self) -> Result<()> {
+        Ok(std::fs::remove_file(self.dir.join("filler"))?)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn mentions_full_disk(net: &Testnet, i: usize) -> bool {
+    ["abci.log", "cometbft.log"].iter().any(|log| {
+        std::fs::read_to_string(net.nodes[i].home.join(log))
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("no space left on device")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_one_validator_cleanly_and_it_catches_up_once_freed() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut net = four_hosts().await?;
+    let load = Load::start(&net, 4)?;
+    net.stop_validator(3)?;
+    let disk = SmallDisk::mount_over(&net.nodes[3].home.join("data"), 256 << 20)?;
+    net.start_abci(3)?;
+    net.start_cometbft(3)?;
+    let now = max_height(&net, &[0, 1, 2]).await?;
+    wait_heights(&net, &[3], now + 2, Duration::from_secs(120)).await?;
+
+    disk.fill()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !mentions_full_disk(&net, 3) {
+        if Instant::now() > deadline {
+            bail!("node 3 logged no full-disk error within 120 s of its disk filling");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stuck = height(&net, 3).await.unwrap_or(0);
+    // The others go on without it.
+    wait_heights(&net, &[0, 1, 2], stuck + 10, Duration::from_secs(120)).await?;
+    if let Ok(h) = height(&net, 3).await {
+        assert!(
+            h <= stuck + 1,
+            "node 3 went on committing on a full disk: {stuck} -> {h}"
+        );
+    }
+
+    net.stop_validator(3)?;
+    disk.free()?;
+    net.start_abci(3)?;
+    net.start_cometbft(3)?;
+    let now = max_height(&net, &[0, 1, 2]).await?;
+    wait_heights(&net, &[3], now, Duration::from_secs(120)).await?;
+    settle(&net, load).await?;
+    Ok(())
+}
+
+/// Node `i`'s validator address, as commits name it.
+fn validator_address(net: &Testnet, i: usize) -> Result<Vec<u8>> {
+    Ok(pyrsia_genesis::validator_address(
+        &net.nodes[i].home.join("config/priv_validator_key.json"),
+    )?)
+}
+
+/// How far node `i`'s vote timestamps are from the time of the block they
+/// commit, in seconds, in the commits of heights `first..=last` that hold
+/// its vote.
+async fn vote_offsets(net: &Testnet, i: usize, first: u64, last: u64) -> Result<Vec<f64>> {
+    let address = validator_address(net, i)?;
+    let http = tendermint_rpc::HttpClient::new(net.nodes[0].rpc_url.as_str())?;
+    let mut offsets = Vec::new();
+    for h in first..=last {
+        let commit = http.commit(tendermint::block::Height::try_from(h)?).await?;
+        let block_time = commit.signed_header.header.time;
+        for sig in &commit.signed_header.commit.signatures {
+            if let tendermint::block::CommitSig::BlockIdFlagCommit {
+                validator_address,
+                timestamp,
+                ..
+            } = sig
+            {
+                if validator_address.as_bytes() == address.as_slice() {
+                    let nanos =
+                        timestamp.unix_timestamp_nanos() - block_time.unix_timestamp_nanos();
+                    offsets.push(nanos as f64 / 1e9);
+                }
+            }
+        }
+    }
+    Ok(offsets)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_thirty_seconds_off_neither_stops_the_chain_nor_moves_block_time() -> Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let skewed = skewed_cometbft()?;
+    let mut net = four_hosts().await?;
+    let load = Load::start(&net, 4)?;
+    for skew in [30.0, -30.0] {
+        net.stop_validator(3)?;
+        let mut cmd = net.on_host(3, skewed.clone());
+        cmd.env("PYRSIA_CLOCK_SKEW", format!("{skew}s"));
+        net.start_abci(3)?;
+        net.start_cometbft_from(3, cmd)?;
+        let from = max_height(&net, &[0, 1, 2]).await?;
+        wait_heights(&net, &[0, 1, 2, 3], from + 10, Duration::from_secs(120)).await?;
+
+        let last = height(&net, 0).await?;
+        // Node 3 votes, with its clock's time. A clock behind is clamped by
+        // BFT time's rule: a vote is at least 1 ms after the block it is for.
+        let offsets = vote_offsets(&net, 3, from + 2, last).await?;
+        let skewed_votes = offsets
+            .iter()
+            .filter(|&&o| {
+                if skew > 0.0 {
+                    (o - skew).abs() < 5.0
+                } else {
+                    (o - 0.001).abs() < 0.0005
+                }
+            })
+            .count();
+        assert!(
+            !offsets.is_empty() && skewed_votes == offsets.len(),
+            "node 3's votes do not show its clock {skew} s off: offsets {offsets:?}"
+        );
+        // ...but the block time, the power-weighted median of the votes,
+        // stays with the others' clocks.
+        let block_time = net.client(0)?.block_time(last).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        assert!(
+            (now - block_time).abs() < 10.0,
+            "block {last}'s time is {:.1} s from the host's clock with node 3 {skew} s off",
+            block_time - now
+        );
+    }
     settle(&net, load).await?;
     Ok(())
 }

@@ -508,7 +508,7 @@ impl Testnet {
     }
 
     /// `program`, run on validator `i`'s host.
-    fn on_host(&self, i: usize, program: PathBuf) -> Command {
+    pub fn on_host(&self, i: usize, program: PathBuf) -> Command {
         match &self.netns {
             Some(net) => net.command(i, program),
             None => Command::new(program),
@@ -527,7 +527,12 @@ impl Testnet {
     }
 
     pub fn start_cometbft(&mut self, i: usize) -> Result<()> {
-        let mut cmd = self.on_host(i, cometbft());
+        self.start_cometbft_from(i, self.on_host(i, cometbft()))
+    }
+
+    /// Starts node `i`'s cometbft as `cmd` (a build of it, with its
+    /// environment), adding the arguments.
+    pub fn start_cometbft_from(&mut self, i: usize, mut cmd: Command) -> Result<()> {
         let node = &mut self.nodes[i];
         cmd.arg("start").arg("--home").arg(&node.home);
         if self.app == AppKind::Kvstore {

@@ -116,3 +116,64 @@ impl Drop for Netns {
         }
     }
 }
+
+/// The CometBFT version `scripts/setup.sh` installs.
+const COMETBFT_VERSION: &str = "v0.38.25";
+
+/// A build of the pinned CometBFT whose wall clock (`types/time.Now`, which
+/// stamps votes and proposals) runs `PYRSIA_CLOCK_SKEW` (a Go duration,
+/// e.g. `30s` or `-30s`) off the host's. Real clocks in network namespaces
+/// cannot differ, and Go reads the clock without libc, so the skew is built
+/// into a copy of CometBFT's source; nothing else of it changes.
+pub fn skewed_cometbft() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pyrsia-cometbft-skewed-{COMETBFT_VERSION}"));
+    let bin = dir.join("cometbft");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let modcache = Command::new("go").args(["env", "GOMODCACHE"]).output()?;
+    let module = PathBuf::from(String::from_utf8_lossy(&modcache.stdout).trim())
+        .join(format!("github.com/cometbft/cometbft@{COMETBFT_VERSION}"));
+    let source = dir.join("src");
+    let _ = std::fs::remove_dir_all(&source);
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("cp").arg("-r").arg(&module).arg(&source))
+        .with_context(|| format!("copying {} (scripts/setup.sh fetches it)", module.display()))?;
+    run(Command::new("chmod").arg("-R").arg("u+w").arg(&source))?;
+    let file = source.join("types/time/time.go");
+    let original = std::fs::read_to_string(&file)?;
+    let now = "return Canonical(time.Now())";
+    if !original.contains(now) {
+        bail!("{} no longer has `{now}`", file.display());
+    }
+    let patched = original
+        .replace(now, "return Canonical(time.Now().Add(pyrsiaClockSkew))")
+        .replacen("import (", "import (\n\t\"os\"", 1)
+        + r#"
+var pyrsiaClockSkew = func() time.Duration {
+	d, err := time.ParseDuration(os.Getenv("PYRSIA_CLOCK_SKEW"))
+	if err != nil {
+		return 0
+	}
+	return d
+}()
+"#;
+    std::fs::write(&file, patched)?;
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("./cmd/cometbft")
+        .current_dir(&source)
+        .env("GOFLAGS", "-mod=mod"))
+    .context("building the skewed cometbft")?;
+    std::fs::remove_dir_all(&source)?;
+    Ok(bin)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

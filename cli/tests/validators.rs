@@ -266,4 +266,45 @@ async fn set_validator_refusals_reach_the_cli_with_their_codes() {
     let shown = net.pyrsia_json(&["node", "show-validator"]).unwrap();
     let keys = pyrsia_genesis::validator_keys(&home).unwrap();
     assert_eq!(shown["pub_key"], keys.pub_key.to_string());
+
+    // Approval files signed apart, combined by anyone: the validator's
+    // power changes two blocks after the action commits.
+    let seq = net.pyrsia_json(&["query", "gov-seq"]).unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let approve = |member: usize| {
+        let out = dir.path().join(format!("m{member}.json"));
+        let status = std::process::Command::new(support::pyrsia_bin())
+            .args([
+                "--node",
+                "http://127.0.0.1:9",
+                "gov",
+                "approve",
+                "--board-key",
+            ])
+            .arg(net.board_key(member))
+            .args(["--chain-id", "pyrsia-test", "--seq", &seq.to_string(), "-o"])
+            .arg(&out)
+            .args([
+                "set-validator",
+                "--validator-pub-key",
+                &keys.pub_key.to_string(),
+                "--power",
+                "20",
+            ])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        out.to_str().unwrap().to_owned()
+    };
+    let (a0, a1) = (approve(0), approve(2));
+    let done = net.pyrsia_json(&["gov", "submit", &a0, &a1]).unwrap();
+    let at = done["height"].as_u64().unwrap() + 2;
+    let rpc = &net.nodes[0].rpc_url;
+    net.client(0).unwrap().wait_height(at, WAIT).await.unwrap();
+    let json = rpc_get(&format!("{rpc}/validators?height={at}"));
+    assert_eq!(json["result"]["validators"][0]["voting_power"], "20");
+    let json = rpc_get(&format!("{rpc}/validators?height={}", at - 1));
+    assert_eq!(json["result"]["validators"][0]["voting_power"], "10");
 }

@@ -196,7 +196,7 @@ fn below_threshold_strangers_and_replays_are_refused() {
     assert_eq!(net.block(&[], &[tx]).txs[0].code, code::BAD_APPROVAL);
 
     let tx = net.gov_tx(0, &action, &[200, 201]);
-    let r = net.block(&[], &[tx.clone()]);
+    let r = net.block(&[], std::slice::from_ref(&tx));
     assert_eq!(r.txs[0].code, 0);
     assert_eq!(r.validator_updates, vec![update(4, 10)]);
     // The same approvals again: the sequence has moved on.

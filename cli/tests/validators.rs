@@ -263,6 +263,45 @@ async fn set_validator_refusals_reach_the_cli_with_their_codes() {
         stderr.contains(&format!("code {}", pyrsia_chain::code::UNKNOWN_VALIDATOR)),
         "{stderr}"
     );
+    // `node init` on another host: the chain's genesis, its peers; a peer
+    // that is not NODE_ID@HOST:PORT is refused before anything is written.
+    let other = tempfile::tempdir().unwrap();
+    let new_home = other.path().join("home");
+    let genesis = net.genesis();
+    let cometbft = cometbft();
+    let init = |peer: &str| {
+        std::process::Command::new(support::pyrsia_bin())
+            .arg("--home")
+            .arg(&new_home)
+            .args(["--json", "node", "init", "--genesis"])
+            .arg(&genesis)
+            .args(["--peer", peer, "--base-port", "26000", "--cometbft"])
+            .arg(&cometbft)
+            .output()
+            .unwrap()
+    };
+    let out = init("not-a-peer");
+    assert!(!out.status.success());
+    assert!(!new_home.join("config").exists());
+    let peer = format!("{}@127.0.0.1:1", pyrsia_genesis::node_id(&home).unwrap());
+    let out = init(&peer);
+    assert!(out.status.success(), "{out:?}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["rpc"], "http://127.0.0.1:26001");
+    assert_eq!(
+        std::fs::read(new_home.join("config/genesis.json")).unwrap(),
+        std::fs::read(&genesis).unwrap()
+    );
+    let config = std::fs::read_to_string(new_home.join("config/config.toml")).unwrap();
+    assert!(config.contains(&format!("persistent_peers = \"{peer}\"")));
+    assert!(config.contains("laddr = \"tcp://0.0.0.0:26000\""));
+    assert!(pyrsia_genesis::validator_keys(&new_home)
+        .unwrap()
+        .vrf_public
+        .is_some());
+    // A home that holds a node is never overwritten.
+    assert!(!init(&peer).status.success());
+
     let shown = net.pyrsia_json(&["node", "show-validator"]).unwrap();
     let keys = pyrsia_genesis::validator_keys(&home).unwrap();
     assert_eq!(shown["pub_key"], keys.pub_key.to_string());

@@ -16,12 +16,12 @@ use bytes::Bytes;
 use pyrsia_chain::beacon::{is_beacon_tx, BeaconKey};
 use pyrsia_chain::ledger::BlockInfo;
 use pyrsia_chain::proof::{encode_proof, PROOF_OP_TYPE};
-use pyrsia_chain::{GenesisState, Ledger, LedgerReader};
+use pyrsia_chain::{GenesisState, Ledger, LedgerReader, ValidatorUpdate};
 use tendermint::abci::types::ExecTxResult;
 use tendermint::abci::{response, Code, Event, EventAttributeIndexExt};
 use tendermint::merkle::proof::{ProofOp, ProofOps};
 use tendermint::v0_38::abci::{request, InfoRequest, InfoResponse, Request, Response};
-use tendermint::AppHash;
+use tendermint::{validator, AppHash};
 use tower::Service;
 use tower_abci::v038::{split, Server};
 use tower_abci::BoxError;
@@ -52,6 +52,16 @@ type Reply = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send + 's
 
 fn app_hash(bytes: &[u8]) -> AppHash {
     AppHash::try_from(bytes.to_vec()).unwrap_or_default()
+}
+
+/// A ledger validator update as CometBFT takes it. The ledger has checked
+/// the key and bounded the power, so a failure here is a broken invariant.
+fn validator_update(u: &ValidatorUpdate) -> Result<validator::Update, BoxError> {
+    let pub_key = tendermint::PublicKey::from_raw_ed25519(&u.pub_key.0)
+        .ok_or_else(|| format!("validator key {} is not ed25519", u.pub_key))?;
+    let power = tendermint::vote::Power::try_from(u.power)
+        .map_err(|e| format!("validator power {}: {e}", u.power))?;
+    Ok(validator::Update { pub_key, power })
 }
 
 fn to_events(events: Vec<pyrsia_chain::Event>) -> Vec<Event> {
@@ -125,9 +135,27 @@ impl App {
     fn init_chain(&mut self, req: request::InitChain) -> Result<response::InitChain, BoxError> {
         let genesis: GenesisState = serde_json::from_slice(&req.app_state_bytes)
             .map_err(|e| format!("genesis app_state is not a Pyrsia genesis state: {e}"))?;
-        let hash = self
-            .ledger
-            .init_chain(&req.chain_id, &genesis, req.initial_height.value())?;
+        let validators = req
+            .validators
+            .iter()
+            .map(|v| match v.pub_key.ed25519() {
+                Some(key) => {
+                    let mut bytes = [0u8; 32];
+                    bytes.copy_from_slice(key.as_bytes());
+                    Ok((pyrsia_chain::PublicKey(bytes), v.power.value()))
+                }
+                None => Err(format!(
+                    "genesis validator key {:?} is not ed25519, the only kind Pyrsia governs",
+                    v.pub_key
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let hash = self.ledger.init_chain_with_validators(
+            &req.chain_id,
+            &genesis,
+            req.initial_height.value(),
+            &validators,
+        )?;
         tracing::info!(chain_id = %req.chain_id, app_hash = %hex::encode(hash), "chain initialised");
         Ok(response::InitChain {
             consensus_params: None,
@@ -158,6 +186,14 @@ impl App {
         };
         let result = self.ledger.finalize_block(&block, &req.txs)?;
         tracing::debug!(height = block.height, txs = req.txs.len(), app_hash = %hex::encode(result.app_hash), "finalized");
+        let validator_updates = result
+            .validator_updates
+            .iter()
+            .map(validator_update)
+            .collect::<Result<Vec<_>, _>>()?;
+        for u in &result.validator_updates {
+            tracing::info!(height = block.height, pub_key = %u.pub_key, power = u.power, "validator update");
+        }
         Ok(response::FinalizeBlock {
             events: to_events(result.events),
             tx_results: result
@@ -170,7 +206,7 @@ impl App {
                     ..Default::default()
                 })
                 .collect(),
-            validator_updates: Vec::new(),
+            validator_updates,
             consensus_param_updates: None,
             app_hash: app_hash(&result.app_hash),
         })

@@ -97,6 +97,11 @@ pub fn verify(
     Ok(inout.make_bytes::<[u8; 32]>(OUTPUT_CONTEXT))
 }
 
+/// Whether `public` is a usable VRF public key (a valid point).
+pub fn valid_public(public: &[u8; 32]) -> bool {
+    schnorrkel::PublicKey::from_bytes(public).is_ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BeaconError {
     #[error("beacon for height {got}, expected {expected}")]

@@ -138,6 +138,12 @@ pub fn approve(key: &Keypair, chain_id: &str, seq: u64, action: &GovAction) -> A
     }
 }
 
+/// Whether `key` is a usable ed25519 public key (a point on the curve), as
+/// a validator's consensus key must be to ever sign.
+pub fn valid_public_key(key: &PublicKey) -> bool {
+    VerificationKey::try_from(key.0).is_ok()
+}
+
 pub fn verify(key: &PublicKey, sig: &[u8; 64], msg: &[u8]) -> bool {
     VerificationKey::try_from(key.0)
         .and_then(|vk| vk.verify(&Signature::from(*sig), msg))

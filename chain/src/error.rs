@@ -33,6 +33,8 @@ pub mod code {
     pub const DUPLICATE_FAILURE: u32 = 24;
     pub const ANSWER_CONFLICT: u32 = 25;
     pub const NONCE_NOT_NEXT: u32 = 26;
+    pub const UNKNOWN_VALIDATOR: u32 = 27;
+    pub const VALIDATOR_SET: u32 = 28;
     pub const INTERNAL: u32 = 100;
 }
 
@@ -110,6 +112,10 @@ pub enum TxError {
         request: Digest,
         had: &'static str,
     },
+    #[error("{0} is not a validator")]
+    UnknownValidator(String),
+    #[error("validator set: {0}")]
+    ValidatorSet(String),
     #[error("internal state error: {0}")]
     Store(#[from] StoreError),
 }
@@ -143,6 +149,8 @@ impl TxError {
             TxError::TooManyOpen { .. } => code::TOO_MANY_OPEN,
             TxError::DuplicateFailure { .. } => code::DUPLICATE_FAILURE,
             TxError::AnswerConflict { .. } => code::ANSWER_CONFLICT,
+            TxError::UnknownValidator(_) => code::UNKNOWN_VALIDATOR,
+            TxError::ValidatorSet(_) => code::VALIDATOR_SET,
             TxError::Store(_) => code::INTERNAL,
         }
     }

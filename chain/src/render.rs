@@ -43,6 +43,9 @@ pub fn value_to_json(key: &str, bytes: &[u8]) -> Result<serde_json::Value, Rende
         "builders" | "open" => decode::<u32>(key, bytes),
         "builder" => decode::<PublicKey>(key, bytes),
         "void" => decode::<Vec<VoidJob>>(key, bytes),
+        "validators" => decode::<Validators>(key, bytes),
+        "beacon" if key == crate::state_key::BEACON_KEYS => decode::<BeaconKeys>(key, bytes),
+        "beacon" if key == crate::state_key::BEACON_SEED => decode::<Digest>(key, bytes),
         _ => Err(RenderError {
             key: key.to_owned(),
             reason: "no known record type".into(),

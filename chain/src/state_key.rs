@@ -12,6 +12,12 @@ pub const GOV_SEQ: &str = "gov/seq";
 pub const BEACON_KEYS: &str = "beacon/keys";
 /// `beacon/seed`: the selection seed after the last block.
 pub const BEACON_SEED: &str = "beacon/seed";
+/// `validators`: the validator set ([`crate::types::Validators`]).
+pub const VALIDATORS: &str = "validators";
+/// `beacon/retiring`: the addresses of validators removed in the last block,
+/// whose beacon keys leave `beacon/keys` at the start of the next block,
+/// when CometBFT stops letting them propose.
+pub const BEACON_RETIRING: &str = "beacon/retiring";
 /// `void/queue`: the pending [`crate::types::VoidJob`]s.
 pub const VOID_QUEUE: &str = "void/queue";
 

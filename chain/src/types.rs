@@ -77,6 +77,14 @@ macro_rules! hex32 {
 }
 hex32!(Digest);
 hex32!(PublicKey);
+hex32!(VrfPublic);
+
+/// A validator's sr25519 VRF public key, for the selection beacon
+/// ([`crate::beacon`]).
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
+)]
+pub struct VrfPublic(pub [u8; 32]);
 
 impl Digest {
     pub fn of(bytes: &[u8]) -> Digest {
@@ -334,6 +342,76 @@ pub enum GovAction {
         reason: String,
         since_height: u64,
     },
+    /// Adds a validator, changes its voting power, or (power 0) removes it.
+    /// CometBFT applies the change two blocks after the one that commits it.
+    SetValidator {
+        /// The validator's ed25519 consensus key (`priv_validator_key.json`).
+        pub_key: PublicKey,
+        /// Voting power: 0 removes the validator, otherwise
+        /// `1..=MAX_VALIDATOR_POWER`.
+        power: u64,
+        /// Its beacon key (`beacon_key.json`): required to add a validator
+        /// on a chain with beacon keys, refused on one without them and on
+        /// a removal; an existing validator keeps its key (`None` or the same).
+        vrf_public: Option<VrfPublic>,
+    },
+}
+
+/// Most validators the set may hold.
+pub const MAX_VALIDATORS: usize = 100;
+/// Most voting power one validator may have; with [`MAX_VALIDATORS`] the
+/// total stays far below CometBFT's limit (2^63 / 8).
+pub const MAX_VALIDATOR_POWER: u64 = 1_000_000_000_000;
+
+/// A validator's CometBFT address: the first 20 bytes of SHA-256 of its
+/// ed25519 consensus key.
+pub fn validator_address(pub_key: &PublicKey) -> Vec<u8> {
+    Sha256::digest(pub_key.0)[..20].to_vec()
+}
+
+/// `validators`: the validator set as the ledger has sent it to CometBFT,
+/// which uses it from two blocks after the last change.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
+pub struct Validators {
+    /// Each validator's consensus key and voting power, sorted by key.
+    pub validators: Vec<(PublicKey, u64)>,
+}
+
+impl Validators {
+    pub fn power_of(&self, pub_key: &PublicKey) -> Option<u64> {
+        self.validators
+            .binary_search_by(|(k, _)| k.cmp(pub_key))
+            .ok()
+            .map(|i| self.validators[i].1)
+    }
+
+    pub fn total_power(&self) -> u64 {
+        self.validators
+            .iter()
+            .fold(0u64, |sum, (_, p)| sum.saturating_add(*p))
+    }
+
+    /// Sets `pub_key`'s power (0 removes it), keeping the order.
+    pub fn set(&mut self, pub_key: PublicKey, power: u64) {
+        match self.validators.binary_search_by(|(k, _)| k.cmp(&pub_key)) {
+            Ok(i) if power == 0 => {
+                self.validators.remove(i);
+            }
+            Ok(i) => self.validators[i].1 = power,
+            Err(_) if power == 0 => {}
+            Err(i) => self.validators.insert(i, (pub_key, power)),
+        }
+    }
+}
+
+/// One change of the validator set, as FinalizeBlock returns it to
+/// CometBFT (power 0 removes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidatorUpdate {
+    pub pub_key: PublicKey,
+    pub power: u64,
 }
 
 /// One board member's approval of a governance action.
@@ -381,6 +459,7 @@ impl TxKind {
                 GovAction::BindName(_) => "gov_bind_name",
                 GovAction::AdmitBuilder { .. } => "gov_admit_builder",
                 GovAction::RemoveBuilder { .. } => "remove_builder",
+                GovAction::SetValidator { .. } => "set_validator",
             },
         }
     }
@@ -774,6 +853,26 @@ impl BeaconKeys {
             .binary_search_by(|(a, _)| a.as_slice().cmp(address))
             .ok()
             .map(|i| &self.keys[i].1)
+    }
+
+    /// Registers (or replaces) `address`'s key, keeping the order.
+    pub fn set(&mut self, address: Vec<u8>, key: [u8; 32]) {
+        match self
+            .keys
+            .binary_search_by(|(a, _)| a.as_slice().cmp(&address))
+        {
+            Ok(i) => self.keys[i].1 = key,
+            Err(i) => self.keys.insert(i, (address, key)),
+        }
+    }
+
+    pub fn remove(&mut self, address: &[u8]) {
+        if let Ok(i) = self
+            .keys
+            .binary_search_by(|(a, _)| a.as_slice().cmp(address))
+        {
+            self.keys.remove(i);
+        }
     }
 }
 

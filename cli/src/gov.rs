@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use pyrsia_chain::crypto::{approve, gov_sign_bytes, verify};
-use pyrsia_chain::{Approval, GovAction, Governance, Keypair, Params, PublicKey, TxKind};
+use pyrsia_chain::{
+    Approval, GovAction, Governance, Keypair, Params, PublicKey, TxKind, VrfPublic,
+};
 use pyrsia_ledger_client::verified::At;
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +101,13 @@ pub enum OneStepCmd {
         #[command(flatten)]
         board: BoardArgs,
     },
+    /// Add a validator, change its voting power, or remove it (--power 0).
+    SetValidator {
+        #[command(flatten)]
+        args: SetValidatorArgs,
+        #[command(flatten)]
+        board: BoardArgs,
+    },
 }
 
 /// An action, as `gov approve` signs it.
@@ -116,6 +125,71 @@ pub enum ActionCmd {
     AdmitBuilder(AdmitBuilderArgs),
     /// Remove a builder; its attestations from --since-height on stop counting.
     RemoveBuilder(RemoveBuilderArgs),
+    /// Add a validator, change its voting power, or remove it (--power 0).
+    SetValidator(SetValidatorArgs),
+}
+
+/// The validator and its power: its keys from its node's home
+/// (`--validator-home`), or given explicitly.
+#[derive(Args, Debug, Clone)]
+pub struct SetValidatorArgs {
+    /// The validator node's home: its consensus key from
+    /// config/priv_validator_key.json, its beacon key from
+    /// config/beacon_key.json (only the public halves are read).
+    #[arg(long, conflicts_with = "validator_pub_key")]
+    validator_home: Option<PathBuf>,
+    /// The validator's ed25519 consensus public key: hex, or base64 as in
+    /// `priv_validator_key.json` and `cometbft show-validator`.
+    #[arg(long = "validator-pub-key", value_name = "KEY")]
+    validator_pub_key: Option<String>,
+    /// Its beacon (VRF) public key, hex: needed to add a validator to a
+    /// chain with beacon keys (`public` in its config/beacon_key.json).
+    #[arg(long, value_name = "HEX")]
+    vrf_public: Option<VrfPublic>,
+    /// Voting power: 0 removes the validator.
+    #[arg(long)]
+    power: u64,
+}
+
+impl SetValidatorArgs {
+    fn action(self) -> Result<GovAction> {
+        let (pub_key, home_vrf) = match (&self.validator_home, &self.validator_pub_key) {
+            (Some(home), _) => {
+                let keys = pyrsia_genesis::validator_keys(home)?;
+                (keys.pub_key, keys.vrf_public)
+            }
+            (None, Some(text)) => (parse_consensus_key(text)?, None),
+            (None, None) => bail!("give --validator-home or --validator-pub-key"),
+        };
+        // A removal carries no beacon key; an addition takes the home's
+        // unless one is given.
+        let vrf_public = if self.power == 0 {
+            None
+        } else {
+            self.vrf_public.or(home_vrf)
+        };
+        Ok(GovAction::SetValidator {
+            pub_key,
+            power: self.power,
+            vrf_public,
+        })
+    }
+}
+
+/// An ed25519 consensus public key given as hex or base64.
+pub fn parse_consensus_key(text: &str) -> Result<PublicKey> {
+    let text = text.trim();
+    if let Ok(key) = text.parse::<PublicKey>() {
+        return Ok(key);
+    }
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .with_context(|| format!("{text:?} is neither 64 hex characters nor base64"))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| anyhow::anyhow!("an ed25519 key is 32 bytes, not {}", b.len()))?;
+    Ok(PublicKey(bytes))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -246,6 +320,7 @@ impl ActionCmd {
                 reason: a.reason,
                 since_height: a.since_height,
             },
+            ActionCmd::SetValidator(a) => a.action()?,
         })
     }
 }
@@ -259,6 +334,7 @@ impl OneStepCmd {
             OneStepCmd::Params { args, board } => (ActionCmd::Params(args), board),
             OneStepCmd::AdmitBuilder { args, board } => (ActionCmd::AdmitBuilder(args), board),
             OneStepCmd::RemoveBuilder { args, board } => (ActionCmd::RemoveBuilder(args), board),
+            OneStepCmd::SetValidator { args, board } => (ActionCmd::SetValidator(args), board),
         }
     }
 }

@@ -47,63 +47,118 @@ pub enum NodeCommand {
     },
     /// Run one store or builder of HOME/config/services.toml in the foreground.
     Service(crate::services::ServiceArgs),
+    /// Create HOME as a new node of a running chain: its own keys, the
+    /// chain's genesis file, the given peers. `node start` then block-syncs
+    /// it from them; the board makes it a validator (`gov set-validator`).
+    Init(JoinArgs),
+    /// Print this home's validator keys (consensus key, address, beacon
+    /// key): what the board's `gov set-validator` needs.
+    ShowValidator,
+}
+
+/// A node joining a running chain.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The chain's genesis.json (from any node of the chain).
+    #[arg(long)]
+    pub genesis: PathBuf,
+    /// A node to sync from, NODE_ID@HOST:PORT (repeat, or comma-separate).
+    #[arg(long = "peer", value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    #[arg(long)]
+    pub moniker: Option<String>,
+    /// p2p on BASE, RPC on BASE+1, ABCI on BASE+2.
+    #[arg(long, default_value_t = 26656)]
+    pub base_port: u16,
+    /// The address p2p listens on; RPC and ABCI stay on 127.0.0.1.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub p2p_host: String,
+    /// HOST:PORT other nodes reach this one at (p2p.external_address).
+    #[arg(long)]
+    pub external_address: Option<String>,
+    /// consensus.timeout_commit (the same as the chain's other validators).
+    #[arg(long, default_value = "1s")]
+    pub timeout_commit: String,
+    #[command(flatten)]
+    pub comet: CometArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DevnetCommand {
     /// Create validator homes DIR/node0..N-1, board and trusted-node keys.
-    Init {
+    Init(Box<DevnetInitArgs>),
+    /// Create DIR as a new node of FROM's chain on this host (free ports,
+    /// FROM and its peers as peers); see `node init` for other hosts.
+    Join {
+        /// The new node's home.
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, default_value_t = 4)]
-        validators: usize,
-        /// Node i uses ports BASE+10i (p2p), +1 (RPC), +2 (ABCI); with
-        /// --hosts, every node uses BASE, +1 and +2 on its own host.
-        #[arg(long, default_value_t = 26656)]
-        base_port: u16,
-        /// Each validator's own host (IP addresses, one per validator,
-        /// comma-separated), when they run on separate hosts or network
-        /// namespaces; see testnet/netns-start.sh.
-        #[arg(long, value_delimiter = ',')]
-        hosts: Vec<std::net::IpAddr>,
-        #[arg(long, default_value = "pyrsia-devnet")]
-        chain_id: String,
-        #[arg(long, default_value_t = 3)]
-        board_members: usize,
-        #[arg(long, default_value_t = 2)]
-        threshold: u16,
-        /// Trusted nodes certified at genesis (keys in DIR/trusted).
-        #[arg(long, default_value_t = 2)]
-        trusted_nodes: usize,
-        /// consensus.timeout_commit of every validator.
-        #[arg(long, default_value = "1s")]
-        timeout_commit: String,
-        /// Regular builders (each with its own key and store) run by node0.
-        #[arg(long, default_value_t = 0)]
-        builders: usize,
-        /// Builders run by node0 with the trusted-node keys (at most --trusted-nodes).
-        #[arg(long, default_value_t = 0)]
-        trusted_builders: usize,
-        /// Store i of node0 listens on libp2p port BASE+i (store 0 is the node's own).
-        #[arg(long, default_value_t = 44000)]
-        store_port_base: u16,
-        /// Store i of node0 serves its control API on port BASE+i.
-        #[arg(long, default_value_t = 7889)]
-        store_api_base: u16,
-        /// Where node0's gateway (registry front-ends, explorer) listens.
-        #[arg(long, default_value = pyrsia_gateway::DEFAULT_LISTEN)]
-        gateway_listen: std::net::SocketAddr,
-        /// Ledger parameters at genesis: a JSON object; fields it omits keep
-        /// their defaults.
+        /// A home of the running chain (its genesis and peers are copied).
         #[arg(long)]
-        params: Option<PathBuf>,
-        /// A builder key (hex) the board admits at genesis (repeatable),
-        /// besides the --builders this command creates.
-        #[arg(long = "admit-builder")]
-        admit_builders: Vec<PublicKey>,
+        from: PathBuf,
+        /// p2p on BASE, RPC on BASE+1, ABCI on BASE+2 (default: the first
+        /// free run of three after FROM's ports, in steps of 10).
+        #[arg(long)]
+        base_port: Option<u16>,
+        #[arg(long)]
+        moniker: Option<String>,
         #[command(flatten)]
         comet: CometArgs,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct DevnetInitArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Node i uses ports BASE+10i (p2p), +1 (RPC), +2 (ABCI); with
+    /// --hosts, every node uses BASE, +1 and +2 on its own host.
+    #[arg(long, default_value_t = 26656)]
+    base_port: u16,
+    /// Each validator's own host (IP addresses, one per validator,
+    /// comma-separated), when they run on separate hosts or network
+    /// namespaces; see testnet/netns-start.sh.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<std::net::IpAddr>,
+    #[arg(long, default_value = "pyrsia-devnet")]
+    chain_id: String,
+    #[arg(long, default_value_t = 3)]
+    board_members: usize,
+    #[arg(long, default_value_t = 2)]
+    threshold: u16,
+    /// Trusted nodes certified at genesis (keys in DIR/trusted).
+    #[arg(long, default_value_t = 2)]
+    trusted_nodes: usize,
+    /// consensus.timeout_commit of every validator.
+    #[arg(long, default_value = "1s")]
+    timeout_commit: String,
+    /// Regular builders (each with its own key and store) run by node0.
+    #[arg(long, default_value_t = 0)]
+    builders: usize,
+    /// Builders run by node0 with the trusted-node keys (at most --trusted-nodes).
+    #[arg(long, default_value_t = 0)]
+    trusted_builders: usize,
+    /// Store i of node0 listens on libp2p port BASE+i (store 0 is the node's own).
+    #[arg(long, default_value_t = 44000)]
+    store_port_base: u16,
+    /// Store i of node0 serves its control API on port BASE+i.
+    #[arg(long, default_value_t = 7889)]
+    store_api_base: u16,
+    /// Where node0's gateway (registry front-ends, explorer) listens.
+    #[arg(long, default_value = pyrsia_gateway::DEFAULT_LISTEN)]
+    gateway_listen: std::net::SocketAddr,
+    /// Ledger parameters at genesis: a JSON object; fields it omits keep
+    /// their defaults.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// A builder key (hex) the board admits at genesis (repeatable),
+    /// besides the --builders this command creates.
+    #[arg(long = "admit-builder")]
+    admit_builders: Vec<PublicKey>,
+    #[command(flatten)]
+    comet: CometArgs,
 }
 
 fn now_unix() -> u64 {
@@ -233,8 +288,99 @@ fn init_services(
     Ok(services)
 }
 
+/// The first BASE after `after` (in steps of 10) with BASE..BASE+2 free on 127.0.0.1.
+fn free_ports_after(after: u16) -> Result<u16> {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut base = u32::from(after) + 10;
+    while base + 2 <= u32::from(u16::MAX) {
+        let b = base as u16;
+        if free(b) && free(b + 1) && free(b + 2) {
+            return Ok(b);
+        }
+        base += 10;
+    }
+    bail!("no three free ports after {after}")
+}
+
+/// Creates the joining node's home and its default key; prints what to do next.
+fn join(ctx: &Context, home: &Path, spec: pyrsia_genesis::JoinSpec) -> Result<()> {
+    let node = pyrsia_genesis::join_network(home, &spec)?;
+    let path = key_path(home, "default");
+    if !path.exists() {
+        Keypair::generate().save(&path)?;
+    }
+    let keys = pyrsia_genesis::validator_keys(home)?;
+    let summary = serde_json::json!({
+        "home": node.home,
+        "chain_id": node.config.chain_id,
+        "node_id": node.node_id,
+        "rpc": node.config.rpc_url,
+        "abci": node.config.abci_addr,
+        "p2p_port": node.config.p2p_port,
+        "peers": spec.peers,
+        "validator": keys,
+    });
+    ctx.print(&summary, || {
+        format!(
+            "created node {} of chain {} in {}\n  validator address {}\n  consensus key     {}\n  beacon key        {}\nstart it with `pyrsia --home {} node start --validator-only`; once it has caught up, the board adds it with `pyrsia gov set-validator --validator-pub-key {} --vrf-public {} --power 10 …`",
+            node.config.moniker,
+            node.config.chain_id,
+            home.display(),
+            keys.address,
+            keys.pub_key,
+            keys.vrf_public.map(|k| k.to_string()).unwrap_or_default(),
+            home.display(),
+            keys.pub_key,
+            keys.vrf_public.map(|k| k.to_string()).unwrap_or_default(),
+        )
+    });
+    Ok(())
+}
+
+fn moniker_of(home: &Path, given: Option<String>) -> String {
+    given.unwrap_or_else(|| {
+        home.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pyrsia-node".into())
+    })
+}
+
 pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
-    let DevnetCommand::Init {
+    match cmd {
+        DevnetCommand::Join {
+            dir,
+            from,
+            base_port,
+            moniker,
+            comet,
+        } => {
+            let from_cfg = NodeConfig::load(&from)
+                .with_context(|| format!("{} is not a node home", from.display()))?;
+            let from_id = pyrsia_genesis::node_id(&from)?;
+            let (mut peers, timeout_commit) = pyrsia_genesis::home_peers(&from)?;
+            peers.insert(0, format!("{from_id}@127.0.0.1:{}", from_cfg.p2p_port));
+            let base_port = match base_port {
+                Some(p) => p,
+                None => free_ports_after(from_cfg.p2p_port)?,
+            };
+            let spec = pyrsia_genesis::JoinSpec {
+                genesis: from.join("config").join("genesis.json"),
+                peers,
+                moniker: moniker_of(&dir, moniker),
+                base_port,
+                p2p_host: "127.0.0.1".into(),
+                external_address: None,
+                timeout_commit,
+                cometbft: comet.cometbft,
+            };
+            join(ctx, &dir, spec)
+        }
+        DevnetCommand::Init(args) => devnet_init(ctx, *args),
+    }
+}
+
+fn devnet_init(ctx: &Context, args: DevnetInitArgs) -> Result<()> {
+    let DevnetInitArgs {
         dir,
         validators,
         base_port,
@@ -252,7 +398,7 @@ pub fn run_devnet(ctx: &Context, cmd: DevnetCommand) -> Result<()> {
         params,
         admit_builders,
         comet,
-    } = cmd;
+    } = args;
     let params: Params = match params {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
@@ -394,6 +540,33 @@ pub async fn run_node(ctx: &Context, cmd: NodeCommand) -> Result<()> {
             validator_only,
         } => (comet, validator_only),
         NodeCommand::Service(args) => return crate::services::run_service(ctx, args).await,
+        NodeCommand::Init(args) => {
+            let spec = pyrsia_genesis::JoinSpec {
+                genesis: args.genesis,
+                peers: args.peers,
+                moniker: moniker_of(&ctx.home, args.moniker),
+                base_port: args.base_port,
+                p2p_host: args.p2p_host,
+                external_address: args.external_address,
+                timeout_commit: args.timeout_commit,
+                cometbft: args.comet.cometbft,
+            };
+            return join(ctx, &ctx.home, spec);
+        }
+        NodeCommand::ShowValidator => {
+            let keys = pyrsia_genesis::validator_keys(&ctx.home)?;
+            ctx.print(&serde_json::to_value(&keys)?, || {
+                format!(
+                    "address    {}\npub_key    {}\nvrf_public {}",
+                    keys.address,
+                    keys.pub_key,
+                    keys.vrf_public
+                        .map(|k| k.to_string())
+                        .unwrap_or_else(|| "(no beacon key)".into())
+                )
+            });
+            return Ok(());
+        }
     };
     let home = &ctx.home;
     if !NodeConfig::path(home).exists() {

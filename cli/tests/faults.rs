@@ -489,10 +489,27 @@ async fn a_validator_thirty_seconds_off_neither_stops_the_chain_nor_moves_block_
         let from = max_height(&net, &[0, 1, 2]).await?;
         wait_heights(&net, &[0, 1, 2, 3], from + 10, Duration::from_secs(120)).await?;
 
-        let last = height(&net, 0).await?;
-        // Node 3 votes, with its clock's time. A clock behind is clamped by
-        // BFT time's rule: a vote is at least 1 ms after the block it is for.
-        let offsets = vote_offsets(&net, 3, from + 2, last).await?;
+        // Node 3 votes (once it has caught up), with its clock's time. A
+        // clock behind is clamped by BFT time's rule: a vote is at least 1 ms
+        // after the block it is for.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (offsets, last) = loop {
+            let last = height(&net, 0).await?;
+            let offsets = vote_offsets(&net, 3, from + 2, last).await?;
+            if offsets.len() >= 3 {
+                break (offsets, last);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node 3 signed {} of blocks {}..={last}",
+                    offsets.len(),
+                    from + 2
+                );
+            }
+            net.client(0)?
+                .wait_height(last + 1, Duration::from_secs(30))
+                .await?;
+        };
         let skewed_votes = offsets
             .iter()
             .filter(|&&o| {
@@ -504,7 +521,7 @@ async fn a_validator_thirty_seconds_off_neither_stops_the_chain_nor_moves_block_
             })
             .count();
         assert!(
-            !offsets.is_empty() && skewed_votes == offsets.len(),
+            skewed_votes == offsets.len(),
             "node 3's votes do not show its clock {skew} s off: offsets {offsets:?}"
         );
         // ...but the block time, the power-weighted median of the votes,

@@ -271,44 +271,238 @@ pub fn create_network(
                 )
             })
             .collect();
-        let cfg = &node.config;
         // On a host of its own, a node listens on every interface, and tells
         // its peers the address they reach it at.
-        let listen = if spec.hosts.is_empty() {
-            LOCALHOST
+        let (listen, external) = if spec.hosts.is_empty() {
+            (LOCALHOST, None)
         } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            (
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                Some(SocketAddr::new(node.host, node.config.p2p_port).to_string()),
+            )
         };
-        set_config(&node.home, |doc| {
-            doc["moniker"] = value(cfg.moniker.clone());
-            doc["proxy_app"] = value(format!("tcp://{}", cfg.abci_addr));
-            doc["rpc"]["laddr"] = value(format!(
-                "tcp://{}",
-                SocketAddr::new(listen, cfg.p2p_port + 1)
-            ));
-            doc["p2p"]["laddr"] = value(format!("tcp://{}", SocketAddr::new(listen, cfg.p2p_port)));
-            if !spec.hosts.is_empty() {
-                doc["p2p"]["external_address"] =
-                    value(SocketAddr::new(node.host, cfg.p2p_port).to_string());
-            }
-            doc["p2p"]["persistent_peers"] = value(peers.join(","));
-            doc["p2p"]["allow_duplicate_ip"] = value(true);
-            doc["p2p"]["addr_book_strict"] = value(false);
-            doc["consensus"]["timeout_commit"] = value(spec.timeout_commit.clone());
-            doc["instrumentation"]["prometheus"] = value(false);
-            // Builders and clients follow blocks over the websocket.
-            doc["rpc"]["max_subscription_clients"] = value(200);
-            doc["rpc"]["timeout_broadcast_tx_commit"] = value("30s");
-            // A transaction held back behind a gap in its signer's nonces
-            // (docs/protocol.md) leaves the mempool after this many blocks.
-            doc["mempool"]["ttl_num_blocks"] = value(MEMPOOL_TTL_BLOCKS);
-        })?;
-        cfg.save(&node.home)?;
+        configure_home(
+            &node.home,
+            &node.config,
+            &peers,
+            &spec.timeout_commit,
+            Listen {
+                p2p: listen.to_string(),
+                rpc: listen,
+                external,
+            },
+        )?;
+        node.config.save(&node.home)?;
     }
     Ok(homes)
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Where a node listens, and the p2p address it advertises.
+struct Listen {
+    p2p: String,
+    rpc: IpAddr,
+    external: Option<String>,
+}
+/// Writes a home's `config.toml`: its ports, peers and the settings every
+/// Pyrsia node shares.
+fn configure_home(
+    home: &Path,
+    cfg: &NodeConfig,
+    peers: &[String],
+    timeout_commit: &str,
+    listen: Listen,
+) -> Result<(), GenesisError> {
+    set_config(home, |doc| {
+        doc["moniker"] = value(cfg.moniker.clone());
+        doc["proxy_app"] = value(format!("tcp://{}", cfg.abci_addr));
+        doc["rpc"]["laddr"] = value(format!(
+            "tcp://{}",
+            SocketAddr::new(listen.rpc, cfg.p2p_port + 1)
+        ));
+        doc["p2p"]["laddr"] = value(format!("tcp://{}:{}", listen.p2p, cfg.p2p_port));
+        if let Some(external) = &listen.external {
+            doc["p2p"]["external_address"] = value(external.clone());
+        }
+        doc["p2p"]["persistent_peers"] = value(peers.join(","));
+        doc["p2p"]["allow_duplicate_ip"] = value(true);
+        doc["p2p"]["addr_book_strict"] = value(false);
+        doc["consensus"]["timeout_commit"] = value(timeout_commit.to_owned());
+        doc["instrumentation"]["prometheus"] = value(false);
+        // Builders and clients follow blocks over the websocket.
+        doc["rpc"]["max_subscription_clients"] = value(200);
+        doc["rpc"]["timeout_broadcast_tx_commit"] = value("30s");
+        // A transaction held back behind a gap in its signer's nonces
+        // (docs/protocol.md) leaves the mempool after this many blocks.
+        doc["mempool"]["ttl_num_blocks"] = value(MEMPOOL_TTL_BLOCKS);
+    })
+}
+
+/// A node joining a running chain.
+#[derive(Clone, Debug)]
+pub struct JoinSpec {
+    /// The chain's `genesis.json`, copied unchanged.
+    pub genesis: PathBuf,
+    /// `NODE_ID@HOST:PORT` of nodes already on the chain.
+    pub peers: Vec<String>,
+    pub moniker: String,
+    /// p2p on `base_port`, RPC on `+1`, ABCI on `+2`.
+    pub base_port: u16,
+    /// The address p2p listens on (`0.0.0.0` on a real host); RPC and ABCI
+    /// stay on 127.0.0.1.
+    pub p2p_host: String,
+    /// `p2p.external_address` to advertise, if any (`HOST:PORT`).
+    pub external_address: Option<String>,
+    pub timeout_commit: String,
+    pub cometbft: PathBuf,
+}
+
+/// The public keys a validator is known by: its consensus key (and the
+/// address CometBFT derives from it) and its beacon key, if the home has one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ValidatorKeys {
+    /// Hex, as in `priv_validator_key.json`.
+    pub address: String,
+    pub pub_key: pyrsia_chain::PublicKey,
+    pub vrf_public: Option<pyrsia_chain::VrfPublic>,
+}
+
+/// The public halves of HOME's validator key and beacon key.
+pub fn validator_keys(home: &Path) -> Result<ValidatorKeys, GenesisError> {
+    let path = home.join("config").join("priv_validator_key.json");
+    let json = read_json(&path)?;
+    let address = json["address"]
+        .as_str()
+        .ok_or_else(|| format_err(&path, "no address"))?
+        .to_owned();
+    if json["pub_key"]["type"].as_str() != Some("tendermint/PubKeyEd25519") {
+        return Err(format_err(&path, "pub_key is not an ed25519 key"));
+    }
+    let value = json["pub_key"]["value"]
+        .as_str()
+        .ok_or_else(|| format_err(&path, "no pub_key.value"))?;
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|e| format_err(&path, e))?
+        .try_into()
+        .map_err(|_| format_err(&path, "pub_key is not 32 bytes"))?;
+    let beacon = home.join("config").join(BEACON_KEY_FILE);
+    let vrf_public = if beacon.exists() {
+        let json = read_json(&beacon)?;
+        let public = json["public"]
+            .as_str()
+            .ok_or_else(|| format_err(&beacon, "no \"public\""))?;
+        Some(public.parse().map_err(|e| format_err(&beacon, e))?)
+    } else {
+        None
+    };
+    Ok(ValidatorKeys {
+        address,
+        pub_key: pyrsia_chain::PublicKey(bytes),
+        vrf_public,
+    })
+}
+
+/// The peers a home dials (`p2p.persistent_peers`) and its own p2p port.
+pub fn home_peers(home: &Path) -> Result<(Vec<String>, String), GenesisError> {
+    let path = home.join("config").join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let doc: DocumentMut = text.parse().map_err(|e| format_err(&path, e))?;
+    let peers = doc["p2p"]["persistent_peers"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let timeout_commit = doc["consensus"]["timeout_commit"]
+        .as_str()
+        .unwrap_or("1s")
+        .to_owned();
+    Ok((peers, timeout_commit))
+}
+
+/// Creates a full-node home for a running chain: CometBFT's keys, a
+/// beacon key, the chain's genesis unchanged, and the given peers. The node
+/// block-syncs from its peers when started; it becomes a validator only when
+/// governance adds its key (`GovAction::SetValidator`).
+pub fn join_network(home: &Path, spec: &JoinSpec) -> Result<NodeHome, GenesisError> {
+    if home.join("config").join("genesis.json").exists() {
+        return Err(GenesisError::Spec(format!(
+            "{} already holds a node",
+            home.display()
+        )));
+    }
+    if spec.peers.is_empty() {
+        return Err(GenesisError::Spec(
+            "at least one peer (NODE_ID@HOST:PORT) to sync from".into(),
+        ));
+    }
+    if let Some(bad) = spec.peers.iter().find(|p| {
+        p.split_once('@')
+            .is_none_or(|(id, addr)| id.len() != 40 || !addr.contains(':'))
+    }) {
+        return Err(GenesisError::Spec(format!(
+            "peer {bad:?} is not NODE_ID@HOST:PORT"
+        )));
+    }
+    if u32::from(spec.base_port) + 2 > u32::from(u16::MAX) {
+        return Err(GenesisError::Spec("ports beyond 65535".into()));
+    }
+    let genesis_text = std::fs::read_to_string(&spec.genesis).map_err(io_err(&spec.genesis))?;
+    let genesis: serde_json::Value =
+        serde_json::from_str(&genesis_text).map_err(|e| format_err(&spec.genesis, e))?;
+    let chain_id = genesis["chain_id"]
+        .as_str()
+        .ok_or_else(|| format_err(&spec.genesis, "no chain_id"))?
+        .to_owned();
+    serde_json::from_value::<GenesisState>(genesis["app_state"].clone())
+        .map_err(|e| format_err(&spec.genesis, format!("app_state: {e}")))?;
+    run_cometbft(
+        &spec.cometbft,
+        &["init", "--home", &home.display().to_string()],
+    )?;
+    let path = home.join("config").join("genesis.json");
+    std::fs::write(&path, &genesis_text).map_err(io_err(&path))?;
+    let beacon = pyrsia_chain::beacon::BeaconKey::generate();
+    let beacon_path = home.join("config").join(BEACON_KEY_FILE);
+    beacon
+        .save(&beacon_path)
+        .map_err(|e| format_err(&beacon_path, e))?;
+    let port = spec.base_port;
+    let config = NodeConfig {
+        chain_id,
+        moniker: spec.moniker.clone(),
+        abci_addr: format!("127.0.0.1:{}", port + 2),
+        rpc_url: format!("http://127.0.0.1:{}", port + 1),
+        p2p_port: port,
+    };
+    configure_home(
+        home,
+        &config,
+        &spec.peers,
+        &spec.timeout_commit,
+        Listen {
+            p2p: spec.p2p_host.clone(),
+            rpc: LOCALHOST,
+            external: spec.external_address.clone(),
+        },
+    )?;
+    config.save(home)?;
+    let host = spec
+        .external_address
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map_or(LOCALHOST, |a| a.ip());
+    Ok(NodeHome {
+        home: home.to_owned(),
+        host,
+        node_id: node_id(home)?,
+        config,
+    })
+}
 
 /// CometBFT's `mempool.ttl_num_blocks` in every validator's config.
 pub const MEMPOOL_TTL_BLOCKS: i64 = 600;

@@ -15,7 +15,7 @@ use jmt::KeyHash;
 use sha2::{Digest as _, Sha256};
 
 use crate::beacon::{self, Beacon, BeaconKey};
-use crate::crypto::{gov_sign_bytes, tx_sign_bytes, verify, verify_batch};
+use crate::crypto::{gov_sign_bytes, tx_sign_bytes, valid_public_key, verify, verify_batch};
 use crate::error::TxError;
 use crate::state_key;
 use crate::store::{key_hash, Committed, Store, StoreError};
@@ -65,7 +65,7 @@ pub enum LedgerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, package-requests/PAGE/ECO/NAME/VERSION, released/ECO/NAME/VERSION, artifact-requests/PAGE/SHA256, name/ECO/NAME, versions/ECO/NAME, version-list/PAGE/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, params or board")]
+    #[error("unknown query path {0:?}; expected package/ECO/NAME/VERSION, package-requests/PAGE/ECO/NAME/VERSION, released/ECO/NAME/VERSION, artifact-requests/PAGE/SHA256, name/ECO/NAME, versions/ECO/NAME, version-list/PAGE/ECO/NAME, request/ID, artifact/SHA256, node/PUBKEY, nonce/PUBKEY, builders/ECO, builder/ECO/SLOT, open/signer/PUBKEY, open/package/ECO/NAME, open/ecosystem/ECO, void/queue, gov/seq, beacon/seed, beacon/keys, beacon/retiring, validators, params or board")]
     UnknownPath(String),
     #[error("height {asked} is not available (latest committed is {latest})")]
     Height { asked: u64, latest: u64 },
@@ -119,6 +119,9 @@ pub struct BlockResult {
     pub txs: Vec<TxResult>,
     /// Events of the block's upkeep (rounds ended, builders replaced).
     pub events: Vec<Event>,
+    /// What the block changed in the validator set, by key, for CometBFT
+    /// (power 0 removes); empty for most blocks.
+    pub validator_updates: Vec<ValidatorUpdate>,
 }
 
 #[derive(Clone, Debug)]
@@ -192,13 +195,28 @@ impl Ledger {
         self.chain_id.as_deref()
     }
 
-    /// Writes the genesis state as version 0. Idempotent for the same chain,
-    /// because CometBFT repeats InitChain until block 1 is committed.
+    /// [`Ledger::init_chain_with_validators`] without a validator set in
+    /// state: the chain cannot change its validators by governance.
     pub fn init_chain(
         &mut self,
         chain_id: &str,
         genesis: &GenesisState,
         initial_height: u64,
+    ) -> Result<[u8; 32], LedgerError> {
+        self.init_chain_with_validators(chain_id, genesis, initial_height, &[])
+    }
+
+    /// Writes the genesis state as version 0, with the validator set
+    /// CometBFT's InitChain gives (ed25519 key, power). Idempotent for the
+    /// same chain, because CometBFT repeats InitChain until block 1 is
+    /// committed. With validators, every validator must have a beacon key
+    /// and every beacon key must be a validator's, or the chain has none.
+    pub fn init_chain_with_validators(
+        &mut self,
+        chain_id: &str,
+        genesis: &GenesisState,
+        initial_height: u64,
+        validators: &[(PublicKey, u64)],
     ) -> Result<[u8; 32], LedgerError> {
         if let (Some(stored), Some(c)) = (&self.chain_id, &self.committed) {
             if stored != chain_id {
@@ -243,6 +261,10 @@ impl Ledger {
             return Err(LedgerError::Genesis(
                 "two beacon keys for one validator".into(),
             ));
+        }
+        if !validators.is_empty() {
+            let set = genesis_validators(validators, &beacon_keys)?;
+            put(state_key::VALIDATORS.into(), encode(&set));
         }
         put(state_key::BEACON_KEYS.into(), encode(&beacon_keys));
         put(
@@ -462,6 +484,7 @@ impl Ledger {
         let mut verdicts = verify_batch(&items, seed.finalize().into()).into_iter();
 
         let mut upkeep = Exec::new(&self.store, version, &mut writes, block, &chain_id);
+        upkeep.retire_beacon_keys().map_err(LedgerError::Upkeep)?;
         upkeep.upkeep().map_err(LedgerError::Upkeep)?;
         let upkeep_writes = std::mem::take(&mut upkeep.tx);
         let upkeep_events = std::mem::take(&mut upkeep.events);
@@ -492,6 +515,7 @@ impl Ledger {
             });
         }
 
+        let validator_updates = self.validator_updates(version, &writes)?;
         let pending = self.hash_version(writes, block.height, block.time)?;
         let app_hash = pending.committed.app_hash;
         self.pending = Some(pending);
@@ -499,7 +523,48 @@ impl Ledger {
             app_hash,
             txs: results,
             events: upkeep_events,
+            validator_updates,
         })
+    }
+
+    /// The difference between the validator set at `version` and the one
+    /// `writes` leave: one update per changed key, in key order, so several
+    /// actions on one validator in a block reach CometBFT as one update.
+    fn validator_updates(
+        &self,
+        version: u64,
+        writes: &Writes,
+    ) -> Result<Vec<ValidatorUpdate>, LedgerError> {
+        let Some(Some(bytes)) = writes.get(state_key::VALIDATORS.as_bytes()) else {
+            return Ok(Vec::new());
+        };
+        let after = Validators::try_from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            what: state_key::VALIDATORS.into(),
+            reason: e.to_string(),
+        })?;
+        let before: Validators = self
+            .store
+            .get_decoded(state_key::VALIDATORS.as_bytes(), version)?
+            .unwrap_or_default();
+        let before: BTreeMap<PublicKey, u64> = before.validators.into_iter().collect();
+        let after: BTreeMap<PublicKey, u64> = after.validators.into_iter().collect();
+        let mut updates = BTreeMap::new();
+        for (key, power) in &before {
+            if !after.contains_key(key) {
+                updates.insert(*key, 0);
+            } else if after.get(key) != Some(power) {
+                updates.insert(*key, after.get(key).copied().unwrap_or(0));
+            }
+        }
+        for (key, power) in &after {
+            if !before.contains_key(key) {
+                updates.insert(*key, *power);
+            }
+        }
+        Ok(updates
+            .into_iter()
+            .map(|(pub_key, power)| ValidatorUpdate { pub_key, power })
+            .collect())
     }
 
     /// Updates the seed from the block's beacon, if the block starts with
@@ -813,6 +878,55 @@ impl LedgerReader {
     }
 }
 
+/// The genesis validator set, checked against the same bounds governance
+/// keeps, and against the beacon keys.
+fn genesis_validators(
+    validators: &[(PublicKey, u64)],
+    beacon_keys: &BeaconKeys,
+) -> Result<Validators, LedgerError> {
+    let bad = |what: String| Err(LedgerError::Genesis(what));
+    if validators.len() > MAX_VALIDATORS {
+        return bad(format!(
+            "{} validators, more than {MAX_VALIDATORS}",
+            validators.len()
+        ));
+    }
+    let mut set = Validators::default();
+    for (key, power) in validators {
+        if *power == 0 || *power > MAX_VALIDATOR_POWER {
+            return bad(format!(
+                "validator {key} has power {power}, not 1..={MAX_VALIDATOR_POWER}"
+            ));
+        }
+        if !valid_public_key(key) {
+            return bad(format!("validator {key} is not an ed25519 key"));
+        }
+        if set.power_of(key).is_some() {
+            return bad(format!("validator {key} is listed twice"));
+        }
+        if !beacon_keys.keys.is_empty() && beacon_keys.of(&validator_address(key)).is_none() {
+            return bad(format!("validator {key} has no beacon key"));
+        }
+        set.set(*key, *power);
+    }
+    let addresses: BTreeSet<Vec<u8>> = set
+        .validators
+        .iter()
+        .map(|(k, _)| validator_address(k))
+        .collect();
+    if let Some((address, _)) = beacon_keys
+        .keys
+        .iter()
+        .find(|(a, _)| !addresses.contains(a))
+    {
+        return bad(format!(
+            "beacon key for {}, which is not a validator",
+            hex::encode_upper(address)
+        ));
+    }
+    Ok(set)
+}
+
 /// `{ecosystem}/{name}/{version}`, where the name may hold `/`.
 fn package_path(rest: &str) -> Option<PackageId> {
     let (ecosystem, name_version) = rest.split_once('/')?;
@@ -841,6 +955,8 @@ pub fn normalise_query_path(path: &str) -> Result<String, QueryError> {
         "void" if rest == "queue" => Ok(state_key::VOID_QUEUE.to_owned()),
         "beacon" if rest == "seed" => Ok(state_key::BEACON_SEED.to_owned()),
         "beacon" if rest == "keys" => Ok(state_key::BEACON_KEYS.to_owned()),
+        "beacon" if rest == "retiring" => Ok(state_key::BEACON_RETIRING.to_owned()),
+        "validators" if rest.is_empty() => Ok(state_key::VALIDATORS.to_owned()),
         "open" => match rest.split_once('/').ok_or_else(unknown)? {
             ("signer", k) => Ok(state_key::open_by_signer(k.parse().map_err(|_| unknown())?)),
             ("ecosystem", eco) if !eco.is_empty() && !eco.contains('/') => {

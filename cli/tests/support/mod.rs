@@ -543,6 +543,40 @@ impl Testnet {
         Ok(())
     }
 
+    /// Adds the node whose home `pyrsia devnet join` (or `node init`)
+    /// created, and starts its ABCI app and cometbft; returns its index.
+    pub fn add_node(&mut self, home: PathBuf, rpc_url: String) -> Result<usize> {
+        self.nodes.push(TestNode {
+            home,
+            rpc_url,
+            abci: None,
+            comet: None,
+        });
+        let i = self.nodes.len() - 1;
+        if self.app == AppKind::Pyrsia {
+            self.start_abci(i)?;
+        }
+        self.start_cometbft(i)?;
+        Ok(i)
+    }
+
+    /// Runs `pyrsia --json ARGS…` with no home or node of its own; fails
+    /// unless it succeeds, and parses its JSON output.
+    pub fn pyrsia_bare_json(args: &[&str]) -> Result<serde_json::Value> {
+        let out = Command::new(pyrsia_bin())
+            .arg("--json")
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pyrsia {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// `kill -9` of node `i`'s ABCI app.
     pub fn kill_abci(&mut self, i: usize) -> Result<()> {
         if let Some(mut child) = self.nodes[i].abci.take() {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Pyrsia needs on a fresh Debian machine:
 # libclang (RocksDB's bindings), bubblewrap and iproute2 (build sandboxes and
-# the dependency step), git, skopeo and chromium (the gateway's tests), Python's
-# `build` and `wheel` (the python recipe), CometBFT v0.38.25 into .tools/bin,
+# the dependency step), iptables (the namespace testnet), git, skopeo and
+# chromium (the gateway's tests), Python's `build` and `wheel` (the python recipe), CometBFT v0.38.25 into .tools/bin,
 # and securesystemslib in .tools/venv (scripts/python-tools.sh).
 # Idempotent: does nothing that is already done.
 set -euo pipefail
@@ -25,6 +25,8 @@ command -v git >/dev/null || missing+=(git)
 # (util-linux) enters it.
 PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || missing+=(iproute2)
 command -v nsenter >/dev/null || missing+=(util-linux)
+# The namespace testnet (testnet/netns.sh): its link emulator's NFQUEUE rule.
+PATH="$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null || missing+=(iptables)
 # The gateway's tests: real OCI and browser clients.
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v chromium >/dev/null || missing+=(chromium)

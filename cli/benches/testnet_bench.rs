@@ -207,9 +207,17 @@ fn mempool_drops(net: &Testnet) -> (usize, usize) {
     (full, rechecked_out)
 }
 
-fn report(name: &str, outcome: &Outcome, tx_size: usize) {
+/// CPU milliseconds per committed tx during the load, summed over the
+/// nodes: (ABCI apps, cometbft processes).
+fn cpu_per_tx(net: &Testnet, before: (f64, f64), outcome: &Outcome) -> Result<(f64, f64)> {
+    let after = net.cpu_seconds()?;
+    let per_tx = |a: f64, b: f64| 1000.0 * (a - b) / outcome.committed.max(1) as f64;
+    Ok((per_tx(after.0, before.0), per_tx(after.1, before.1)))
+}
+
+fn report(name: &str, outcome: &Outcome, tx_size: usize, (app_ms, comet_ms): (f64, f64)) {
     println!(
-        "  {name:<15} {} txs of {tx_size} B committed ({} refused in the block), {} lost, {} sent again, {:.0} tx/s",
+        "  {name:<15} {} txs of {tx_size} B committed ({} refused in the block), {} lost, {} sent again, {:.0} tx/s; CPU per tx over 4 nodes: app {app_ms:.2} ms, cometbft {comet_ms:.2} ms",
         outcome.committed,
         outcome.failed.len(),
         outcome.lost.len(),
@@ -317,6 +325,29 @@ async fn attest_lanes(net: &Testnet, count: usize, senders: usize) -> Result<Vec
     Ok(lanes)
 }
 
+/// Four validators running `app`, on this host or, with `netns`, each in a
+/// network namespace with 50 ms round trips.
+async fn start_testnet(
+    app: AppKind,
+    plan: ServicePlan,
+    timeout_commit: &str,
+    netns: bool,
+) -> Result<Testnet> {
+    let plan = ServicePlan {
+        timeout_commit: Some(timeout_commit.to_owned()),
+        ..plan
+    };
+    if !netns {
+        return Testnet::start_full_plan(4, app, plan).await;
+    }
+    let net = Testnet::start_netns_with(4, app, plan).await?;
+    net.netns
+        .as_ref()
+        .context("a namespaced testnet has its namespaces")?
+        .delay(25.0, 2.0, 0.0)?;
+    Ok(net)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let count: usize = std::env::var("BENCH_TXS")
@@ -330,12 +361,13 @@ async fn main() -> Result<()> {
         .unwrap_or(MAX_SENDERS)
         .clamp(1, MAX_SENDERS);
 
+    let netns = std::env::var_os("BENCH_NETNS").is_some_and(|v| v == "1");
     // The bench's builders are admitted at genesis, and one requester may
     // keep all its requests open.
-    let mut net = Testnet::start_planned(
-        4,
+    let start = |app, plan| start_testnet(app, plan, &timeout_commit, netns);
+    let mut net = start(
+        AppKind::Pyrsia,
         ServicePlan {
-            timeout_commit: Some(timeout_commit.clone()),
             params: Some(serde_json::json!({
                 "max_open_per_signer": u16::MAX,
                 "max_open_per_ecosystem": u32::MAX,
@@ -349,7 +381,9 @@ async fn main() -> Result<()> {
     let lanes = attest_lanes(&net, count, senders).await?;
     let tx_size = lanes.iter().flatten().map(Vec::len).max().unwrap_or(0);
     let clients: Vec<LedgerClient> = (0..4).map(|i| net.client(i)).collect::<Result<_>>()?;
+    let cpu_before = net.cpu_seconds()?;
     let pyrsia = load(&clients, lanes).await?;
+    let pyrsia_cpu = cpu_per_tx(&net, cpu_before, &pyrsia)?;
     explain(&clients[0], &pyrsia).await?;
     let (full, rechecked_out) = mempool_drops(&net);
     println!("  pyrsia mempools: {full} txs turned away by a full mempool (gossip or after CheckTx), {rechecked_out} removed by recheck (logged at mempool:debug)");
@@ -360,25 +394,49 @@ async fn main() -> Result<()> {
     }
     drop(net);
 
-    let kv = Testnet::start_with(4, AppKind::Kvstore, &timeout_commit).await?;
-    let clients: Vec<LedgerClient> = (0..4).map(|i| kv.client(i)).collect::<Result<_>>()?;
-    let mut lanes = vec![Vec::new(); senders];
-    for i in 0..count {
-        let mut tx = format!("key{i:08}=").into_bytes();
-        tx.resize(tx_size, b'v');
-        lanes[i % senders].push(tx);
+    let mut baselines = Vec::new();
+    for app in [AppKind::Kvstore, AppKind::KvstoreSocket] {
+        let kv = start(app, ServicePlan::default()).await?;
+        let clients: Vec<LedgerClient> = (0..4).map(|i| kv.client(i)).collect::<Result<_>>()?;
+        let mut lanes = vec![Vec::new(); senders];
+        for i in 0..count {
+            let mut tx = format!("key{i:08}=").into_bytes();
+            tx.resize(tx_size, b'v');
+            lanes[i % senders].push(tx);
+        }
+        let cpu_before = kv.cpu_seconds()?;
+        let outcome = load(&clients, lanes).await?;
+        let cpu = cpu_per_tx(&kv, cpu_before, &outcome)?;
+        baselines.push((app, outcome, cpu));
     }
-    let kvstore = load(&clients, lanes).await?;
 
-    println!("testnet_bench: 4 validators on one host, timeout_commit {timeout_commit}, {senders} concurrent senders");
-    report("pyrsia Attest:", &pyrsia, tx_size);
-    report("kvstore:", &kvstore, tx_size);
-    println!(
-        "  ratio pyrsia/kvstore: {:.2} (goal >= 0.8)",
-        pyrsia.rate / kvstore.rate
-    );
+    let layout = if netns {
+        "in network namespaces, 50 ms round trips"
+    } else {
+        "on one host"
+    };
+    println!("testnet_bench: 4 validators {layout}, timeout_commit {timeout_commit}, {senders} concurrent senders");
+    report("pyrsia Attest:", &pyrsia, tx_size, pyrsia_cpu);
+    for (app, outcome, cpu) in &baselines {
+        let name = match app {
+            AppKind::KvstoreSocket => "kvstore socket:",
+            _ => "kvstore:",
+        };
+        report(name, outcome, tx_size, *cpu);
+    }
+    for (app, outcome, _) in &baselines {
+        let name = match app {
+            AppKind::KvstoreSocket => "kvstore over the ABCI socket",
+            _ => "in-process kvstore",
+        };
+        println!(
+            "  ratio pyrsia / {name}: {:.2} (goal >= 0.8)",
+            pyrsia.rate / outcome.rate
+        );
+    }
+    let kvstore_lost = baselines.iter().any(|(_, o, _)| !o.lost.is_empty());
     anyhow::ensure!(
-        pyrsia.lost.is_empty() && pyrsia.failed.is_empty() && kvstore.lost.is_empty(),
+        pyrsia.lost.is_empty() && pyrsia.failed.is_empty() && !kvstore_lost,
         "transactions were lost or refused"
     );
     Ok(())

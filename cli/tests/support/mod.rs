@@ -110,6 +110,42 @@ pub enum AppKind {
     Pyrsia,
     /// CometBFT's built-in `kvstore`, as a baseline for benchmarks.
     Kvstore,
+    /// The same `kvstore` as a process of its own behind the ABCI socket
+    /// (`abci-cli kvstore`), as `pyrsia abci` is: the baseline that
+    /// includes the socket transport's cost.
+    KvstoreSocket,
+}
+
+impl AppKind {
+    /// Whether the app is a process beside cometbft.
+    fn is_process(self) -> bool {
+        self != AppKind::Kvstore
+    }
+}
+
+/// `abci-cli`, which `scripts/bench-testnet.sh` installs beside cometbft.
+pub fn abci_cli() -> PathBuf {
+    cometbft().with_file_name("abci-cli")
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; it ends at the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<f64>())
+        .sum::<Result<f64, _>>()?;
+    // USER_HZ is 100 on every Linux architecture this runs on.
+    Ok(ticks / 100.0)
 }
 
 /// A running network; every process is killed when it is dropped.
@@ -252,6 +288,19 @@ impl Testnet {
         Self::start_planned(1, plan).await
     }
 
+    /// `validators` validators running `app`, with `plan`'s genesis.
+    pub async fn start_full_plan(
+        validators: usize,
+        app: AppKind,
+        plan: ServicePlan,
+    ) -> Result<Testnet> {
+        let timeout_commit = plan
+            .timeout_commit
+            .clone()
+            .unwrap_or_else(|| "300ms".into());
+        Self::start_full(validators, app, &timeout_commit, plan, None).await
+    }
+
     /// `validators` validators with `plan`'s genesis and services.
     pub async fn start_planned(validators: usize, plan: ServicePlan) -> Result<Testnet> {
         let timeout_commit = plan
@@ -263,21 +312,23 @@ impl Testnet {
 
     /// `validators` validators, each in a network namespace of its own
     /// (see [`netns::Netns`]), with `plan`'s genesis.
-    pub async fn start_netns(validators: usize, mut plan: ServicePlan) -> Result<Testnet> {
+    pub async fn start_netns(validators: usize, plan: ServicePlan) -> Result<Testnet> {
+        Self::start_netns_with(validators, AppKind::Pyrsia, plan).await
+    }
+
+    /// Like [`Testnet::start_netns`], running `app`.
+    pub async fn start_netns_with(
+        validators: usize,
+        app: AppKind,
+        mut plan: ServicePlan,
+    ) -> Result<Testnet> {
         let net = netns::Netns::up(validators)?;
         plan.hosts = (0..validators).map(|i| net.host(i)).collect();
         let timeout_commit = plan
             .timeout_commit
             .clone()
             .unwrap_or_else(|| "300ms".into());
-        Self::start_full(
-            validators,
-            AppKind::Pyrsia,
-            &timeout_commit,
-            plan,
-            Some(net),
-        )
-        .await
+        Self::start_full(validators, app, &timeout_commit, plan, Some(net)).await
     }
 
     async fn start_full(
@@ -311,7 +362,7 @@ impl Testnet {
             netns,
         };
         for i in 0..validators {
-            if app == AppKind::Pyrsia {
+            if app.is_process() {
                 net.start_abci(i)?;
             }
             net.start_cometbft(i)?;
@@ -516,12 +567,19 @@ impl Testnet {
     }
 
     pub fn start_abci(&mut self, i: usize) -> Result<()> {
-        let mut cmd = self.on_host(i, pyrsia_bin());
+        let mut cmd = if self.app == AppKind::KvstoreSocket {
+            let addr = pyrsia_genesis::NodeConfig::load(&self.nodes[i].home)?.abci_addr;
+            let mut cmd = self.on_host(i, abci_cli());
+            cmd.args(["kvstore", "--log_level", "error", "--address"])
+                .arg(format!("tcp://{addr}"));
+            cmd
+        } else {
+            let mut cmd = self.on_host(i, pyrsia_bin());
+            cmd.arg("--home").arg(&self.nodes[i].home).arg("abci");
+            cmd
+        };
         let node = &mut self.nodes[i];
-        let child = spawn(
-            cmd.arg("--home").arg(&node.home).arg("abci"),
-            &node.home.join("abci.log"),
-        )?;
+        let child = spawn(&mut cmd, &node.home.join("abci.log"))?;
         node.abci = Some(child);
         Ok(())
     }
@@ -553,7 +611,7 @@ impl Testnet {
             comet: None,
         });
         let i = self.nodes.len() - 1;
-        if self.app == AppKind::Pyrsia {
+        if self.app.is_process() {
             self.start_abci(i)?;
         }
         self.start_cometbft(i)?;
@@ -575,6 +633,22 @@ impl Testnet {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// CPU seconds used so far by the ABCI apps and by the cometbft
+    /// processes, each summed over the nodes (an in-process app's share is
+    /// in cometbft's).
+    pub fn cpu_seconds(&self) -> Result<(f64, f64)> {
+        let (mut app, mut comet) = (0.0, 0.0);
+        for node in &self.nodes {
+            if let Some(c) = &node.abci {
+                app += cpu_seconds(c.id())?;
+            }
+            if let Some(c) = &node.comet {
+                comet += cpu_seconds(c.id())?;
+            }
+        }
+        Ok((app, comet))
     }
 
     /// `kill -9` of node `i`'s ABCI app.

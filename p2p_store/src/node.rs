@@ -682,7 +682,9 @@ impl download::Network for Node {
 
     async fn find_providers(&self, key: Digest) -> Result<HashSet<PeerId>, NodeStopped> {
         // The lookup fails only when the swarm task has ended.
-        Node::find_providers(self, key).await.map_err(|_| NodeStopped)
+        Node::find_providers(self, key)
+            .await
+            .map_err(|_| NodeStopped)
     }
 
     async fn provide(&self, key: Digest) {

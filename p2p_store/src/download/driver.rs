@@ -314,8 +314,7 @@ impl Downloader {
                     let net = self.net.clone();
                     let key = self.req.sha256;
                     self.ios.push(
-                        async move { Completion::Providers(net.find_providers(key).await) }
-                            .boxed(),
+                        async move { Completion::Providers(net.find_providers(key).await) }.boxed(),
                     );
                 }
                 Action::OfferConnectedPeers => {

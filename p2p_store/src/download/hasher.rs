@@ -143,7 +143,6 @@ fn check(manifest: &Manifest, index: u64, whole: &mut Sha256State, data: StripeB
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -28,8 +28,8 @@ use crate::manifest::Digest;
 use crate::protocol::{Request, RequestError, Response};
 use crate::store::{Store, StoreError};
 
-pub use state::{MANIFEST_GRACE, MAX_ACTIVE_PEERS};
 pub(crate) use state::Limits;
+pub use state::{MANIFEST_GRACE, MAX_ACTIVE_PEERS};
 
 /// Finished downloads kept for progress queries before they are forgotten.
 const MAX_REMEMBERED_DOWNLOADS: usize = 1024;
@@ -186,7 +186,6 @@ impl DownloadHandle {
     }
 }
 
-
 /// The node stopped while a download waited on it.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 #[error("the node has stopped")]
@@ -299,7 +298,10 @@ impl Downloads {
     }
 
     pub(crate) fn progress(&self) -> Vec<Progress> {
-        lock(&self.by_digest).values().map(|d| d.progress()).collect()
+        lock(&self.by_digest)
+            .values()
+            .map(|d| d.progress())
+            .collect()
     }
 
     /// Stops every running download; their verified stripes stay for a resume.

@@ -86,7 +86,11 @@ pub(crate) enum Event {
         answer: StripeAnswer,
     },
     /// Stripe `index` from `peer` matched its digest and is written.
-    StripeStored { peer: PeerId, index: u64, bytes: u64 },
+    StripeStored {
+        peer: PeerId,
+        index: u64,
+        bytes: u64,
+    },
     /// Stripe `index` from `peer` did not match its digest.
     StripeBad { peer: PeerId, index: u64 },
     /// Stripe `index` matched its digest at a length the manifest's
@@ -138,19 +142,34 @@ pub(crate) enum Action {
     LookUpProviders,
     /// Report the connected peers as [`Event::ConnectedPeers`].
     OfferConnectedPeers,
-    RequestManifest { peer: PeerId },
+    RequestManifest {
+        peer: PeerId,
+    },
     /// Open the partial for this verified manifest, then report
     /// [`Event::ManifestAdopted`] before any other event.
-    AdoptManifest { manifest: Manifest },
-    RequestStripe { peer: PeerId, index: u64 },
+    AdoptManifest {
+        manifest: Manifest,
+    },
+    RequestStripe {
+        peer: PeerId,
+        index: u64,
+    },
     /// Verify the stripe just received and write it if it matches; the
     /// verdict comes back as [`Event::StripeStored`] or [`Event::StripeBad`].
-    VerifyAndStore { peer: PeerId, index: u64 },
+    VerifyAndStore {
+        peer: PeerId,
+        index: u64,
+    },
     /// Stripe `index` is newly complete (for the whole-file digest and the
     /// early sync).
-    StripeDone { index: u64 },
+    StripeDone {
+        index: u64,
+    },
     /// Ban and disconnect the peer (it sent provably bad data).
-    Penalise { peer: PeerId, reason: &'static str },
+    Penalise {
+        peer: PeerId,
+        reason: &'static str,
+    },
     /// The adopted manifest lied: withdraw and remove the partial.
     DropPartial,
     PublishProgress,
@@ -367,13 +386,7 @@ impl DownloadState {
                 }
                 out.push(Action::DropPartial);
                 let tried = self.manifest_tried;
-                self.fail(
-                    FetchError::NoValidManifest {
-                        tried,
-                        last: error,
-                    },
-                    &mut out,
-                );
+                self.fail(FetchError::NoValidManifest { tried, last: error }, &mut out);
             }
             Event::Tick => self.on_tick(now, &mut out),
         }
@@ -873,5 +886,498 @@ impl DownloadState {
         self.missing.remove(&index);
         self.overdue.remove(&index);
         out.push(Action::RequestStripe { peer, index });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::manifest::ManifestBuilder;
+    use std::collections::VecDeque;
+
+    const STRIPE: u32 = 4096;
+
+    fn manifest(stripes: u64) -> Manifest {
+        let mut b = ManifestBuilder::new(STRIPE).unwrap();
+        b.update(&vec![7u8; (stripes * u64::from(STRIPE)) as usize]);
+        b.finish().unwrap().1
+    }
+
+    fn limits(inflight_per_peer: usize) -> Limits {
+        Limits {
+            inflight_per_peer,
+            stall_timeout: Duration::from_secs(60),
+            manifest_grace: MANIFEST_GRACE,
+        }
+    }
+
+    fn request_for(m: &Manifest) -> FetchRequest {
+        FetchRequest {
+            sha256: [1; 32],
+            stripe_root: m.root(),
+            size: Some(m.size),
+            stripe_size: Some(m.stripe_size),
+            pin: false,
+        }
+    }
+
+    fn stripe_requests(actions: &[Action]) -> Vec<(PeerId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RequestStripe { peer, index } => Some((*peer, *index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failure(actions: &[Action]) -> Option<&FetchError> {
+        actions.iter().find_map(|a| match a {
+            Action::Failed(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// A download and the clock the test moves.
+    struct Run {
+        state: DownloadState,
+        manifest: Manifest,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Run {
+        fn new(stripes: u64, inflight_per_peer: usize) -> Self {
+            let manifest = manifest(stripes);
+            let t0 = Instant::now();
+            let state = DownloadState::new(request_for(&manifest), limits(inflight_per_peer), t0);
+            Self {
+                state,
+                manifest,
+                t0,
+                now: t0,
+            }
+        }
+
+        fn at_ms(&mut self, ms: u64) -> &mut Self {
+            self.now = self.t0 + Duration::from_millis(ms);
+            self
+        }
+
+        fn apply(&mut self, event: Event) -> Vec<Action> {
+            self.state.apply(event, self.now)
+        }
+
+        fn manifest_from(&mut self, peer: PeerId, have: Vec<bool>) -> Vec<Action> {
+            let answer = ManifestAnswer::Manifest {
+                manifest: self.manifest.clone(),
+                have,
+                banned: false,
+            };
+            self.apply(Event::ManifestAnswered { peer, answer })
+        }
+
+        /// Starts, adopts the manifest of the first peer (as the driver
+        /// does) and lets the others join; returns the stripe requests.
+        fn with_peers(&mut self, peers: &[(PeerId, Vec<bool>)]) -> Vec<(PeerId, u64)> {
+            let start = self.apply(Event::Start);
+            assert_eq!(
+                start,
+                vec![Action::LookUpProviders, Action::OfferConnectedPeers]
+            );
+            let offered = self.apply(Event::ConnectedPeers(
+                peers.iter().map(|(p, _)| *p).collect(),
+            ));
+            assert_eq!(stripe_requests(&offered), vec![]);
+            assert_eq!(
+                offered
+                    .iter()
+                    .filter(|a| matches!(a, Action::RequestManifest { .. }))
+                    .count(),
+                peers.len()
+            );
+            let mut requests = Vec::new();
+            for (peer, have) in peers {
+                let actions = self.manifest_from(*peer, have.clone());
+                if let Some(Action::AdoptManifest { manifest }) = actions.first() {
+                    let adopted = self.apply(Event::ManifestAdopted {
+                        manifest: Arc::new(manifest.clone()),
+                        local_have: vec![false; manifest.count() as usize],
+                    });
+                    requests.extend(stripe_requests(&adopted));
+                } else {
+                    requests.extend(stripe_requests(&actions));
+                }
+            }
+            requests
+        }
+
+        fn stripe(&mut self, peer: PeerId, index: u64) -> Vec<Action> {
+            let answer = StripeAnswer::Stripe {
+                index,
+                len: STRIPE as usize,
+            };
+            self.apply(Event::StripeAnswered {
+                peer,
+                index,
+                answer,
+            })
+        }
+
+        fn stored(&mut self, peer: PeerId, index: u64) -> Vec<Action> {
+            self.apply(Event::StripeStored {
+                peer,
+                index,
+                bytes: u64::from(STRIPE),
+            })
+        }
+
+        /// A stripe answered, verified and written.
+        fn delivered(&mut self, peer: PeerId, index: u64) -> Vec<Action> {
+            let answered = self.stripe(peer, index);
+            assert!(
+                answered.contains(&Action::VerifyAndStore { peer, index }),
+                "{answered:?}"
+            );
+            let mut actions = answered;
+            actions.extend(self.stored(peer, index));
+            actions
+        }
+
+        /// Answers every outstanding request in order, each 10 ms after
+        /// the last, until none is left; returns whether the download completed.
+        fn serve(&mut self, mut outstanding: VecDeque<(PeerId, u64)>) -> bool {
+            let mut complete = false;
+            while let Some((peer, index)) = outstanding.pop_front() {
+                self.now += Duration::from_millis(10);
+                let mut actions = self.stripe(peer, index);
+                // A duplicate of a stripe already in is not verified again.
+                if actions.contains(&Action::VerifyAndStore { peer, index }) {
+                    actions.extend(self.stored(peer, index));
+                }
+                outstanding.extend(stripe_requests(&actions));
+                complete |= actions.contains(&Action::Complete);
+            }
+            complete
+        }
+
+        fn failed(&mut self, peer: PeerId, index: u64, e: RequestError) -> Vec<Action> {
+            self.apply(Event::StripeAnswered {
+                peer,
+                index,
+                answer: StripeAnswer::Failed(e),
+            })
+        }
+    }
+
+    fn all(n: u64) -> Vec<bool> {
+        vec![true; n as usize]
+    }
+
+    #[test]
+    fn each_peer_gets_requests_up_to_its_bound_and_the_download_completes() {
+        let mut run = Run::new(8, 2);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = run.with_peers(&[(a, all(8)), (b, all(8))]);
+        // Peer a joined alone first and took its two; b took the next two.
+        assert_eq!(first, vec![(a, 0), (a, 1), (b, 2), (b, 3)]);
+        assert!(run.serve(first.into()));
+        let p = run.state.progress(run.now);
+        assert_eq!((p.stripes_done, p.stripes_fetched), (8, 8));
+        assert_eq!(p.per_peer.values().sum::<u64>(), 8);
+    }
+
+    #[test]
+    fn endgame_duplicates_outstanding_stripes_at_most_twice_and_the_first_copy_wins() {
+        let mut run = Run::new(2, 2);
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let requests = run.with_peers(&[(a, all(2)), (b, all(2)), (c, all(2))]);
+        // Nothing missing once a asked for both: b duplicates them, and no
+        // stripe is asked of three peers, so c gets nothing.
+        assert_eq!(requests, vec![(a, 0), (a, 1), (b, 0), (b, 1)]);
+        // The first copy is verified; the duplicate arriving meanwhile is not.
+        assert_eq!(
+            run.stripe(b, 0),
+            vec![Action::VerifyAndStore { peer: b, index: 0 }]
+        );
+        assert_eq!(stripe_requests(&run.stripe(a, 0)), vec![]);
+        assert!(!run
+            .stripe(a, 0)
+            .contains(&Action::VerifyAndStore { peer: a, index: 0 }));
+        run.stored(b, 0);
+        let last = run.delivered(a, 1);
+        assert!(last.contains(&Action::Complete), "{last:?}");
+        // Finished: later answers change nothing.
+        assert_eq!(run.stripe(b, 1), vec![]);
+        assert_eq!(run.state.progress(run.now).per_peer.len(), 2);
+        assert_eq!(
+            run.state.progress(run.now).per_peer.get(&c.to_string()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_frozen_peers_overdue_stripe_goes_to_another_peer_and_its_rate_is_demoted() {
+        let mut run = Run::new(4, 1);
+        let (frozen, partial) = (PeerId::random(), PeerId::random());
+        // `partial` holds only stripes 0 and 1, so it idles once they are asked.
+        let requests =
+            run.with_peers(&[(frozen, all(4)), (partial, vec![true, true, false, false])]);
+        assert_eq!(requests, vec![(frozen, 0), (partial, 1)]);
+        run.at_ms(50);
+        let after = run.delivered(partial, 1);
+        assert_eq!(stripe_requests(&after), vec![]);
+        // Not overdue before max(2 s, 4 × latency).
+        run.at_ms(1_500);
+        assert_eq!(stripe_requests(&run.apply(Event::Tick)), vec![]);
+        run.at_ms(2_500);
+        let tick = run.apply(Event::Tick);
+        assert_eq!(stripe_requests(&tick), vec![(partial, 0)]);
+        let rate = run.state.peers[&frozen].rate.unwrap();
+        assert!(
+            rate < f64::from(STRIPE),
+            "demoted to what it delivered: {rate}"
+        );
+        // The copy from the other peer wins; the frozen one's is not needed.
+        run.at_ms(2_600);
+        let got = run.delivered(partial, 0);
+        assert!(got.contains(&Action::StripeDone { index: 0 }));
+        assert!(run.state.stripes[0].done);
+    }
+
+    #[test]
+    fn a_bad_stripe_penalises_its_sender_and_the_stripe_is_asked_of_another_peer() {
+        let mut run = Run::new(2, 1);
+        let (liar, honest) = (PeerId::random(), PeerId::random());
+        let requests = run.with_peers(&[(liar, all(2)), (honest, all(2))]);
+        assert_eq!(requests, vec![(liar, 0), (honest, 1)]);
+        // Free again, the liar duplicates the last stripe (endgame).
+        assert_eq!(
+            run.stripe(liar, 0),
+            vec![
+                Action::VerifyAndStore {
+                    peer: liar,
+                    index: 0
+                },
+                Action::RequestStripe {
+                    peer: liar,
+                    index: 1
+                }
+            ]
+        );
+        let bad = run.apply(Event::StripeBad {
+            peer: liar,
+            index: 0,
+        });
+        assert_eq!(
+            bad[0],
+            Action::Penalise {
+                peer: liar,
+                reason: "stripe failed verification"
+            }
+        );
+        // The liar left the pool; stripe 0 waits for the honest peer.
+        assert!(!run.state.peers.contains_key(&liar));
+        assert!(run.state.missing.contains(&0));
+        let next = run.delivered(honest, 1);
+        assert_eq!(stripe_requests(&next), vec![(honest, 0)]);
+        assert!(run.delivered(honest, 0).contains(&Action::Complete));
+        let p = run.state.progress(run.now);
+        assert_eq!(p.bad_peers, vec![liar.to_string()]);
+        assert_eq!(p.per_peer.get(&liar.to_string()), None);
+        // A stripe index other than the one asked is penalised too.
+        let mut run = Run::new(2, 1);
+        let (wrong, _) = (PeerId::random(), ());
+        run.with_peers(&[(wrong, all(2))]);
+        let answer = StripeAnswer::Stripe {
+            index: 1,
+            len: STRIPE as usize,
+        };
+        let actions = run.apply(Event::StripeAnswered {
+            peer: wrong,
+            index: 0,
+            answer,
+        });
+        assert_eq!(
+            actions,
+            vec![Action::Penalise {
+                peer: wrong,
+                reason: "stripe index differs from the request"
+            }]
+        );
+    }
+
+    #[test]
+    fn a_peer_that_vanishes_mid_download_leaves_and_its_stripes_go_to_the_others() {
+        let mut run = Run::new(6, 2);
+        let (gone, stays) = (PeerId::random(), PeerId::random());
+        let requests = run.with_peers(&[(gone, all(6)), (stays, all(6))]);
+        assert_eq!(requests, vec![(gone, 0), (gone, 1), (stays, 2), (stays, 3)]);
+        run.at_ms(100);
+        // A timeout is a failure, not yet a reason to leave.
+        let timeout = run.failed(gone, 0, RequestError::Timeout);
+        assert_eq!(stripe_requests(&timeout), vec![(gone, 0)]);
+        assert!(run.state.peers.contains_key(&gone));
+        // A closed connection is: its other stripe goes back to the others.
+        let closed = run.failed(gone, 1, RequestError::ConnectionClosed);
+        assert_eq!(stripe_requests(&closed), vec![]);
+        assert!(!run.state.peers.contains_key(&gone));
+        assert!(run.state.missing.contains(&0) && run.state.missing.contains(&1));
+        // A late answer from the peer that left is discarded unseen.
+        let late = run.stripe(gone, 0);
+        assert!(!late
+            .iter()
+            .any(|a| matches!(a, Action::VerifyAndStore { .. })));
+        assert!(run.serve([(stays, 2), (stays, 3)].into()));
+        let p = run.state.progress(run.now);
+        assert_eq!(p.stripes_done, 6);
+        assert_eq!(p.per_peer.get(&stays.to_string()), Some(&6));
+    }
+
+    #[test]
+    fn three_timeouts_drop_a_peer() {
+        let mut run = Run::new(4, 1);
+        let slow = PeerId::random();
+        assert_eq!(run.with_peers(&[(slow, all(4))]), vec![(slow, 0)]);
+        assert_eq!(
+            stripe_requests(&run.failed(slow, 0, RequestError::Timeout)),
+            vec![(slow, 0)]
+        );
+        assert_eq!(
+            stripe_requests(&run.failed(slow, 0, RequestError::Timeout)),
+            vec![(slow, 0)]
+        );
+        assert_eq!(
+            stripe_requests(&run.failed(slow, 0, RequestError::Timeout)),
+            vec![]
+        );
+        assert_eq!(run.state.progress(run.now).peers, 0);
+    }
+
+    #[test]
+    fn with_no_peer_the_download_fails_with_no_providers_after_the_stall_timeout() {
+        let mut run = Run::new(4, 1);
+        run.apply(Event::Start);
+        run.apply(Event::ProvidersFound(vec![]));
+        let mut rediscovered = 0;
+        for s in 1..60 {
+            let tick = run.at_ms(s * 1000).apply(Event::Tick);
+            assert_eq!(failure(&tick), None, "at {s}s");
+            // With nobody serving, discovery runs every second.
+            rediscovered += usize::from(tick.contains(&Action::OfferConnectedPeers));
+        }
+        assert_eq!(rediscovered, 59);
+        let tick = run.at_ms(60_000).apply(Event::Tick);
+        assert_eq!(
+            failure(&tick),
+            Some(&FetchError::NoProviders {
+                sha256: hex::encode([1u8; 32]),
+                waited_secs: 60
+            })
+        );
+        assert_eq!(run.at_ms(61_000).apply(Event::Tick), vec![]);
+    }
+
+    #[test]
+    fn when_every_peer_sent_bad_data_the_download_fails_saying_so() {
+        let mut run = Run::new(2, 1);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        run.with_peers(&[(a, all(2)), (b, all(2))]);
+        run.at_ms(10);
+        run.stripe(a, 0);
+        run.apply(Event::StripeBad { peer: a, index: 0 });
+        run.stripe(b, 1);
+        run.apply(Event::StripeBad { peer: b, index: 1 });
+        assert_eq!(run.state.progress(run.now).peers, 0);
+        // Banned peers are left out by the driver: discovery finds nobody.
+        let tick = run.at_ms(59_000).apply(Event::Tick);
+        assert_eq!(failure(&tick), None);
+        let tick = run.at_ms(60_000).apply(Event::Tick);
+        let error = failure(&tick).unwrap();
+        assert_eq!(
+            error,
+            &FetchError::NoHonestPeer {
+                missing: 2,
+                penalised: 2,
+                secs: 60
+            }
+        );
+        assert!(
+            error.to_string().contains("2 peer(s) sent bad data"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn peers_that_stop_delivering_without_bad_data_fail_as_stalled() {
+        let mut run = Run::new(2, 1);
+        let a = PeerId::random();
+        run.with_peers(&[(a, all(2))]);
+        run.at_ms(30_000);
+        run.delivered(a, 0);
+        // The stall clock restarts at each written stripe.
+        assert_eq!(failure(&run.at_ms(89_000).apply(Event::Tick)), None);
+        let tick = run.at_ms(90_000).apply(Event::Tick);
+        assert_eq!(
+            failure(&tick),
+            Some(&FetchError::Stalled {
+                missing: 1,
+                secs: 60
+            })
+        );
+    }
+
+    #[test]
+    fn a_manifest_for_another_root_fails_after_the_grace_and_its_peer_is_not_used() {
+        let mut run = Run::new(2, 1);
+        let other = manifest(3);
+        let p = PeerId::random();
+        run.apply(Event::Start);
+        run.apply(Event::ConnectedPeers(vec![p]));
+        let answer = ManifestAnswer::Manifest {
+            manifest: other,
+            have: all(3),
+            banned: false,
+        };
+        let actions = run.apply(Event::ManifestAnswered { peer: p, answer });
+        assert_eq!(actions, vec![]);
+        assert_eq!(failure(&run.at_ms(14_900).apply(Event::Tick)), None);
+        let tick = run.at_ms(15_000).apply(Event::Tick);
+        assert!(
+            matches!(
+                failure(&tick),
+                Some(FetchError::NoValidManifest { tried: 1, .. })
+            ),
+            "{tick:?}"
+        );
+    }
+
+    #[test]
+    fn a_banned_peer_with_the_right_manifest_gives_it_but_serves_no_stripe() {
+        let mut run = Run::new(2, 1);
+        let banned = PeerId::random();
+        run.apply(Event::Start);
+        run.apply(Event::ConnectedPeers(vec![banned]));
+        let answer = ManifestAnswer::Manifest {
+            manifest: run.manifest.clone(),
+            have: all(2),
+            banned: true,
+        };
+        let actions = run.apply(Event::ManifestAnswered {
+            peer: banned,
+            answer,
+        });
+        assert!(matches!(actions[..], [Action::AdoptManifest { .. }]));
+        let adopted = run.apply(Event::ManifestAdopted {
+            manifest: Arc::new(run.manifest.clone()),
+            local_have: vec![true, false],
+        });
+        assert_eq!(stripe_requests(&adopted), vec![]);
+        let p = run.state.progress(run.now);
+        assert_eq!(
+            (p.peers, p.stripes_resumed, p.phase),
+            (0, 1, Phase::Stripes)
+        );
     }
 }

@@ -15,7 +15,7 @@
 
 mod driver;
 mod hasher;
-pub(crate) mod state;
+mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

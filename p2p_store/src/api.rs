@@ -267,7 +267,9 @@ fn store_status(e: &StoreError) -> StatusCode {
 fn fetch_status(e: &FetchError) -> StatusCode {
     match e {
         FetchError::NoProviders { .. } => StatusCode::NOT_FOUND,
-        FetchError::NoValidManifest { .. } | FetchError::WholeFile(_) => StatusCode::BAD_GATEWAY,
+        FetchError::NoValidManifest { .. }
+        | FetchError::NoHonestPeer { .. }
+        | FetchError::WholeFile(_) => StatusCode::BAD_GATEWAY,
         FetchError::Conflict(_) => StatusCode::CONFLICT,
         FetchError::Stalled { .. } => StatusCode::GATEWAY_TIMEOUT,
         FetchError::Store(s) if s.contains("quota") => StatusCode::INSUFFICIENT_STORAGE,

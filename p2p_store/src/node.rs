@@ -18,9 +18,10 @@ use libp2p::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::download::{self, DownloadHandle, FetchRequest};
+use crate::download::{self, DownloadHandle, Downloads, FetchRequest, NodeStopped};
 use crate::limiter::RateLimiter;
 use crate::manifest::{Digest, DEFAULT_STRIPE_SIZE};
+pub use crate::protocol::RequestError;
 use crate::protocol::{ErrorCode, Request, Response, StoreCodec, PROTOCOL};
 use crate::providers::{ProviderCounts, ProviderLimits, ProviderStats, ProviderStore};
 use crate::store::{Store, StoreError};
@@ -135,36 +136,6 @@ pub enum NodeError {
     Stopped,
 }
 
-/// Failure of one outbound request.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum RequestError {
-    #[error("dial failed")]
-    Dial,
-    #[error("timed out")]
-    Timeout,
-    #[error("connection closed")]
-    ConnectionClosed,
-    #[error("peer does not speak the store protocol")]
-    Unsupported,
-    #[error("stream error: {0}")]
-    Io(String),
-    #[error("node stopped")]
-    Stopped,
-}
-
-impl From<request_response::OutboundFailure> for RequestError {
-    fn from(e: request_response::OutboundFailure) -> Self {
-        use request_response::OutboundFailure as F;
-        match e {
-            F::DialFailure => Self::Dial,
-            F::Timeout => Self::Timeout,
-            F::ConnectionClosed => Self::ConnectionClosed,
-            F::UnsupportedProtocols => Self::Unsupported,
-            F::Io(e) => Self::Io(e.to_string()),
-        }
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
@@ -229,12 +200,11 @@ pub(crate) struct Shared {
     cmd: mpsc::Sender<Command>,
     net: Mutex<NetState>,
     counters: Mutex<Counters>,
-    pub(crate) downloads: Mutex<HashMap<Digest, DownloadHandle>>,
+    downloads: Downloads,
     upload_slots: Arc<Semaphore>,
     limiter: Option<Arc<RateLimiter>>,
     providers: Arc<ProviderStats>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    pub(crate) download_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// Handle to a running node. Clones share the node.
@@ -481,13 +451,12 @@ impl Node {
                 ..Default::default()
             }),
             counters: Mutex::new(Counters::default()),
-            downloads: Mutex::new(HashMap::new()),
+            downloads: Downloads::default(),
             upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             limiter,
             providers: provider_stats,
             config,
             task: Mutex::new(None),
-            download_tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&shared);
         let task = tokio::spawn(run_swarm(swarm, rx, weak));
@@ -502,9 +471,7 @@ impl Node {
         if let Some(t) = lock(&self.shared.task).take() {
             t.abort();
         }
-        for t in lock(&self.shared.download_tasks).drain(..) {
-            t.abort();
-        }
+        self.shared.downloads.abort_all();
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -631,12 +598,21 @@ impl Node {
 
     /// Downloads an artifact (or joins a running download of it).
     pub fn fetch(&self, req: FetchRequest) -> DownloadHandle {
-        download::start(self.clone(), req)
+        let config = &self.shared.config;
+        let limits = download::Limits {
+            inflight_per_peer: config.inflight_per_peer,
+            stall_timeout: config.stall_timeout,
+            manifest_grace: download::MANIFEST_GRACE,
+        };
+        let net: Arc<dyn download::Network> = Arc::new(self.clone());
+        self.shared
+            .downloads
+            .start(net, self.shared.store.clone(), limits, req)
     }
 
     /// A running or finished download of `sha256`.
     pub fn download(&self, sha256: &Digest) -> Option<DownloadHandle> {
-        lock(&self.shared.downloads).get(sha256).cloned()
+        self.shared.downloads.get(sha256)
     }
 
     /// Kademlia provider records held here.
@@ -664,10 +640,7 @@ impl Node {
                 net.penalties.keys().map(|p| p.to_string()).collect(),
             )
         };
-        let downloads = lock(&self.shared.downloads)
-            .values()
-            .map(|d| d.progress())
-            .collect();
+        let downloads = self.shared.downloads.progress();
         Status {
             peer_id: self.shared.peer_id.to_string(),
             listen_addrs: listen,
@@ -684,7 +657,46 @@ impl Node {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The view of the node a download has.
+#[async_trait::async_trait]
+impl download::Network for Node {
+    fn local_peer_id(&self) -> PeerId {
+        self.peer_id()
+    }
+
+    fn connected_peers(&self) -> Vec<PeerId> {
+        Node::connected_peers(self)
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        Node::is_banned(self, peer)
+    }
+
+    fn penalise(&self, peer: PeerId, reason: &str) {
+        Node::penalise(self, peer, reason)
+    }
+
+    async fn request(&self, peer: PeerId, request: Request) -> Result<Response, RequestError> {
+        Node::request(self, peer, request).await
+    }
+
+    async fn find_providers(&self, key: Digest) -> Result<HashSet<PeerId>, NodeStopped> {
+        // The lookup fails only when the swarm task has ended.
+        Node::find_providers(self, key)
+            .await
+            .map_err(|_| NodeStopped)
+    }
+
+    async fn provide(&self, key: Digest) {
+        Node::provide(self, key).await
+    }
+
+    async fn unprovide(&self, key: Digest) {
+        Node::unprovide(self, key).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

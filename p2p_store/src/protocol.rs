@@ -471,6 +471,36 @@ impl libp2p::request_response::Codec for RawCodec {
     }
 }
 
+/// Failure of one outbound request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("dial failed")]
+    Dial,
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed")]
+    ConnectionClosed,
+    #[error("peer does not speak the store protocol")]
+    Unsupported,
+    #[error("stream error: {0}")]
+    Io(String),
+    #[error("node stopped")]
+    Stopped,
+}
+
+impl From<libp2p::request_response::OutboundFailure> for RequestError {
+    fn from(e: libp2p::request_response::OutboundFailure) -> Self {
+        use libp2p::request_response::OutboundFailure as F;
+        match e {
+            F::DialFailure => Self::Dial,
+            F::Timeout => Self::Timeout,
+            F::ConnectionClosed => Self::ConnectionClosed,
+            F::UnsupportedProtocols => Self::Unsupported,
+            F::Io(e) => Self::Io(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pyrsia_chain::RequestRecord;
 use support::fixtures::{Fixture, GitServer};
-use support::{ServicePlan, Testnet};
+use support::{eventually, ServicePlan, Testnet};
 
 /// `tx request-build` without waiting; returns the request id and selection.
 fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {
@@ -29,19 +29,80 @@ fn request(net: &Testnet, f: &Fixture) -> (String, Vec<String>) {
 
 /// Waits until the request's level is one of `levels`.
 async fn wait_level(net: &Testnet, id: &str, levels: &[&str], timeout: Duration) -> RequestRecord {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let r = net.request_record(id).await;
-        if levels.contains(&r.level.as_str()) {
-            return r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request {id} still {} after {timeout:?} ({} attestations)",
-            r.level,
-            r.attestations.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        timeout,
+        &format!("request {id} to be {levels:?}"),
+        || async {
+            let r = net.request_record(id).await;
+            if levels.contains(&r.level.as_str()) {
+                Ok(r)
+            } else {
+                Err(format!(
+                    "{} with {} attestations",
+                    r.level,
+                    r.attestations.len()
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until builder `name` has a job for request `id` in `jobs.jsonl`.
+async fn wait_job(net: &Testnet, name: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    eventually(
+        timeout,
+        &format!("builder {name} to report its job for {id}"),
+        || async {
+            let jobs = net.builder_jobs(name);
+            let n = jobs.len();
+            jobs.into_iter()
+                .find(|j| j["request_id"] == id)
+                .ok_or(format!("{n} other job(s)"))
+        },
+    )
+    .await
+}
+
+/// Builder `name`'s `state.json`.
+fn builder_state(net: &Testnet, name: &str) -> serde_json::Value {
+    let path = net.builder_dir(name).join("state.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Whether builder `name` is in the middle of building request `id` (of
+/// package `header`, as its build log's first line names it): its state
+/// counts the job as started and unfinished, and the build's log shows
+/// that the build script printed `marker`, i.e. the sandbox is running it.
+fn building_now(
+    net: &Testnet,
+    name: &str,
+    id: &str,
+    header: &str,
+    marker: &str,
+) -> Result<(), String> {
+    let dir = net.builder_dir(name);
+    let state: serde_json::Value = std::fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("no readable state.json")?;
+    if state["starts"][id].as_u64().unwrap_or(0) == 0 {
+        return Err(format!("job not started: {state}"));
+    }
+    let logs = std::fs::read_dir(dir.join("builds"))
+        .map_err(|e| format!("no build directory: {e}"))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|text| text.lines().next().is_some_and(|l| l.contains(header)))
+        .collect::<Vec<_>>();
+    if logs.iter().any(|text| text.contains(marker)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "job started, {} build log(s) of {header}, none shows the build running yet",
+            logs.len()
+        ))
     }
 }
 
@@ -110,21 +171,17 @@ async fn every_ecosystem_builds_reproducibly_and_a_fresh_client_fetches_it_from_
             r.attestations
         );
         // Two regular and two trusted suffice; the fifth builder agrees too.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let r = net.request_record(id).await;
-            assert_eq!(r.level.as_str(), "reproducible");
-            if r.attestations.len() == 5 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}: only {} of 5 builders attested",
-                f.ecosystem,
-                r.attestations.len()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        eventually(
+            Duration::from_secs(120),
+            &format!("{}: all 5 builders to attest", f.ecosystem),
+            || async {
+                let r = net.request_record(id).await;
+                assert_eq!(r.level.as_str(), "reproducible");
+                let n = r.attestations.len();
+                (n == 5).then_some(()).ok_or(format!("{n} attestations"))
+            },
+        )
+        .await;
     }
 
     // A client whose store has never held these outputs fetches them.
@@ -201,10 +258,17 @@ async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_
     .await
     .unwrap();
     net.start_services().await.unwrap();
-    // Slow enough that a builder can be killed in the middle of it.
+    // Slow enough that a builder can be killed in the middle of it. The
+    // marker the script prints is not in its text, so a build log holds it
+    // only once the sandbox runs the script.
+    const RUNNING: &str = "slow build running";
     let slow = |v: &str| {
-        git.script_running("slow", v, "sleep 6; echo slow > out/result")
-            .unwrap()
+        git.script_running(
+            "slow",
+            v,
+            "printf 'slow build %s\\n' running; sleep 6; echo slow > out/result",
+        )
+        .unwrap()
     };
     let first = slow("1.0.0");
     let (id, selected) = request(&net, &first);
@@ -214,36 +278,80 @@ async fn unselected_builders_do_not_build_and_a_killed_builder_catches_up_after_
     let idle = all.difference(&chosen).next().unwrap().clone();
     let victim = chosen.iter().next().unwrap().clone();
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Killed in the middle of that build, not before or after it.
+    eventually(
+        Duration::from_secs(120),
+        &format!("builder {victim} to be running the build of {id}"),
+        || async { building_now(&net, &victim, &id, "script slow 1.0.0", RUNNING) },
+    )
+    .await;
     net.kill_service(&format!("builder:{victim}")).unwrap();
+    let state = builder_state(&net, &victim);
+    assert_eq!(state["starts"][&id], 1, "killed mid-job: {state}");
+    assert!(
+        state["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == id.as_str()),
+        "the interrupted job stays pending: {state}"
+    );
+    assert!(
+        net.builder_jobs(&victim)
+            .iter()
+            .all(|j| j["request_id"] != id.as_str()),
+        "{victim} finished the job before it was killed"
+    );
     let r = wait_level(&net, &id, &["quorum_only"], Duration::from_secs(300)).await;
     assert_eq!(r.attestations.len(), 2, "the two live selected builders");
 
     // Requests committed while the victim is down.
+    let victim_key = net.builder_key(&victim).unwrap().public();
     let mut missed = vec![id.clone()];
     for v in ["1.0.1", "1.0.2"] {
         let (id, selected) = request(&net, &slow(v));
-        let victim_key = net.builder_key(&victim).unwrap().public().to_string();
-        if selected.contains(&victim_key) {
+        if selected.contains(&victim_key.to_string()) {
             missed.push(id);
         }
     }
     net.start_service(&format!("builder:{victim}")).unwrap();
-    let victim_key = net.builder_key(&victim).unwrap().public();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    // It resumes the interrupted job and builds the ones it missed.
     for id in &missed {
-        loop {
-            let r = net.request_record(id).await;
-            if r.attestations.iter().any(|a| a.attester == victim_key) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "restarted builder {victim} never attested {id}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        eventually(
+            Duration::from_secs(300),
+            &format!("restarted builder {victim} to attest {id}"),
+            || async {
+                let r = net.request_record(id).await;
+                if r.attestations.iter().any(|a| a.attester == victim_key) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} with {} attestations",
+                        r.level,
+                        r.attestations.len()
+                    ))
+                }
+            },
+        )
+        .await;
+        let job = wait_job(&net, &victim, id, Duration::from_secs(60)).await;
+        assert_eq!(job["outcome"], "attested", "{victim} on {id}: {job}");
     }
+    eventually(
+        Duration::from_secs(60),
+        &format!("builder {victim} to have no job left"),
+        || async {
+            let state = builder_state(&net, &victim);
+            let done = state["pending"].as_array().is_some_and(|p| p.is_empty())
+                && state["starts"].as_object().is_some_and(|s| s.is_empty());
+            if done {
+                Ok(())
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await;
     // The builder that was not selected for the first request never built it.
     let idle_jobs = net.builder_jobs(&idle);
     assert!(
@@ -322,37 +430,26 @@ async fn bad_sources_network_access_and_overlong_builds_fail_clearly_and_are_rep
     for (f, _, _) in &cases {
         ids.push(request(&net, f).0);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     let builder = builder_names(&net).remove(0);
     for ((f, expect, class), id) in cases.iter().zip(&ids) {
-        let job = loop {
-            let jobs = net.builder_jobs(&builder);
-            if let Some(j) = jobs.into_iter().find(|j| j["request_id"] == id.as_str()) {
-                break j;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no job report for {}",
-                f.name
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let job = wait_job(&net, &builder, id, Duration::from_secs(300)).await;
         assert_eq!(job["outcome"], "failed", "{}: {job}", f.name);
         let error = job["error"].as_str().unwrap_or_default().to_lowercase();
         assert!(error.contains(expect), "{}: {error}", f.name);
         // The failure is on the ledger, with its class, as the builder's answer.
-        let r = loop {
-            let r = net.request_record(id).await;
-            if !r.failures.is_empty() {
-                break r;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}: no failure reported",
-                f.name
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let r = eventually(
+            Duration::from_secs(300),
+            &format!("{}: the failure on the ledger", f.name),
+            || async {
+                let r = net.request_record(id).await;
+                if r.failures.is_empty() {
+                    Err(format!("{} with no failure", r.level))
+                } else {
+                    Ok(r)
+                }
+            },
+        )
+        .await;
         assert!(r.attestations.is_empty(), "{}: attested anyway", f.name);
         assert_eq!(r.failures.len(), 1, "{}", f.name);
         assert_eq!(r.failures[0].reason.as_str(), *class, "{}", f.name);
@@ -555,11 +652,12 @@ fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn wait_http_ok(url: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ureq::get(url).call().is_err() {
-        assert!(std::time::Instant::now() < deadline, "{url} did not answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        &format!("{url} to answer"),
+        || async { ureq::get(url).call().map(drop).map_err(|e| e.to_string()) },
+    )
+    .await
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -586,15 +684,7 @@ async fn a_job_that_keeps_killing_the_builder_is_dropped_with_its_reason() {
     std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
     net.start_services().await.unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let jobs = net.builder_jobs(&builder);
-        if let Some(j) = jobs.into_iter().find(|j| j["request_id"] == id.as_str()) {
-            break j;
-        }
-        assert!(std::time::Instant::now() < deadline, "no job report");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let job = wait_job(&net, &builder, &id, Duration::from_secs(120)).await;
     assert_eq!(job["outcome"], "dropped", "{job}");
     assert!(
         job["error"].as_str().unwrap().contains("started 3 times"),

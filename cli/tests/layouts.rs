@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use pyrsia_chain::Digest;
-use support::{ServicePlan, Testnet};
+use support::{eventually, ServicePlan, Testnet};
 
 /// Registers builder keys `b0`, `b1` for npm, each admitted by trusted node 0.
 fn register_builders(net: &Testnet) -> Vec<String> {
@@ -46,19 +46,15 @@ fn register_builders(net: &Testnet) -> Vec<String> {
 
 async fn wait_ready(net: &Testnet, store_dir: &str) -> serde_json::Value {
     let ready = net.nodes[0].home.join(store_dir).join("ready.json");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(b) = std::fs::read(&ready) {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-                return v;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "store {store_dir} not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        &format!("store {store_dir} to be ready"),
+        || async {
+            let bytes = std::fs::read(&ready).map_err(|e| e.to_string())?;
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string())
+        },
+    )
+    .await
 }
 
 fn output(name: &str, sha: &str, size: u64, stripe_size: u32, root: &str) -> String {

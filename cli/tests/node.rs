@@ -5,14 +5,14 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pyrsia_chain::RequestRecord;
 use pyrsia_ledger_client::rpc::LedgerClient;
 use support::fixtures::GitServer;
-use support::{cometbft, devnet_init, pyrsia_bin, ServicePlan};
+use support::{cometbft, devnet_init, eventually, pyrsia_bin, ServicePlan};
 
 /// Processes whose command line mentions `needle` (the test's temp dir).
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -58,14 +58,12 @@ async fn node_start_runs_the_whole_network_and_ctrl_c_stops_every_process() {
         .unwrap();
     for b in ["regular0", "regular1", "trusted0", "trusted1"] {
         let state = home.join("builders").join(b).join("work/state.json");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !state.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "builder {b} never started following"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            Duration::from_secs(120),
+            &format!("builder {b} to start following (its state file)"),
+            || async { state.exists().then_some(()) },
+        )
+        .await;
     }
 
     let git = GitServer::start().unwrap();
@@ -124,11 +122,19 @@ async fn node_start_runs_the_whole_network_and_ctrl_c_stops_every_process() {
 
     let pid = Pid::from_raw(i32::try_from(node.id()).unwrap());
     kill(pid, Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while node.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "node start ignored Ctrl-C");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let exited = eventually(
+        Duration::from_secs(60),
+        "node start to exit on Ctrl-C",
+        || {
+            let status = node.try_wait().unwrap();
+            async move { status }
+        },
+    )
+    .await;
+    assert!(
+        exited.success(),
+        "node start exited with {exited} on Ctrl-C"
+    );
     let needle = dir.path().to_string_lossy().into_owned();
     let left = processes_mentioning(&needle);
     assert!(left.is_empty(), "still running after Ctrl-C: {left:#?}");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pyrsia_chain::Digest;
 use support::fixtures::{Fixture, GitServer};
-use support::{repo_root, ServicePlan, Testnet};
+use support::{eventually, repo_root, ServicePlan, Testnet};
 
 fn request_args<'a>(f: &'a Fixture, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
@@ -190,15 +190,19 @@ async fn each_attester_signs_provenance_that_pyrsia_provenance_collects_and_secu
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let r = loop {
-        let r = net.request_record(&id).await;
-        if r.attestations.len() == 3 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "{:#?}", r.attestations);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let r = eventually(
+        Duration::from_secs(300),
+        "all 3 builders to attest",
+        || async {
+            let r = net.request_record(&id).await;
+            if r.attestations.len() == 3 {
+                Ok(r)
+            } else {
+                Err(r.attestations)
+            }
+        },
+    )
+    .await;
     assert_eq!(r.level.as_str(), "quorum_only");
     assert!(r.attestations.iter().all(|a| a.provenance.is_some()));
 

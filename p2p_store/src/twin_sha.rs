@@ -85,12 +85,17 @@ impl Sha256State {
         let end = if self.pending_len < 56 { 64 } else { 128 };
         tail[end - 8..end].copy_from_slice(&bits.to_be_bytes());
         compress(&mut self.state, &tail[..end]);
-        let mut out = [0u8; 32];
-        for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
-            o.copy_from_slice(&w.to_be_bytes());
-        }
-        out
+        digest_of(&self.state)
     }
+}
+
+/// The digest a final state stands for.
+fn digest_of(state: &[u32; 8]) -> Digest {
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 /// Compresses whole 64-byte blocks into one state.
@@ -100,23 +105,55 @@ fn compress(state: &mut [u32; 8], blocks: &[u8]) {
     }
 }
 
-/// Compresses the same whole 64-byte blocks into two states.
+/// Compresses the same whole 64-byte blocks into two states: with the SHA
+/// extensions when the CPU has them, else with the portable path.
 fn compress_twin(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) {
+    #[cfg(test)]
+    if tests::portable_forced() {
+        compress_twin_portable(a, b, blocks);
+        return;
+    }
+    if !compress_twin_shani(a, b, blocks) {
+        compress_twin_portable(a, b, blocks);
+    }
+}
+
+/// The portable path: `sha2`'s compression function, one chain after the
+/// other.
+fn compress_twin_portable(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) {
+    compress(a, blocks);
+    compress(b, blocks);
+}
+
+/// Whether this CPU has what the SHA-NI path needs.
+fn shani_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("sha")
-        && std::arch::is_x86_feature_detected!("sse4.1")
-        && std::arch::is_x86_feature_detected!("ssse3")
     {
+        std::arch::is_x86_feature_detected!("sha")
+            && std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("ssse3")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The SHA-NI path, if the CPU has it: returns whether it ran (when it did
+/// not, the states are untouched).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn compress_twin_shani(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if shani_available() {
         // SAFETY: the CPU features `shani::compress_twin` is compiled for
         // were detected just above; it has no other precondition.
         #[allow(unsafe_code)]
         unsafe {
             shani::compress_twin(a, b, blocks)
         };
-        return;
+        return true;
     }
-    compress(a, blocks);
-    compress(b, blocks);
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -236,6 +273,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use sha2::Digest as _;
+    use std::cell::Cell;
 
     fn bytes(n: usize, seed: u32) -> Vec<u8> {
         (0..n as u32)
@@ -274,15 +312,153 @@ mod tests {
         }
     }
 
-    #[test]
-    fn twin_compression_equals_two_single_compressions() {
+    thread_local! {
+        /// Set by a test to send `compress_twin` down the portable path.
+        static PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether this test thread forced the portable path.
+    pub(super) fn portable_forced() -> bool {
+        PORTABLE.with(Cell::get)
+    }
+
+    /// FIPS 180-2's examples and the long one of NIST's test vectors:
+    /// message, SHA-256.
+    fn vectors() -> Vec<(Vec<u8>, &'static str)> {
+        vec![
+            (
+                Vec::new(),
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (
+                b"abc".to_vec(),
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            (
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".to_vec(),
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+            ),
+            (
+                b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu".to_vec(),
+                "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1",
+            ),
+            (
+                vec![b'a'; 1_000_000],
+                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+            ),
+        ]
+    }
+
+    fn hex(d: &Digest) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// SHA-256 of `msg` computed by `twin` alone: both chains start at the
+    /// IV and compress the padded message, so each must end at its digest.
+    fn twin_digests(
+        twin: impl Fn(&mut [u32; 8], &mut [u32; 8], &[u8]),
+        msg: &[u8],
+    ) -> (String, String) {
+        let mut padded = msg.to_vec();
+        padded.push(0x80);
+        while padded.len() % 64 != 56 {
+            padded.push(0);
+        }
+        padded.extend_from_slice(&(msg.len() as u64 * 8).to_be_bytes());
+        let (mut a, mut b) = (IV, IV);
+        twin(&mut a, &mut b, &padded);
+        (hex(&digest_of(&a)), hex(&digest_of(&b)))
+    }
+
+    /// What a downloader computes, through whichever path `compress_twin`
+    /// takes on this thread: each vector as one stripe, and as stripes of a
+    /// file that has a prefix, against the vectors and `sha2`.
+    fn check_through_sha256_state() {
+        for (msg, want) in vectors() {
+            let mut whole = Sha256State::default();
+            assert_eq!(hex(&whole.update_and_digest(&msg)), want);
+            assert_eq!(hex(&whole.finalize()), want);
+
+            let prefix = bytes(4096, 5);
+            let mut whole = Sha256State::default();
+            assert_eq!(
+                hex(&whole.update_and_digest(&prefix)),
+                hex(&sha2::Sha256::digest(&prefix).into())
+            );
+            assert_eq!(hex(&whole.update_and_digest(&msg)), want);
+            let file = [prefix, msg].concat();
+            assert_eq!(
+                whole.finalize(),
+                <[u8; 32]>::from(sha2::Sha256::digest(&file))
+            );
+        }
+    }
+
+    /// Two different states through the same blocks, by `twin` and by two
+    /// single-chain compressions.
+    fn check_against_single_compressions(twin: impl Fn(&mut [u32; 8], &mut [u32; 8], &[u8])) {
         let data = bytes(64 * 40, 11);
         let (mut a, mut b) = (IV, IV);
         b[3] ^= 0xdead_beef;
         let (mut a2, mut b2) = (a, b);
-        compress_twin(&mut a, &mut b, &data);
+        twin(&mut a, &mut b, &data);
         compress(&mut a2, &data);
         compress(&mut b2, &data);
         assert_eq!((a, b), (a2, b2));
+    }
+
+    /// Runs on every CPU: the portable path, called directly and forced
+    /// under `Sha256State`.
+    #[test]
+    fn portable_path_gives_the_sha256_test_vectors() {
+        for (msg, want) in vectors() {
+            let (a, b) = twin_digests(compress_twin_portable, &msg);
+            assert_eq!(
+                (a.as_str(), b.as_str()),
+                (want, want),
+                "{} bytes",
+                msg.len()
+            );
+        }
+        check_against_single_compressions(compress_twin_portable);
+        PORTABLE.with(|p| p.set(true));
+        check_through_sha256_state();
+        PORTABLE.with(|p| p.set(false));
+    }
+
+    /// The SHA-NI path, called directly and chosen by `Sha256State`; on a
+    /// CPU without it the test says so and checks nothing.
+    #[test]
+    fn shani_path_gives_the_sha256_test_vectors_when_the_cpu_has_it() {
+        if !shani_available() {
+            // Straight to stderr, past the test harness's capture, so that a
+            // run on such a CPU shows it even when the test passes.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: this CPU lacks the SHA extensions (sha, sse4.1, ssse3); \
+                 the SHA-NI path was not run (the portable path is tested by \
+                 portable_path_gives_the_sha256_test_vectors)"
+            );
+            return;
+        }
+        let shani = |a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]| {
+            assert!(
+                compress_twin_shani(a, b, blocks),
+                "the SHA-NI path did not run"
+            );
+        };
+        for (msg, want) in vectors() {
+            let (a, b) = twin_digests(shani, &msg);
+            assert_eq!(
+                (a.as_str(), b.as_str()),
+                (want, want),
+                "{} bytes",
+                msg.len()
+            );
+        }
+        check_against_single_compressions(shani);
+        assert!(!portable_forced());
+        check_through_sha256_state();
     }
 }

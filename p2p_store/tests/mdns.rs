@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::make_file;
+use common::{eventually, make_file};
 
 const EXE: &str = env!("CARGO_BIN_EXE_pyrsia-store");
 
@@ -115,7 +115,13 @@ fn in_ns(ns: &str) -> Command {
     c
 }
 
-fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+async fn spawn_store(
+    ns: &str,
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let ready = dir.join("ready.json");
     let child = in_ns(ns)
@@ -139,14 +145,18 @@ fn spawn_store(ns: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(&str,
         api: String::new(),
         token_file: String::new(),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() {
-        if let Some(st) = p.child.try_wait().unwrap() {
-            panic!("pyrsia-store in {ns} exited before it was ready: {st}");
-        }
-        assert!(Instant::now() < deadline, "pyrsia-store in {ns} not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(60),
+        &format!("pyrsia-store in {ns} to be ready"),
+        || {
+            if let Some(st) = p.child.try_wait().unwrap() {
+                panic!("pyrsia-store in {ns} exited before it was ready: {st}");
+            }
+            let ready = ready.exists();
+            async move { ready.then_some(()).ok_or("no ready file") }
+        },
+    )
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
     p.peer_id = v["peer_id"].as_str().unwrap().to_string();
     p.api = v["api"].as_str().unwrap().to_string();
@@ -187,16 +197,53 @@ fn connected_peers(p: &Proc) -> Vec<String> {
         .collect()
 }
 
-/// Polls until `b` is connected to `a` or `secs` pass; returns the wait.
-fn wait_found(a: &Proc, b: &Proc, secs: u64) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if connected_peers(b).contains(&a.peer_id) && connected_peers(a).contains(&b.peer_id) {
-            return Some(t.elapsed());
+/// Who each of two stores is connected to, while waiting for them to find
+/// each other; its `Debug` (printed only if they never do) adds the tail of
+/// both logs.
+struct Strangers {
+    a_sees: Vec<String>,
+    b_sees: Vec<String>,
+    logs: [PathBuf; 2],
+}
+
+impl std::fmt::Debug for Strangers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "A sees {:?}, B sees {:?}", self.a_sees, self.b_sees)?;
+        for (who, path) in ["A", "B"].iter().zip(&self.logs) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            writeln!(f, "--- {who}'s log ---")?;
+            writeln!(f, "{}", lines[lines.len().saturating_sub(40)..].join("\n"))?;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
     }
-    None
+}
+
+/// Waits until `a` and `b` are connected to each other; returns the wait.
+async fn wait_found(a: &Proc, b: &Proc, logs: [PathBuf; 2], secs: u64) -> Duration {
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(secs),
+        "B and A to find each other by mDNS",
+        || {
+            let (a_sees, b_sees) = (connected_peers(a), connected_peers(b));
+            let found = b_sees.contains(&a.peer_id) && a_sees.contains(&b.peer_id);
+            let logs = logs.clone();
+            async move {
+                if found {
+                    Ok(())
+                } else {
+                    Err(Strangers {
+                        a_sees,
+                        b_sees,
+                        logs,
+                    })
+                }
+            }
+        },
+    )
+    .await;
+    t.elapsed()
 }
 
 fn work_dir() -> (tempfile::TempDir, PathBuf) {
@@ -205,46 +252,42 @@ fn work_dir() -> (tempfile::TempDir, PathBuf) {
     (t, p)
 }
 
-#[test]
-fn same_lan_peers_find_each_other_by_mdns_without_bootstrap_and_no_mdns_turns_it_off() {
+#[tokio::test]
+async fn same_lan_peers_find_each_other_by_mdns_without_bootstrap_and_no_mdns_turns_it_off() {
     let lan = Lan::create();
     let (a_ns, b_ns) = (lan.ns[0].as_str(), lan.ns[1].as_str());
     let (_tmp, dir) = work_dir();
 
     // mDNS off on both sides (one by flag, one by environment): they must
-    // stay strangers.
-    {
-        let a = spawn_store(
-            a_ns,
-            &dir.join("quiet-a"),
-            "/ip4/10.231.0.1/tcp/44001",
-            &["--no-mdns"],
-            &[],
-        );
-        let b = spawn_store(
-            b_ns,
-            &dir.join("quiet-b"),
-            "/ip4/10.231.0.2/tcp/44001",
-            &[],
-            &[("PYRSIA_STORE_NO_MDNS", "1")],
-        );
-        assert_eq!(status(&a)["mdns"], false, "--no-mdns left mDNS on");
-        assert_eq!(
-            status(&b)["mdns"],
-            false,
-            "PYRSIA_STORE_NO_MDNS=1 left mDNS on"
-        );
-        // With mDNS on, discovery takes well under a second (below); give it ample time.
-        std::thread::sleep(Duration::from_secs(6));
-        assert!(
-            connected_peers(&a).is_empty() && connected_peers(&b).is_empty(),
-            "nodes started with --no-mdns and no bootstrap found a peer"
-        );
-    }
+    // stay strangers. They start first and stay up while an mDNS-on pair
+    // on the same LAN finds each other (below): that pair's discovery is
+    // the window in which these two would have met.
+    let quiet_a = spawn_store(
+        a_ns,
+        &dir.join("quiet-a"),
+        "/ip4/10.231.0.1/tcp/44001",
+        &["--no-mdns"],
+        &[],
+    )
+    .await;
+    let quiet_b = spawn_store(
+        b_ns,
+        &dir.join("quiet-b"),
+        "/ip4/10.231.0.2/tcp/44001",
+        &[],
+        &[("PYRSIA_STORE_NO_MDNS", "1")],
+    )
+    .await;
+    assert_eq!(status(&quiet_a)["mdns"], false, "--no-mdns left mDNS on");
+    assert_eq!(
+        status(&quiet_b)["mdns"],
+        false,
+        "PYRSIA_STORE_NO_MDNS=1 left mDNS on"
+    );
 
     // mDNS on (the default), no bootstrap, no dial: B must find A and fetch
     // what was put on A.
-    let a = spawn_store(a_ns, &dir.join("a"), "/ip4/10.231.0.1/tcp/44000", &[], &[]);
+    let a = spawn_store(a_ns, &dir.join("a"), "/ip4/10.231.0.1/tcp/44000", &[], &[]).await;
     assert_eq!(status(&a)["mdns"], true, "mDNS is not on by default");
     let file = dir.join("artifact");
     make_file(&file, 3 * 1024 * 1024 + 12345, 7);
@@ -261,21 +304,21 @@ fn same_lan_peers_find_each_other_by_mdns_without_bootstrap_and_no_mdns_turns_it
         ),
         "put on A",
     );
-    let b = spawn_store(b_ns, &dir.join("b"), "/ip4/10.231.0.2/tcp/44000", &[], &[]);
-    let took = wait_found(&a, &b, 30).unwrap_or_else(|| {
-        let log = |who: &str| {
-            let text = std::fs::read_to_string(dir.join(who).join("stderr.log")).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        };
-        panic!(
-            "B did not find A by mDNS within 30 s (B sees {:?}, A sees {:?})\n--- A's log ---\n{}\n--- B's log ---\n{}",
-            connected_peers(&b),
-            connected_peers(&a),
-            log("a"),
-            log("b")
-        )
-    });
+    let b = spawn_store(b_ns, &dir.join("b"), "/ip4/10.231.0.2/tcp/44000", &[], &[]).await;
+    let logs = [dir.join("a/stderr.log"), dir.join("b/stderr.log")];
+    let took = wait_found(&a, &b, logs, 30).await;
+    let (quiet_a_sees, quiet_b_sees) = (connected_peers(&quiet_a), connected_peers(&quiet_b));
+    assert!(
+        quiet_a_sees.is_empty() && quiet_b_sees.is_empty(),
+        "nodes started with mDNS off and no bootstrap found peers while an \
+         mDNS pair found each other in {took:?}: {quiet_a_sees:?}, {quiet_b_sees:?}"
+    );
+    assert!(
+        !connected_peers(&a).contains(&quiet_a.peer_id)
+            && !connected_peers(&b).contains(&quiet_b.peer_id),
+        "an mDNS node found a node started with mDNS off"
+    );
+    drop((quiet_a, quiet_b));
     eprintln!("mDNS discovery took {took:?}");
 
     let out = dir.join("fetched");

@@ -36,6 +36,71 @@ pub fn synthetic_request(i: usize, ecosystem: &str) -> pyrsia_chain::BuildReques
     }
 }
 
+/// What a condition of [`eventually`] observed: `Ok`/`Some` when it holds
+/// (with the value to return), else the state seen, for the failure message.
+pub trait Observed {
+    type Value;
+    fn held(self) -> std::result::Result<Self::Value, String>;
+}
+
+impl<T, S: std::fmt::Debug> Observed for std::result::Result<T, S> {
+    type Value = T;
+    fn held(self) -> std::result::Result<T, String> {
+        self.map_err(|s| format!("{s:?}"))
+    }
+}
+
+impl<T> Observed for Option<T> {
+    type Value = T;
+    fn held(self) -> std::result::Result<T, String> {
+        self.ok_or_else(|| "None".to_owned())
+    }
+}
+
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Waits on state: runs `condition` every 200 ms until it holds (returns
+/// `Ok`/`Some`) and returns its value; an error once `within` has passed,
+/// naming `what` and the last state the condition returned.
+pub async fn try_eventually<O, F>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) -> Result<O::Value>
+where
+    O: Observed,
+    F: std::future::Future<Output = O>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match condition().await.held() {
+            Ok(v) => return Ok(v),
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                bail!("timed out after {within:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// [`try_eventually`], failing the test on timeout. The one polling loop of
+/// these tests: nothing sleeps for a fixed time instead.
+pub async fn eventually<O, F>(
+    within: Duration,
+    what: &str,
+    condition: impl FnMut() -> F,
+) -> O::Value
+where
+    O: Observed,
+    F: std::future::Future<Output = O>,
+{
+    match try_eventually(within, what, condition).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The repository root (this package lives in `cli/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -548,14 +613,12 @@ impl Testnet {
 
     pub async fn wait_builder_ready(&self, name: &str) -> Result<()> {
         let state = self.builder_dir(name).join("state.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while !state.exists() {
-            if std::time::Instant::now() > deadline {
-                bail!("builder {name} did not start following the ledger within 120s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
+        try_eventually(
+            Duration::from_secs(120),
+            &format!("builder {name} to follow the ledger (its state file)"),
+            || async { state.exists().then_some(()).ok_or("no state file") },
+        )
+        .await
     }
 
     /// `program`, run on validator `i`'s host.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod load;
 pub mod netns;
 
 use std::net::TcpListener;
@@ -712,6 +713,25 @@ impl Testnet {
             }
         }
         Ok((app, comet))
+    }
+
+    /// Every running process of the testnet with its kind (`cometbft`,
+    /// `abci`, `store`, `builder`) and pid.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        let mut all = Vec::new();
+        for node in &self.nodes {
+            all.extend(node.abci.as_ref().map(|c| ("abci", c.id())));
+            all.extend(node.comet.as_ref().map(|c| ("cometbft", c.id())));
+        }
+        for (name, child) in &self.services {
+            let kind = if name.starts_with("store:") {
+                "store"
+            } else {
+                "builder"
+            };
+            all.push((kind, child.id()));
+        }
+        all
     }
 
     /// `kill -9` of node `i`'s ABCI app.

@@ -121,7 +121,8 @@ fn start_readers(net: &Testnet, packages: Vec<(Digest, [String; 3])>) -> Result<
                     .await?
                     .context("a requested package has no record")?;
                 q.fetch_add(1, Ordering::Relaxed);
-                if round % 10 != 0 || !["trusted", "reproducible"].contains(&record.level.as_str())
+                if !round.is_multiple_of(10)
+                    || !["trusted", "reproducible"].contains(&record.level.as_str())
                 {
                     continue;
                 }

@@ -565,7 +565,11 @@ fn setup_netns(caps_mbit: &[u64], delay_ms: u64) -> anyhow::Result<Netns> {
         let ns = format!("pyb{tag}s{i}");
         let host = format!("pyb{tag}h{i}");
         let peer = format!("pyb{tag}n{i}");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        // A namespace left by an earlier bench with the same pid tag.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
         sh(&["ip", "netns", "add", &ns])?;
         made.0.push(ns.clone());
         sh(&[
@@ -809,30 +813,56 @@ impl Drop for ContOnDrop<'_> {
     }
 }
 
-/// One stall-mode download from all `seeders`, the last one SIGSTOPped once
-/// `stall_at` of the artifact is in and SIGCONTed after the download.
-/// Returns (seconds, seconds at the stop, bytes at the stop, progress).
-async fn fetch_with_staller(
+/// Times of one download: all of it, and when its last stripe was stored
+/// (the rest is the whole-file check's tail), and, with a staller, when it
+/// was stopped and how many bytes were in by then.
+struct Timed {
+    secs: f64,
+    last_stripe: f64,
+    stop: Option<(f64, u64)>,
+    progress: p2p_store::Progress,
+}
+
+/// One download from `seeders` through a fresh downloader. With `stall_at`,
+/// the last seeder is SIGSTOPped once that fraction of the artifact is in
+/// and SIGCONTed after the download.
+async fn fetch_timed(
     dir: &Path,
     seeders: &[&Seeder],
     put: &PutResult,
-    stall_at: f64,
-) -> anyhow::Result<(f64, f64, u64, p2p_store::Progress)> {
-    let staller = *seeders.last().context("no seeders")?;
+    stall_at: Option<f64>,
+) -> anyhow::Result<Timed> {
     let d = start_downloader(dir, seeders, 4).await?;
     let h = d.node.fetch(fetch_request(put)?);
     let t = Instant::now();
-    let threshold = (put.size as f64 * stall_at) as u64;
-    let at = tokio::time::timeout(FETCH_TIMEOUT, h.wait_for(|p| p.bytes_fetched >= threshold))
-        .await
-        .context("download never reached the stall point")?;
-    staller.signal(true)?;
-    let _cont = ContOnDrop(staller);
-    let t_stop = t.elapsed().as_secs_f64();
-    let p = tokio::time::timeout(FETCH_TIMEOUT, h.wait())
+    let mut stop = None;
+    let mut _cont = None;
+    if let Some(frac) = stall_at {
+        let staller = *seeders.last().context("no seeders")?;
+        let threshold = (put.size as f64 * frac) as u64;
+        let at = tokio::time::timeout(FETCH_TIMEOUT, h.wait_for(|p| p.bytes_fetched >= threshold))
+            .await
+            .context("download never reached the stall point")?;
+        staller.signal(true)?;
+        _cont = Some(ContOnDrop(staller));
+        stop = Some((t.elapsed().as_secs_f64(), at.bytes_fetched));
+    }
+    tokio::time::timeout(
+        FETCH_TIMEOUT,
+        h.wait_for(|p| p.stripes_total > 0 && p.stripes_done >= p.stripes_total),
+    )
+    .await
+    .context("fetch timed out")?;
+    let last_stripe = t.elapsed().as_secs_f64();
+    let progress = tokio::time::timeout(FETCH_TIMEOUT, h.wait())
         .await
         .context("fetch timed out")??;
-    Ok((t.elapsed().as_secs_f64(), t_stop, at.bytes_fetched, p))
+    Ok(Timed {
+        secs: t.elapsed().as_secs_f64(),
+        last_stripe,
+        stop,
+        progress,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -861,15 +891,17 @@ async fn stall(
         let mut base = None;
         let mut stalled = None;
         for side in 0..2 {
+            let dl = work.join("downloader");
             if (side + round) % 2 == 1 {
-                base = Some(fetch_from(&work.join("downloader"), good, &put, 4).await?);
+                base = Some(fetch_timed(&dl, good, &put, None).await?);
             } else {
-                stalled =
-                    Some(fetch_with_staller(&work.join("downloader"), &all, &put, stall_at).await?);
+                stalled = Some(fetch_timed(&dl, &all, &put, Some(stall_at)).await?);
             }
         }
-        let (t_base, _) = base.context("baseline")?;
-        let (t_stall, t_stop, b_stop, p) = stalled.context("stalled")?;
+        let base = base.context("baseline")?;
+        let st = stalled.context("stalled")?;
+        let (t_base, t_stall) = (base.secs, st.secs);
+        let (t_stop, b_stop) = st.stop.context("no stop")?;
         // What the stalled download would take if the stop cost nothing:
         // the bytes in at the stop, then the rest at the baseline's rate.
         let expected = t_stop + (size - b_stop.min(size)) as f64 * t_base / size as f64;
@@ -877,12 +909,14 @@ async fn stall(
         raw.push(t_stall / t_base);
         costs.push(cost);
         println!(
-            "stall round {round} size={}MiB cap={cap_mbit}Mbit/s stripe={}KiB: {} seeders {t_base:.2}s; {k} seeders, the last stopped at {t_stop:.2}s ({:.0}% in, it sent {} stripes) {t_stall:.2}s; ratio {:.3}, expected {expected:.2}s, stall cost {:+.1}%",
+            "stall round {round} size={}MiB cap={cap_mbit}Mbit/s stripe={}KiB: {} seeders {t_base:.2}s (last stripe {:.2}s); {k} seeders, the last stopped at {t_stop:.2}s ({:.0}% in, it sent {} stripes) {t_stall:.2}s (last stripe {:.2}s); ratio {:.3}, expected {expected:.2}s, stall cost {:+.1}%",
             size >> 20,
             ss >> 10,
             k - 1,
+            base.last_stripe,
             100.0 * b_stop as f64 / size as f64,
-            staller.stripes_in(&p),
+            staller.stripes_in(&st.progress),
+            st.last_stripe,
             t_stall / t_base,
             100.0 * cost,
         );

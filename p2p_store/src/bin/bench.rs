@@ -254,7 +254,12 @@ async fn spawn_seeder(dir: &Path, listen: &str, netns: Option<&str>) -> anyhow::
         .arg("--ready-file")
         .arg(&ready)
         .args(["--quota", "1T", "--max-uploads", "32"])
-        .env("RUST_LOG", "warn")
+        // The bench's own RUST_LOG, else warnings without Kademlia's "no
+        // known peers" (the seeders know none until the downloader comes).
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,libp2p_kad=error".into()),
+        )
         .stdout(Stdio::null())
         .spawn()?;
     let mut child = KillOnDrop(Some(child));

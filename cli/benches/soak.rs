@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use pyrsia_chain::{Digest, Keypair};
+use pyrsia_chain::Digest;
 use pyrsia_ledger_client::rpc::LedgerClient;
 use pyrsia_ledger_client::verified::At;
 use support::fixtures::GitServer;
-use support::load::{builder_keys, load, Attesters};
+use support::load::{load, Attesters};
 use support::{ServicePlan, Testnet};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(15);
@@ -178,13 +178,7 @@ async fn main() -> Result<()> {
         regular_builders: 3,
         trusted_builders: 2,
         timeout_commit: Some("1s".into()),
-        params: Some(serde_json::json!({
-            "max_open_per_signer": u16::MAX,
-            "max_open_per_ecosystem": u32::MAX,
-            "max_open_per_package": u16::MAX,
-        })),
-        admitted_builders: builder_keys().iter().map(Keypair::public).collect(),
-        ..Default::default()
+        ..Attesters::genesis()
     };
     let mut net = Testnet::start_netns(4, plan).await?;
     net.netns

@@ -16,9 +16,8 @@
 mod support;
 
 use anyhow::{Context as _, Result};
-use pyrsia_chain::Keypair;
 use pyrsia_ledger_client::rpc::LedgerClient;
-use support::load::{builder_keys, explain, load, Attesters, Outcome, MAX_SENDERS};
+use support::load::{explain, load, Attesters, Outcome, MAX_SENDERS};
 use support::{AppKind, ServicePlan, Testnet};
 
 /// What the nodes' CometBFT logs say about the mempool (at `mempool:debug`,
@@ -103,13 +102,7 @@ async fn main() -> Result<()> {
     let mut net = start(
         AppKind::Pyrsia,
         ServicePlan {
-            params: Some(serde_json::json!({
-                "max_open_per_signer": u16::MAX,
-                "max_open_per_ecosystem": u32::MAX,
-                "max_open_per_package": u16::MAX,
-            })),
-            admitted_builders: builder_keys().iter().map(Keypair::public).collect(),
-            ..Default::default()
+            ..Attesters::genesis()
         },
     )
     .await?;

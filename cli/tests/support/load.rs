@@ -209,6 +209,20 @@ pub fn builder_keys() -> Vec<Keypair> {
 }
 
 impl Attesters {
+    /// What genesis needs for them: their builder keys admitted, and one
+    /// requester allowed to keep all its requests open.
+    pub fn genesis() -> super::ServicePlan {
+        super::ServicePlan {
+            params: Some(serde_json::json!({
+                "max_open_per_signer": u16::MAX,
+                "max_open_per_ecosystem": u32::MAX,
+                "max_open_per_package": u16::MAX,
+            })),
+            admitted_builders: builder_keys().iter().map(Keypair::public).collect(),
+            ..Default::default()
+        }
+    }
+
     /// Registers the builders (the first time), opens requests, then signs
     /// one Attest per selected builder of ours per request: up to `count`
     /// txs (fewer when others' builders are selected too) in `senders`

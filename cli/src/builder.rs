@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::keys::KeyArgs;
-use crate::store_api::StoreApi;
 use crate::Context;
+use pyrsia_ledger_client::store::{put_output, StoreClient};
 
 #[derive(Args, Debug, Clone)]
 pub struct BuilderArgs {
@@ -136,7 +136,7 @@ struct JobReport<'a> {
 
 struct Shared {
     ledger: LedgerClient,
-    store: StoreApi,
+    store: StoreClient,
     key: Keypair,
     chain_id: String,
     work_dir: PathBuf,
@@ -179,7 +179,7 @@ pub async fn run(ctx: &Context, args: BuilderArgs) -> Result<()> {
     let ledger = LedgerClient::new(&ctx.node)?;
     // The token of the store services.toml declares at this address (or
     // PYRSIA_STORE_TOKEN_FILE): the builder puts its outputs.
-    let store = StoreApi::for_home(&ctx.home, &args.store_api, None)?;
+    let store = crate::store_api::for_home(&ctx.home, &args.store_api, None)?;
     let chain_id = retry_until_up("ledger", || ledger.chain_id()).await;
     let peer_id = retry_until_up("store", || store.status()).await.peer_id;
 
@@ -616,7 +616,7 @@ async fn report_failure(shared: &Shared, id: Digest, e: &builder::BuildError) {
         let kept = keep_log(&shared.work_dir, id, log);
         // The kept copy outlives the build directory.
         let path = kept.as_deref().unwrap_or(log);
-        match shared.store.put_pinned(path, "build.log").await {
+        match put_output(&shared.store, path, "build.log").await {
             Ok(stored) => log_digest = Some(stored.sha256),
             Err(err) => tracing::warn!(request = %id, "storing the failed build's log: {err:#}"),
         }
@@ -692,13 +692,13 @@ async fn store_provenance(
         .with_context(|| format!("writing {}", path.display()))?;
     let mut attempt = 0;
     loop {
-        match shared.store.put_pinned(&path, PROVENANCE_NAME).await {
+        match put_output(&shared.store, &path, PROVENANCE_NAME).await {
             Err(e) if attempt < RETRIES => {
                 attempt += 1;
                 tracing::warn!("storing the provenance: {e:#}; retrying ({attempt}/{RETRIES})");
                 tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
             }
-            other => return other,
+            other => return Ok(other?),
         }
     }
 }
@@ -716,12 +716,9 @@ async fn upload(
         let result = async {
             let mut outputs = Vec::with_capacity(built.outputs.len());
             for file in &built.outputs {
-                outputs.push(shared.store.put_pinned(&file.path, &file.name).await?);
+                outputs.push(put_output(&shared.store, &file.path, &file.name).await?);
             }
-            let log = shared
-                .store
-                .put_pinned(&built.log_path, "build.log")
-                .await?;
+            let log = put_output(&shared.store, &built.log_path, "build.log").await?;
             anyhow::Ok((outputs, log.sha256))
         }
         .await;

@@ -111,7 +111,8 @@ async fn fetch_one(
     stripe_size: Option<u32>,
     output: PathBuf,
 ) -> Result<()> {
-    p2p_store::cli::FetchArgs {
+    let store = crate::store_api::for_home(&ctx.home, &cmd.api, cmd.token_file.as_deref())?;
+    store_cli::FetchArgs {
         sha256,
         stripe_root,
         size,
@@ -120,9 +121,9 @@ async fn fetch_one(
         pin: cmd.pin,
         json: ctx.json,
         api: cmd.api.clone(),
-        token_file: crate::store_api::token_file(&ctx.home, &cmd.api, cmd.token_file.as_deref())?,
+        token_file: None,
     }
-    .run()
+    .run_with(&store)
     .await
 }
 

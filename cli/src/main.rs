@@ -93,7 +93,7 @@ pub enum Command {
     Light(light::LightArgs),
     /// The artifact store sidecar: striped, verified distribution over libp2p.
     #[command(subcommand)]
-    Store(p2p_store::cli::StoreCommand),
+    Store(store_cli::StoreCommand),
     /// The builder role: rebuild selected requests in sandboxes and attest.
     #[command(subcommand)]
     Builder(BuilderCommand),

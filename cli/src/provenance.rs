@@ -14,8 +14,8 @@ use pyrsia_ledger_client::verified::At;
 use pyrsia_provenance::Envelope;
 
 use crate::fetch::{best, served_as, MinTrust};
-use crate::store_api::StoreApi;
 use crate::Context;
+use pyrsia_ledger_client::store::{read_output, StoreClient};
 
 /// Largest provenance envelope fetched (a statement lists outputs and
 /// dependencies; megabytes would be an attack, not provenance).
@@ -42,11 +42,11 @@ pub struct ProvenanceCmd {
 }
 
 /// Fetches and checks one attester's envelope; returns its bytes.
-async fn checked_envelope(store: &StoreApi, a: &AttestationRecord) -> Result<Option<Vec<u8>>> {
+async fn checked_envelope(store: &StoreClient, a: &AttestationRecord) -> Result<Option<Vec<u8>>> {
     let Some(p) = &a.provenance else {
         return Ok(None);
     };
-    let bytes = store.get_small(p, MAX_ENVELOPE_BYTES).await?;
+    let bytes = read_output(store, p, MAX_ENVELOPE_BYTES).await?;
     check_envelope(&bytes, a)?;
     Ok(Some(bytes))
 }
@@ -101,7 +101,7 @@ pub async fn run(ctx: &Context, cmd: ProvenanceCmd) -> Result<()> {
     }
     std::fs::create_dir_all(&cmd.output)
         .with_context(|| format!("creating {}", cmd.output.display()))?;
-    let store = StoreApi::for_home(&ctx.home, &cmd.api, cmd.token_file.as_deref())?;
+    let store = crate::store_api::for_home(&ctx.home, &cmd.api, cmd.token_file.as_deref())?;
     let mut written = Vec::new();
     let mut missing = Vec::new();
     let mut refused = Vec::new();

@@ -286,7 +286,7 @@ pub async fn run_service(ctx: &Context, args: ServiceArgs) -> Result<()> {
             let _ = std::fs::remove_file(&ready);
             let conns = p2p_store::ConnectionLimits::default();
             let providers = p2p_store::ProviderLimits::default();
-            let start = p2p_store::cli::StartArgs {
+            let start = store_cli::StartArgs {
                 data_dir: Some(home.join(&s.dir)),
                 listen: vec![s.listen.parse().context("store listen address")?],
                 api: s.api.parse().context("store api address")?,

@@ -17,7 +17,7 @@ use sha1::Sha1;
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWriteExt;
 
-use crate::store::{StoreClient, StoreError};
+use crate::store::{stream_output, StoreClient, StoreError};
 
 /// The largest `package.json` or `METADATA` read out of an archive.
 const MAX_METADATA: u64 = 4 << 20;
@@ -136,7 +136,7 @@ impl DerivedCache {
             path: tmp.to_owned(),
             source,
         };
-        let mut body = self.store.stream(artifact).await?;
+        let mut body = stream_output(&self.store, artifact, true).await?;
         let mut out = tokio::fs::File::create(tmp).await.map_err(io)?;
         let mut hash = Sha256::new();
         let mut size = 0u64;

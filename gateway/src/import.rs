@@ -14,7 +14,7 @@ use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
 use sha2::Digest as _;
 use tokio::sync::Mutex;
 
-use crate::store::{StoreClient, StoreError};
+use crate::store::{put_output, StoreClient, StoreError};
 
 /// The largest upstream metadata document read (packuments of popular
 /// packages run to tens of MiB).
@@ -357,9 +357,7 @@ impl Importer {
         let started = std::time::Instant::now();
         let mut outputs: Vec<Output> = Vec::with_capacity(files.len());
         for (name, path) in files {
-            let out = self
-                .store
-                .put(path, name)
+            let out = put_output(&self.store, path, name)
                 .await
                 .map_err(|source| ImportError::Store {
                     name: name.clone(),

@@ -87,7 +87,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, ledger: VerifiedLedger) -> Gateway {
-        let store = StoreClient::new(&config.store_api, config.store_token_file.clone());
+        let store = crate::store::client(&config.store_api, config.store_token_file.clone());
         let rpc = ledger.ledger().clone();
         let importer = match (config.import_key, config.upstreams.is_empty()) {
             (Some(key), false) => Some(Importer::new(

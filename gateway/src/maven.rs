@@ -149,7 +149,7 @@ async fn serve(gw: &Gateway, out: &Output, checksum: Option<&str>) -> Response {
             } else {
                 "application/java-archive"
             };
-            match gw.store.stream(out).await {
+            match crate::store::stream_output(&gw.store, out, true).await {
                 Ok(body) => http::stream(body, out.size, kind),
                 Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
             }

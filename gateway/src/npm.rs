@@ -284,7 +284,7 @@ async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {
             format!("{name}@{version} has no tarball"),
         );
     };
-    match gw.store.stream(tgz).await {
+    match crate::store::stream_output(&gw.store, tgz, true).await {
         Ok(body) => http::stream(body, tgz.size, "application/octet-stream"),
         Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
     }

@@ -154,9 +154,7 @@ async fn read_small(gw: &Gateway, out: &Output) -> Result<Vec<u8>, Response> {
             "manifest too large",
         ));
     }
-    let mut body = gw
-        .store
-        .stream(out)
+    let mut body = crate::store::stream_output(&gw.store, out, true)
         .await
         .map_err(|e| error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()))?;
     let mut bytes = Vec::with_capacity(out.size as usize);
@@ -279,7 +277,7 @@ async fn blob(gw: &Gateway, name: &str, d: Digest, req: &Req) -> Response {
         );
     };
     let range = req.header("range").and_then(|r| parse_range(r, out.size));
-    let body = match gw.store.stream(&out).await {
+    let body = match crate::store::stream_output(&gw.store, &out, true).await {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()),
     };

@@ -338,7 +338,7 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
             None => json_error(StatusCode::NOT_FOUND, format!("{filename} has no METADATA")),
         };
     }
-    match gw.store.stream(out).await {
+    match crate::store::stream_output(&gw.store, out, true).await {
         Ok(body) => http::stream(body, out.size, "application/octet-stream"),
         Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
     }

@@ -5,6 +5,7 @@
 pub mod api;
 mod bufpool;
 pub mod cli;
+pub mod client;
 pub mod download;
 pub mod limiter;
 pub mod manifest;
@@ -17,6 +18,7 @@ pub mod tls;
 mod twin_sha;
 
 pub use bufpool::StripeBuf;
+pub use client::{ClientError, Layout, StoreClient};
 pub use download::{DownloadHandle, FetchError, FetchRequest, Phase, Progress};
 pub use manifest::{Digest, Manifest, DEFAULT_STRIPE_SIZE};
 pub use node::{Config, ConnectionLimits, Node, NodeError, Status};

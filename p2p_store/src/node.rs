@@ -15,7 +15,7 @@ use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     connection_limits, identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::download::{self, DownloadHandle, Downloads, FetchRequest, NodeStopped};
@@ -183,7 +183,7 @@ struct NetState {
 }
 
 /// Counters exposed in the status.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Counters {
     pub stripes_served: u64,
     pub bytes_served: u64,
@@ -228,7 +228,7 @@ const REANNOUNCE_EVERY: Duration = Duration::from_secs(300);
 pub const BAN_DURATION: Duration = Duration::from_secs(600);
 
 /// Node status (also the control API's `/status`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use libp2p::kad::store::{Error, RecordStore, Result};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use libp2p::PeerId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Length of every provider key: an artifact's SHA-256.
 pub const PROVIDER_KEY_LEN: usize = 32;
@@ -60,7 +60,7 @@ pub struct ProviderStats {
 }
 
 /// Provider record counts (`/status` `provider_records`).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProviderCounts {
     /// Keys this node provides itself.
     pub local: u64,

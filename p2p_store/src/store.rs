@@ -114,7 +114,7 @@ pub fn partial_expired(last_progress: SystemTime, now: SystemTime, ttl: Duration
 }
 
 /// Public summary of one stored artifact.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactInfo {
     pub sha256: String,
     pub size: u64,

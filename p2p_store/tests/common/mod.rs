@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hyper::{Body, Method, StatusCode};
@@ -107,91 +106,6 @@ pub fn peak_rss_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-/// A `pyrsia-store start` process on 127.0.0.1, killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub peer_id: libp2p::PeerId,
-    pub addr: libp2p::Multiaddr,
-    /// `http://127.0.0.1:PORT`
-    pub api: String,
-    /// The store's API token file, as its ready file names it.
-    pub token_file: PathBuf,
-    /// Its data directory.
-    pub data_dir: PathBuf,
-}
-
-impl Proc {
-    /// The token, read as any client reads it.
-    pub fn token(&self) -> String {
-        p2p_store::api::read_token(&self.token_file).unwrap()
-    }
-
-    /// `Bearer <token>`.
-    pub fn bearer(&self) -> String {
-        format!("Bearer {}", self.token())
-    }
-
-    /// `127.0.0.1:PORT`
-    pub fn api_authority(&self) -> String {
-        self.api.trim_start_matches("http://").to_string()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `pyrsia-store start` with its data in `dir/store` and waits for
-/// its ready file.
-pub async fn spawn_store(dir: &Path, extra: &[&str]) -> Proc {
-    std::fs::create_dir_all(dir).unwrap();
-    let ready = dir.join("ready.json");
-    let _ = std::fs::remove_file(&ready);
-    let child = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
-        .args([
-            "start",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("store"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .env_remove("PYRSIA_STORE_TOKEN_FILE")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut p = Proc {
-        child,
-        peer_id: libp2p::PeerId::random(),
-        addr: libp2p::Multiaddr::empty(),
-        api: String::new(),
-        token_file: PathBuf::new(),
-        data_dir: dir.join("store"),
-    };
-    let mut exited = None;
-    wait_until(60, "store process ready", || {
-        exited = p.child.try_wait().unwrap();
-        ready.exists() || exited.is_some()
-    })
-    .await;
-    assert!(exited.is_none(), "the store exited: {exited:?}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
-    p.peer_id = v["peer_id"].as_str().unwrap().parse().unwrap();
-    p.addr = v["listen_addrs"][0].as_str().unwrap().parse().unwrap();
-    p.api = v["api"].as_str().unwrap().to_string();
-    p.token_file = PathBuf::from(v["api_token_file"].as_str().unwrap());
-    p
 }
 
 /// One request with extra headers; the status and the whole body.

@@ -3,14 +3,14 @@
 //! the bearer token on mutating calls, the Host check against DNS
 //! rebinding, and the expiry of stale partial downloads.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use hyper::{Body, Method, StatusCode};
+use support::*;
 
 fn json(b: &[u8]) -> serde_json::Value {
     serde_json::from_slice(b).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(b)))

@@ -1,7 +1,7 @@
-//! Stand-alone store sidecar binary (same code as `pyrsia store …`).
+//! The `pyrsia-store` binary (same code as `pyrsia store …` / `pyrsia fetch`).
 
 use clap::Parser;
-use p2p_store::cli::{FetchArgs, StoreCommand};
+use store_cli::{FetchArgs, StoreCommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "pyrsia-store", about = "Pyrsia store sidecar")]

@@ -4,12 +4,11 @@
 //! speaking the store's Kademlia protocol, and keeps serving its own
 //! artifacts; its identity key is 0600 and a looser one is refused.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use common::*;
 use futures::StreamExt;
 use hyper::{Body, Method};
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
@@ -19,6 +18,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use p2p_store::manifest::parse_digest;
 use p2p_store::FetchRequest;
+use support::*;
 use tokio::sync::mpsc;
 
 /// A raw peer: Kademlia on the store's protocol name, noise, no store.

@@ -9,13 +9,13 @@
 //! namespaces (which destroys the veth pair), also when an assertion fails.
 //! Needs root and iproute2; without them the test fails with the reason.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, make_file};
+use support::{eventually, make_file};
 
 const EXE: &str = env!("CARGO_BIN_EXE_pyrsia-store");
 

@@ -1,16 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Process-level behaviour: the `pyrsia-store` binary and its control API.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use hyper::{Body, Method, StatusCode};
 use p2p_store::manifest::parse_digest;
 use p2p_store::{FetchRequest, Phase, PutResult};
+use support::*;
 
 async fn put_file(p: &Proc, file: &Path, query: &str) -> (StatusCode, serde_json::Value) {
     let data = tokio::fs::read(file).await.unwrap();

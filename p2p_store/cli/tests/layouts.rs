@@ -3,16 +3,16 @@
 //! and a partial download left under another root is replaced by the next
 //! download whose manifest verifies, never a permanent conflict.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use hyper::{Body, Method, StatusCode};
 use p2p_store::download::MANIFEST_GRACE;
 use p2p_store::manifest::parse_digest;
 use p2p_store::{FetchError, FetchRequest, Phase, PutResult};
+use support::*;
 
 async fn put_file(p: &Proc, file: &Path, query: &str) -> PutResult {
     let (s, b) = http_as(

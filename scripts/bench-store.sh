@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pyrsia-target}"
-[ -n "${BENCH_NO_BUILD:-}" ] || cargo build -q --release -p pyrsia-p2p-store --bins
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build -q --release -p pyrsia-store-cli
 B="$CARGO_TARGET_DIR/release/pyrsia-store-bench"
 DIR="${BENCH_DIR:-${TMPDIR:-/tmp}}"
 LOG="${BENCH_LOG:-$DIR/store-bench-$(date +%Y%m%d-%H%M%S).log}"

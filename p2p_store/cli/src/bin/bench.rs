@@ -176,7 +176,7 @@ fn store_exe() -> anyhow::Result<PathBuf> {
     let p = me.parent().context("exe dir")?.join("pyrsia-store");
     if !p.exists() {
         bail!(
-            "{} not found: build with `cargo build --release -p pyrsia-p2p-store --bins`",
+            "{} not found: build with `cargo build --release -p pyrsia-store-cli`",
             p.display()
         );
     }

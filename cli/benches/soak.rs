@@ -233,18 +233,7 @@ async fn main() -> Result<()> {
     readers.stop.store(true, Ordering::Relaxed);
     readers.task.await??;
 
-    let top = clients[0].latest_height().await?;
-    for c in &clients[1..] {
-        c.wait_height(top, Duration::from_secs(120)).await?;
-    }
-    for h in 1..=top {
-        let first = clients[0].block_app_hash(h).await?;
-        for (i, c) in clients.iter().enumerate().skip(1) {
-            if c.block_app_hash(h).await? != first {
-                bail!("height {h}: node {i}'s app hash differs from node 0's");
-            }
-        }
-    }
+    let top = net.assert_one_history().await?;
 
     let from = samples
         .iter()

@@ -223,38 +223,10 @@ async fn max_height(net: &Testnet, nodes: &[usize]) -> Result<u64> {
     Ok(max)
 }
 
-/// Every node in `nodes` returned the same app hash at every height up to
-/// `upto`: one history.
-async fn assert_one_history(net: &Testnet, nodes: &[usize], upto: u64) -> Result<()> {
-    let clients: Vec<LedgerClient> = nodes
-        .iter()
-        .map(|&i| net.client(i))
-        .collect::<Result<_>>()?;
-    for h in 1..=upto {
-        let first = clients[0].block_app_hash(h).await?;
-        for (k, c) in clients.iter().enumerate().skip(1) {
-            let other = c.block_app_hash(h).await?;
-            if other != first {
-                bail!(
-                    "height {h}: node {} has app hash {}, node {} has {}",
-                    nodes[0],
-                    hex::encode(&first),
-                    nodes[k],
-                    hex::encode(&other)
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Ends the load, then checks that every node holds the same history.
 async fn settle(net: &Testnet, load: Load) -> Result<u64> {
     let committed = load.finish().await?;
-    let all: Vec<usize> = (0..net.nodes.len()).collect();
-    let top = height(net, 0).await?;
-    wait_heights(net, &all, top, Duration::from_secs(120)).await?;
-    assert_one_history(net, &all, top).await?;
+    net.assert_one_history().await?;
     Ok(committed)
 }
 

@@ -734,6 +734,33 @@ impl Testnet {
         all
     }
 
+    /// Waits until every node has node 0's latest height, then checks that
+    /// all returned the same app hash at every height up to it: one
+    /// history. Returns that height.
+    pub async fn assert_one_history(&self) -> Result<u64> {
+        let clients: Vec<LedgerClient> = (0..self.nodes.len())
+            .map(|i| self.client(i))
+            .collect::<Result<_>>()?;
+        let top = clients[0].latest_height().await?;
+        for c in &clients[1..] {
+            c.wait_height(top, Duration::from_secs(120)).await?;
+        }
+        for h in 1..=top {
+            let first = clients[0].block_app_hash(h).await?;
+            for (i, c) in clients.iter().enumerate().skip(1) {
+                let other = c.block_app_hash(h).await?;
+                if other != first {
+                    bail!(
+                        "height {h}: node 0 has app hash {}, node {i} has {}",
+                        hex::encode(&first),
+                        hex::encode(&other)
+                    );
+                }
+            }
+        }
+        Ok(top)
+    }
+
     /// `kill -9` of node `i`'s ABCI app.
     pub fn kill_abci(&mut self, i: usize) -> Result<()> {
         if let Some(mut child) = self.nodes[i].abci.take() {

@@ -1,11 +1,11 @@
 //! The network under faults: four validators, each in a network namespace of
 //! its own (`testnet/netns.sh`, routed through this host, 50 ms round trips
 //! from the link emulator), under a steady transaction load, while
-//! validators are killed, partitioned, starved of disk or given a skewed
-//! clock. Each test checks that commits stop or go on as BFT says, that no
-//! transaction a client saw accepted is lost once the client resends it,
-//! and that every node holds one history (the same app hash at every
-//! height). Needs root, for the namespaces.
+//! validators are killed, partitioned, starved of disk, given a skewed
+//! clock, or removed and added by governance. Each test checks that commits
+//! stop or go on as BFT says, that no transaction a client saw accepted is
+//! lost once the client resends it, and that every node holds one history
+//! (the same app hash at every height). Needs root, for the namespaces.
 //!
 //! Asserting that nothing commits needs a window of time: it is
 //! `STALL_WINDOW`, many block intervals and consensus rounds long.
@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use pyrsia_chain::code::{NONCE_NOT_NEXT, STALE_NONCE};
 use pyrsia_chain::crypto::sign_tx;
-use pyrsia_chain::{Keypair, TxBody, TxKind};
+use pyrsia_chain::{Keypair, PublicKey, TxBody, TxKind, Validators};
 use pyrsia_ledger_client::rpc::{ClientError, LedgerClient};
+use pyrsia_ledger_client::verified::At;
+use support::validators::{signers_at, validators_at};
 use support::{netns::skewed_cometbft, synthetic_request, ServicePlan, Testnet};
 use tendermint_rpc::Client as _;
 
@@ -33,7 +35,13 @@ const STALL_WINDOW: Duration = Duration::from_secs(8);
 
 /// Four validators in namespaces with a 50 ms round trip between any two.
 async fn four_hosts() -> Result<Testnet> {
+    four_hosts_and_spares(0).await
+}
+
+/// [`four_hosts`], plus `spare` empty hosts for nodes that join later.
+async fn four_hosts_and_spares(spare: usize) -> Result<Testnet> {
     let plan = ServicePlan {
+        spare_hosts: spare,
         // The load opens many requests no one builds.
         params: Some(serde_json::json!({
             "max_open_per_signer": 60000,
@@ -509,5 +517,141 @@ async fn a_validator_thirty_seconds_off_neither_stops_the_chain_nor_moves_block_
         );
     }
     settle(&net, load).await?;
+    Ok(())
+}
+
+/// Creates a node of the chain on spare host `host` with `pyrsia node init`,
+/// peered with every validator, its RPC open to this host, and starts it.
+/// Returns its index and what `node init` printed.
+fn join_on_host(net: &mut Testnet, host: usize) -> Result<(usize, serde_json::Value)> {
+    let netns = net.netns.as_ref().context("namespaced")?;
+    let addr = netns.host(host);
+    let peers = (0..net.nodes.len())
+        .map(|i| {
+            let id = pyrsia_genesis::node_id(&net.nodes[i].home)?;
+            Ok(format!("{id}@{}:26656", netns.host(i)))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .join(",");
+    let home = net.dir.path().join(format!("node{host}"));
+    let joined = Testnet::pyrsia_bare_json(&[
+        "--home",
+        &home.to_string_lossy(),
+        "node",
+        "init",
+        "--genesis",
+        &net.genesis().to_string_lossy(),
+        "--peer",
+        &peers,
+        "--external-address",
+        &format!("{addr}:26656"),
+        "--timeout-commit",
+        "300ms",
+        "--cometbft",
+        &support::cometbft().to_string_lossy(),
+    ])?;
+    // RPC stays on the node's own loopback by default; the test reads it
+    // from outside the namespace.
+    let config = home.join("config/config.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&config)?.parse()?;
+    doc["rpc"]["laddr"] = toml_edit::value(format!("tcp://{addr}:26657"));
+    std::fs::write(&config, doc.to_string())?;
+    let i = net.add_node(home, format!("http://{addr}:26657"))?;
+    Ok((i, joined))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_added_and_one_removed_by_governance_under_load_and_a_light_client_follows(
+) -> Result<()> {
+    const WAIT: Duration = Duration::from_secs(120);
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut net = four_hosts_and_spares(1).await?;
+    let load = Load::start(&net, 4)?;
+    let rpc0 = net.nodes[0].rpc_url.clone();
+    let light_dir = tempfile::tempdir()?;
+    let mut light = net.verified_via(&rpc0, light_dir.path(), Duration::from_secs(60))?;
+    light.snapshot(At::Latest).await?;
+
+    // A fifth host joins and block-syncs.
+    let (new, joined) = join_on_host(&mut net, 4)?;
+    let key_new: PublicKey = joined["validator"]["pub_key"]
+        .as_str()
+        .context("node init prints the validator key")?
+        .parse()?;
+    let addr_new = pyrsia_genesis::validator_keys(&net.nodes[new].home)?.address;
+    let now = height(&net, 0).await?;
+    wait_heights(&net, &[new], now, WAIT).await?;
+
+    // The board removes node 3, which keeps running.
+    let addr3 = pyrsia_genesis::validator_keys(&net.nodes[3].home)?.address;
+    let removed_at = net.set_validator(&net.nodes[3].home, 0)?["height"]
+        .as_u64()
+        .context("set-validator prints its height")?;
+    let gone = net
+        .first_height(0, removed_at, WAIT, "node 3 out of /validators", |h| {
+            Ok(!validators_at(&rpc0, h)?.contains(&addr3))
+        })
+        .await?;
+    assert_eq!(gone, removed_at + 2, "CometBFT applies updates at H+2");
+    wait_heights(&net, &[0], gone + 4, WAIT).await?;
+    for h in gone..gone + 3 {
+        let signers = signers_at(&rpc0, h)?;
+        assert!(!signers.contains(&addr3), "removed node 3 signed {h}");
+    }
+    // Its votes no longer count: with node 1 down, nodes 0, 2 and 3 would
+    // hold three quarters of the old set's power, but hold only two thirds
+    // of the new one's, and nothing commits.
+    net.stop_validator(1)?;
+    let halted = assert_halted(&net, &[0, 2, 3]).await?;
+    net.start_abci(1)?;
+    net.start_cometbft(1)?;
+    wait_heights(&net, &[0, 1, 2], halted + 3, WAIT).await?;
+
+    // The board adds the new node: it signs, and its vote counts: with
+    // node 2 down, nodes 0, 1 and it hold three quarters of the power.
+    let added_at = net.set_validator(&net.nodes[new].home, 10)?["height"]
+        .as_u64()
+        .context("set-validator prints its height")?;
+    let member = net
+        .first_height(0, added_at, WAIT, "the new node in /validators", |h| {
+            Ok(validators_at(&rpc0, h)?.contains(&addr_new))
+        })
+        .await?;
+    assert_eq!(member, added_at + 2, "CometBFT applies updates at H+2");
+    net.first_height(0, member, WAIT, "the new node signs a commit", |h| {
+        Ok(signers_at(&rpc0, h)?.contains(&addr_new))
+    })
+    .await?;
+    net.stop_validator(2)?;
+    let down_at = max_height(&net, &[0, 1, new]).await?;
+    wait_heights(&net, &[0, 1, new], down_at + 5, WAIT).await?;
+    net.start_abci(2)?;
+    net.start_cometbft(2)?;
+    let committed = settle(&net, load).await?;
+    assert!(committed > 0, "the load committed nothing");
+
+    // The light client anchored at genesis follows across both changes; so
+    // does a fresh one through the new node.
+    let top = height(&net, 0).await?;
+    for (name, ledger) in [
+        ("the genesis-anchored light client", &mut light),
+        (
+            "a fresh light client via the new node",
+            &mut net.verified_via(
+                &net.nodes[new].rpc_url,
+                &net.dir.path().join("light-new"),
+                Duration::from_secs(60),
+            )?,
+        ),
+    ] {
+        let snapshot = ledger.snapshot(At::Latest).await?;
+        assert!(snapshot.height >= top, "{name} is at {}", snapshot.height);
+        let set: Validators = ledger
+            .get_decoded(&snapshot, "validators")
+            .await?
+            .context("the ledger holds the validator set")?;
+        assert_eq!(set.power_of(&key_new), Some(10), "{name}");
+        assert_eq!(set.validators.len(), 4, "{name}");
+    }
     Ok(())
 }

@@ -6,86 +6,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyrsia_chain::{PublicKey, Validators};
 use pyrsia_ledger_client::verified::At;
+use support::validators::{power_at, signers_at, validators_at};
 use support::{cometbft, Testnet};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn rpc_get(url: &str) -> serde_json::Value {
-    let text = ureq::get(url).call().unwrap().into_string().unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// The addresses (upper-case hex) of the validator set at `height`.
-fn validators_at(rpc: &str, height: u64) -> Vec<String> {
-    let json = rpc_get(&format!("{rpc}/validators?height={height}&per_page=100"));
-    json["result"]["validators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["address"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The addresses whose signatures the commit of `height` carries.
-fn signers_at(rpc: &str, height: u64) -> Vec<String> {
-    let json = rpc_get(&format!("{rpc}/commit?height={height}"));
-    json["result"]["signed_header"]["commit"]["signatures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["validator_address"].as_str())
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Polls node `i` block by block from `from` until `pred(height)` holds for
-/// a committed height; returns that height.
-async fn first_height(
-    net: &Testnet,
-    i: usize,
-    from: u64,
-    what: &str,
-    mut pred: impl FnMut(u64) -> bool,
-) -> u64 {
-    let client = net.client(i).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let mut h = from;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no height from {from} on: {what}"
-        );
-        // The commit of `h` is final once `h + 1` exists.
-        client.wait_height(h + 1, WAIT).await.unwrap();
-        if pred(h) {
-            return h;
-        }
-        h += 1;
-    }
-}
-
-fn set_validator(net: &Testnet, home: &std::path::Path, power: u64) -> serde_json::Value {
-    let home = home.to_str().unwrap();
-    let (b0, b1) = (net.board_key(0), net.board_key(1));
-    net.pyrsia_json(&[
-        "gov",
-        "set-validator",
-        "--validator-home",
-        home,
-        "--power",
-        &power.to_string(),
-        "--board-key",
-        b0.to_str().unwrap(),
-        "--board-key",
-        b1.to_str().unwrap(),
-    ])
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_joined_node_syncs_is_added_by_governance_and_a_removed_validator_stops_signing() {
@@ -142,31 +70,36 @@ async fn a_joined_node_syncs_is_added_by_governance_and_a_removed_validator_stop
             "app hash of height {h}"
         );
     }
-    assert!(!validators_at(&rpc0, behind).contains(&addr4));
+    assert!(!validators_at(&rpc0, behind).unwrap().contains(&addr4));
 
     // The board adds it: CometBFT lists it, and it signs.
-    let added = set_validator(&net, &home4, 10);
+    let added = net.set_validator(&home4, 10).unwrap();
     let added_at = added["height"].as_u64().unwrap();
-    let member = first_height(&net, 0, added_at, "node 4 in /validators", |h| {
-        validators_at(&rpc0, h).contains(&addr4)
-    })
-    .await;
+    let member = net
+        .first_height(0, added_at, WAIT, "node 4 in /validators", |h| {
+            Ok(validators_at(&rpc0, h)?.contains(&addr4))
+        })
+        .await
+        .unwrap();
     assert_eq!(member, added_at + 2, "CometBFT applies updates at H+2");
-    first_height(&net, 0, member, "node 4 signs a commit", |h| {
-        signers_at(&rpc0, h).contains(&addr4)
+    net.first_height(0, member, WAIT, "node 4 signs a commit", |h| {
+        Ok(signers_at(&rpc0, h)?.contains(&addr4))
     })
-    .await;
+    .await
+    .unwrap();
 
     // The board removes node 3: it leaves the set and its signatures stop
     // counting, while the chain goes on committing.
     let home3 = net.nodes[3].home.clone();
     let addr3 = pyrsia_genesis::validator_keys(&home3).unwrap().address;
-    let removed = set_validator(&net, &home3, 0);
+    let removed = net.set_validator(&home3, 0).unwrap();
     let removed_at = removed["height"].as_u64().unwrap();
-    let gone = first_height(&net, 0, removed_at, "node 3 out of /validators", |h| {
-        !validators_at(&rpc0, h).contains(&addr3)
-    })
-    .await;
+    let gone = net
+        .first_height(0, removed_at, WAIT, "node 3 out of /validators", |h| {
+            Ok(!validators_at(&rpc0, h)?.contains(&addr3))
+        })
+        .await
+        .unwrap();
     assert_eq!(gone, removed_at + 2);
     let later = gone + 4;
     net.client(0)
@@ -176,13 +109,13 @@ async fn a_joined_node_syncs_is_added_by_governance_and_a_removed_validator_stop
         .unwrap();
     let mut node4_signed = false;
     for h in gone..=later {
-        let signers = signers_at(&rpc0, h);
+        let signers = signers_at(&rpc0, h).unwrap();
         assert!(!signers.contains(&addr3), "node 3 signed height {h}");
         assert!(signers.len() >= 3, "height {h}: {signers:?}");
         node4_signed |= signers.contains(&addr4);
     }
     assert!(node4_signed, "node 4 signed none of {gone}..={later}");
-    let set = validators_at(&rpc4, later);
+    let set = validators_at(&rpc4, later).unwrap();
     assert_eq!(set.len(), 4);
     assert!(set.contains(&addr4) && !set.contains(&addr3));
 
@@ -342,8 +275,6 @@ async fn set_validator_refusals_reach_the_cli_with_their_codes() {
     let at = done["height"].as_u64().unwrap() + 2;
     let rpc = &net.nodes[0].rpc_url;
     net.client(0).unwrap().wait_height(at, WAIT).await.unwrap();
-    let json = rpc_get(&format!("{rpc}/validators?height={at}"));
-    assert_eq!(json["result"]["validators"][0]["voting_power"], "20");
-    let json = rpc_get(&format!("{rpc}/validators?height={}", at - 1));
-    assert_eq!(json["result"]["validators"][0]["voting_power"], "10");
+    assert_eq!(power_at(rpc, at, &keys.address).unwrap(), Some(20));
+    assert_eq!(power_at(rpc, at - 1, &keys.address).unwrap(), Some(10));
 }

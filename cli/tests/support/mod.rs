@@ -7,6 +7,7 @@
 pub mod fixtures;
 pub mod load;
 pub mod netns;
+pub mod validators;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,9 @@ pub struct ServicePlan {
     /// Each validator's own host (a network namespace); empty: all of them
     /// on 127.0.0.1.
     pub hosts: Vec<std::net::IpAddr>,
+    /// Namespaces beyond the validators' own, for nodes that join later
+    /// (host `validators + k`); only on the namespace layout.
+    pub spare_hosts: usize,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -388,7 +392,7 @@ impl Testnet {
         app: AppKind,
         mut plan: ServicePlan,
     ) -> Result<Testnet> {
-        let net = netns::Netns::up(validators)?;
+        let net = netns::Netns::up(validators + plan.spare_hosts)?;
         plan.hosts = (0..validators).map(|i| net.host(i)).collect();
         let timeout_commit = plan
             .timeout_commit

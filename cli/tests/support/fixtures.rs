@@ -66,14 +66,13 @@ impl GitServer {
             .stderr(Stdio::null())
             .spawn()
             .context("starting git daemon")?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("git daemon did not listen on 127.0.0.1:{port}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(GitServer { root, port, daemon })
+        let server = GitServer { root, port, daemon };
+        super::try_eventually_blocking(
+            Duration::from_secs(20),
+            &format!("git daemon to listen on 127.0.0.1:{port}"),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()),
+        )?;
+        Ok(server)
     }
 
     /// Commits `files` as repository `repo` and returns the fixture.

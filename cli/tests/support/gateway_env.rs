@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{packages, support};
 
@@ -167,14 +167,12 @@ impl Upstream {
             .arg(&port_file)
             .spawn()
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < until, "the upstream did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let port = support::try_eventually_blocking(
+            Duration::from_secs(20),
+            "the upstream to write its port",
+            || std::fs::read_to_string(&port_file).map_err(|e| e.to_string()),
+        )
+        .unwrap();
         Upstream {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -200,11 +198,12 @@ pub fn http_get(url: &str, accept: &str) -> (u16, String) {
 }
 
 pub fn wait_http(url: &str) {
-    let until = Instant::now() + Duration::from_secs(120);
-    while ureq::get(url).call().is_err() {
-        assert!(Instant::now() < until, "{url} did not answer");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::try_eventually_blocking(
+        Duration::from_secs(120),
+        &format!("{url} to answer"),
+        || ureq::get(url).call().map(drop).map_err(|e| e.to_string()),
+    )
+    .unwrap();
 }
 
 /// The clients, each in its own fresh directory and cache.

@@ -86,6 +86,25 @@ where
     }
 }
 
+/// [`try_eventually`] for code outside the runtime: the same rule, with
+/// the thread blocked between looks.
+pub fn try_eventually_blocking<O: Observed>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> O,
+) -> Result<O::Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match condition().held() {
+            Ok(v) => return Ok(v),
+            Err(last) if std::time::Instant::now() >= deadline => {
+                bail!("timed out after {within:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
 /// [`try_eventually`], failing the test on timeout. The one polling loop of
 /// these tests: nothing sleeps for a fixed time instead.
 pub async fn eventually<O, F>(
@@ -774,22 +793,28 @@ impl Testnet {
         Ok(())
     }
 
-    /// Waits for node `i`'s cometbft to exit on its own (it stops when its
-    /// app connection drops), killing it after `timeout`.
-    pub fn wait_cometbft_exit(&mut self, i: usize, timeout: Duration) -> Result<bool> {
+    /// Waits for node `i`'s cometbft to exit on its own (it shuts down when
+    /// its app connection drops, which can take longer than `within` on a
+    /// busy machine); kills it if it is still running then. Returns whether
+    /// it exited by itself.
+    pub fn wait_cometbft_exit(&mut self, i: usize, within: Duration) -> Result<bool> {
         let Some(mut child) = self.nodes[i].comet.take() else {
             return Ok(true);
         };
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let exited = try_eventually_blocking(
+            within,
+            "cometbft to exit once its app is gone",
+            || match child.try_wait() {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("running".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+        if exited.is_err() {
+            child.kill()?;
+            child.wait()?;
         }
-        child.kill()?;
-        child.wait()?;
-        Ok(false)
+        Ok(exited.is_ok())
     }
 
     /// `kill -9` of node `i`'s cometbft and ABCI app: its RPC is gone.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use pyrsia_chain::{AttesterRole, Digest, Output, PackageId, RequestRecord, TrustLevel};
+use pyrsia_chain::{Output, PackageId, RequestRecord, TrustLevel};
 use pyrsia_gateway::catalog::version_view;
 use pyrsia_ledger_client::verified::At;
 
@@ -135,32 +135,6 @@ pub fn best(records: Vec<RequestRecord>) -> Option<RequestRecord> {
         .max_by_key(|r| served_as(r.level).map_or(0, |t| t as u8 + 1))
 }
 
-/// The stripe layouts to download `output` by: one per counted attester
-/// that attested the same bytes (name, SHA-256, size), certified trusted
-/// nodes first, then regular builders, each in attestation order, without
-/// repeats. A layout is one attester's word (the ledger checks only its
-/// bounds), so a bogus root or an unusable stripe size from one of them must
-/// only cost a try, never the package.
-pub fn layouts(record: &RequestRecord, output: &Output) -> Vec<(u32, Digest)> {
-    let mut out: Vec<(u32, Digest)> = Vec::new();
-    let mut add = |l: (u32, Digest)| {
-        if !out.contains(&l) {
-            out.push(l);
-        }
-    };
-    for role in [AttesterRole::Trusted, AttesterRole::Regular] {
-        for a in record.attestations.iter().filter(|a| a.role == role) {
-            for o in &a.outputs {
-                if o.name == output.name && o.sha256 == output.sha256 && o.size == output.size {
-                    add((o.stripe_size, o.stripe_root));
-                }
-            }
-        }
-    }
-    add((output.stripe_size, output.stripe_root));
-    out
-}
-
 /// An output name becomes a file name under the output directory; it comes
 /// from the ledger, so anything but a plain file name is refused.
 fn safe_name(name: &str) -> Result<&str> {
@@ -201,7 +175,6 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
         (Ok(_), None) => bail!("{package} has no build on the ledger"),
     };
     let outputs: &[Output] = &chosen.outputs;
-    let record = builds.iter().find(|r| r.id == chosen.request_id);
     std::fs::create_dir_all(&cmd.output)
         .with_context(|| format!("creating {}", cmd.output.display()))?;
     if !ctx.json {
@@ -215,10 +188,9 @@ async fn fetch_package(ctx: &Context, cmd: &FetchCmd) -> Result<()> {
     }
     for o in outputs {
         let file: PathBuf = Path::new(&cmd.output).join(safe_name(&o.name)?);
-        let layouts = match record {
-            Some(r) => layouts(r, o),
-            None => vec![(o.stripe_size, o.stripe_root)],
-        };
+        let layouts = chosen
+            .artifact(|x| x == o)
+            .map_or_else(|| vec![(o.stripe_size, o.stripe_root)], |a| a.layouts);
         let mut failures = Vec::new();
         for &(stripe_size, stripe_root) in &layouts {
             let fetched = fetch_one(
@@ -284,66 +256,6 @@ mod tests {
         assert_eq!(ledger::MIN_STRIPE_SIZE, manifest::MIN_STRIPE_SIZE);
         assert_eq!(ledger::MAX_STRIPE_SIZE, manifest::MAX_STRIPE_SIZE);
         assert_eq!(ledger::MAX_STRIPES, manifest::MAX_STRIPES);
-    }
-
-    #[test]
-    fn every_counted_layout_of_the_same_bytes_is_tried_trusted_first() {
-        use pyrsia_chain::{AttestationRecord, PublicKey, RequestOrigin};
-        let out = |name: &str, sha: u8, size: u64, stripe_size: u32, root: u8| Output {
-            name: name.into(),
-            sha256: Digest([sha; 32]),
-            size,
-            stripe_size,
-            stripe_root: Digest([root; 32]),
-        };
-        let attest = |i: u8, role: AttesterRole, outputs: Vec<Output>| AttestationRecord {
-            attester: PublicKey([i; 32]),
-            role,
-            height: 1,
-            outputs,
-            build_env: String::new(),
-            log_digest: Digest::default(),
-            provenance: None,
-        };
-        let origin = RequestOrigin::Import {
-            package: PackageId {
-                ecosystem: "npm".into(),
-                name: "a".into(),
-                version: "1".into(),
-            },
-            upstream: "u".into(),
-        };
-        let record = RequestRecord {
-            attestations: vec![
-                attest(1, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 4096, 1)]),
-                // Revoked: not counted, its layout not tried.
-                attest(2, AttesterRole::Void, vec![out("a.tgz", 7, 10, 4096, 2)]),
-                attest(
-                    3,
-                    AttesterRole::Trusted,
-                    vec![out("a.tgz", 7, 10, 1 << 20, 3)],
-                ),
-                // Other bytes, another name, another size: not these bytes.
-                attest(4, AttesterRole::Regular, vec![out("a.tgz", 8, 10, 4096, 4)]),
-                attest(5, AttesterRole::Regular, vec![out("b.tgz", 7, 10, 4096, 5)]),
-                attest(6, AttesterRole::Regular, vec![out("a.tgz", 7, 11, 4096, 6)]),
-                // The same layout twice is tried once.
-                attest(7, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 4096, 1)]),
-                attest(8, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 8192, 9)]),
-                attest(
-                    9,
-                    AttesterRole::Trusted,
-                    vec![out("a.tgz", 7, 10, 4096, 10)],
-                ),
-            ],
-            ..RequestRecord::new(Digest([1; 32]), origin, PublicKey::default(), 1)
-        };
-        let served = out("a.tgz", 7, 10, 1 << 20, 3);
-        let roots: Vec<(u32, u8)> = layouts(&record, &served)
-            .into_iter()
-            .map(|(s, r)| (s, r.0[0]))
-            .collect();
-        assert_eq!(roots, vec![(1 << 20, 3), (4096, 10), (4096, 1), (8192, 9)]);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! `pyrsia fetch` against attested stripe layouts it cannot use: a
-//! certified trusted node attests the right bytes in 4 KiB stripes nobody
-//! serves, a selected builder attests them under a bogus stripe root, and
-//! only the other builder's layout is what the stores hold. The package is
-//! still fetched, through that layout, on real cometbft, `pyrsia abci` and
-//! store processes.
+//! `pyrsia fetch` and the gateway against attested stripe layouts they
+//! cannot use: a certified trusted node attests the right bytes in 4 KiB
+//! stripes nobody serves, a selected builder attests them under a bogus
+//! stripe root, and only the other builder's layout is what the stores
+//! hold. The package is still fetched, through that layout, on real
+//! cometbft, `pyrsia abci`, store and gateway processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -61,8 +61,17 @@ fn output(name: &str, sha: &str, size: u64, stripe_size: u32, root: &str) -> Str
     format!("name={name},sha256={sha},size={size},stripe-size={stripe_size},stripe-root={root}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones() {
+/// A package whose build three attesters describe by three layouts, of
+/// which only a regular builder's is held by a store.
+struct ThreeLayouts {
+    net: Testnet,
+    dir: tempfile::TempDir,
+    bytes: Vec<u8>,
+    /// The store's answer to the put of the bytes.
+    put: serde_json::Value,
+}
+
+async fn three_layouts() -> ThreeLayouts {
     let mut net = Testnet::start_with_services(ServicePlan {
         regular_builders: 1,
         ..Default::default()
@@ -166,7 +175,22 @@ async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones
     attest(&["--key-file", trusted.to_str().unwrap()], &tiny);
     let record = net.request_record(&request).await;
     assert_eq!(record.level, pyrsia_chain::TrustLevel::Trusted);
+    ThreeLayouts {
+        net,
+        dir,
+        bytes,
+        put,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones() {
+    let ThreeLayouts {
+        net,
+        dir,
+        bytes,
+        put,
+    } = three_layouts().await;
     let out_dir = dir.path().join("fetched");
     let api = net.store_api();
     let fetched = net
@@ -231,4 +255,46 @@ async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones
         std::fs::read(again.join("left-pad-1.0.0.tgz")).unwrap(),
         bytes
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_serves_through_the_first_attested_layout_that_works() {
+    let ThreeLayouts {
+        mut net,
+        bytes,
+        put,
+        ..
+    } = three_layouts().await;
+    net.start_service("gateway:main").unwrap();
+    let gw = net.gateway_url();
+    eventually(Duration::from_secs(60), "the gateway to answer", || async {
+        ureq::get(&format!("{gw}/"))
+            .call()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let resp = ureq::get(&format!("{gw}/npm/left-pad/-/left-pad-1.0.0.tgz"))
+        .call()
+        .unwrap();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    assert_eq!(body, bytes);
+    // Tried trusted first: the tiny layout, then the bogus root, then the
+    // one that worked, which the node's store now holds.
+    let log = net.service_log("gateway:main");
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("attested stripe layout failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{log}");
+    assert!(failed[0].contains("stripe_size=4096"), "{log}");
+    assert!(
+        failed[1].contains(&format!("stripe_root={}", Digest([0x5a; 32]))),
+        "{log}"
+    );
+    let status: serde_json::Value = net
+        .pyrsia_json(&["store", "status", "--api", &net.store_api()])
+        .unwrap();
+    assert_eq!(status["artifacts"][0]["stripe_root"], put["stripe_root"]);
 }

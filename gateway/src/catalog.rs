@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use pyrsia_chain::{AttesterRole, Digest, Output, PackageId, PublicKey, RequestRecord, TrustLevel};
 use pyrsia_ledger_client::light::LightError;
 use pyrsia_ledger_client::rpc::ClientError;
+use pyrsia_ledger_client::store::attested_layouts;
 use pyrsia_ledger_client::verified::{At, Snapshot, VerifiedLedger, VerifyError};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -55,7 +56,40 @@ pub struct BuildView {
     pub attesters: Vec<Attester>,
     /// The outputs its level stands for (empty before any attestation).
     pub outputs: Vec<Output>,
+    /// Each output's attested stripe layouts, by output name, in the order
+    /// to try them (views cached before layouts were kept have none: the
+    /// output's own layout is then the only one).
+    #[serde(default)]
+    pub layouts: BTreeMap<String, Vec<(u32, Digest)>>,
     pub failures: usize,
+}
+
+impl BuildView {
+    /// The first output that `pred` picks, with its layouts.
+    pub fn artifact(&self, pred: impl Fn(&Output) -> bool) -> Option<Artifact> {
+        let output = self.outputs.iter().find(|o| pred(o))?.clone();
+        let layouts = match self.layouts.get(&output.name) {
+            Some(l) if !l.is_empty() => l.clone(),
+            _ => vec![(output.stripe_size, output.stripe_root)],
+        };
+        Some(Artifact { output, layouts })
+    }
+}
+
+/// An output to serve, and the attested stripe layouts to fetch it by, most
+/// trusted attester's first: one attester's bogus layout must cost a try,
+/// not the package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub output: Output,
+    pub layouts: Vec<(u32, Digest)>,
+}
+
+impl std::ops::Deref for Artifact {
+    type Target = Output;
+    fn deref(&self) -> &Output {
+        &self.output
+    }
 }
 
 /// A version and the build the gateway serves for it, if any.
@@ -74,8 +108,8 @@ impl VersionView {
     }
 
     /// The served output named `name`.
-    pub fn output(&self, name: &str) -> Option<&Output> {
-        self.build()?.outputs.iter().find(|o| o.name == name)
+    pub fn artifact(&self, name: &str) -> Option<Artifact> {
+        self.build()?.artifact(|o| o.name == name)
     }
 }
 
@@ -171,6 +205,10 @@ fn build_view(record: &RequestRecord) -> BuildView {
                 height: a.height,
                 agrees: digests(&a.outputs) == served,
             })
+            .collect(),
+        layouts: outputs
+            .iter()
+            .map(|o| (o.name.clone(), attested_layouts(record, o)))
             .collect(),
         outputs,
         failures: record.failures.len(),

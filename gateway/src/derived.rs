@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use futures::StreamExt;
 use md5::Md5;
-use pyrsia_chain::{Digest, Output};
+use pyrsia_chain::Digest;
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWriteExt;
 
-use crate::store::{stream_output, StoreClient, StoreError};
+use crate::catalog::Artifact;
+use crate::store::{stream, StoreClient, StoreError};
 
 /// The largest `package.json` or `METADATA` read out of an archive.
 const MAX_METADATA: u64 = 4 << 20;
@@ -98,7 +99,7 @@ impl DerivedCache {
     }
 
     /// What is derived from `artifact`, computed on first use.
-    pub async fn get(&self, artifact: &Output, kind: Kind) -> Result<Derived, DeriveError> {
+    pub async fn get(&self, artifact: &Artifact, kind: Kind) -> Result<Derived, DeriveError> {
         if let Some(d) = self.cached(&artifact.sha256) {
             return Ok(d);
         }
@@ -131,12 +132,12 @@ impl DerivedCache {
 
     /// Streams `artifact` from the store into `tmp`, checking it is the
     /// attested bytes.
-    async fn download(&self, artifact: &Output, tmp: &Path) -> Result<(), DeriveError> {
+    async fn download(&self, artifact: &Artifact, tmp: &Path) -> Result<(), DeriveError> {
         let io = |source| DeriveError::Io {
             path: tmp.to_owned(),
             source,
         };
-        let mut body = stream_output(&self.store, artifact, true).await?;
+        let mut body = stream(&self.store, artifact).await?;
         let mut out = tokio::fs::File::create(tmp).await.map_err(io)?;
         let mut hash = Sha256::new();
         let mut size = 0u64;

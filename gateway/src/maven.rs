@@ -8,12 +8,12 @@
 
 use hyper::StatusCode;
 use md5::Md5;
-use pyrsia_chain::{Output, PackageId};
+use pyrsia_chain::PackageId;
 use sha1::Sha1;
 use sha2::{Digest as _, Sha256, Sha512};
 use warp::reply::Response;
 
-use crate::catalog::NameView;
+use crate::catalog::{Artifact, NameView};
 use crate::derived::Kind;
 use crate::http::{self, json_error};
 use crate::import::{self, Fetched, ImportError};
@@ -120,16 +120,16 @@ async fn artifact_file(
             format!("{name}:{version} is refused: {why}"),
         );
     };
-    let Some(out) = build.outputs.iter().find(|o| o.name == file) else {
+    let Some(out) = build.artifact(|o| o.name == file) else {
         return json_error(
             StatusCode::NOT_FOUND,
             format!("{file}: not among {name}:{version}'s files"),
         );
     };
-    serve(gw, out, checksum).await
+    serve(gw, &out, checksum).await
 }
 
-async fn serve(gw: &Gateway, out: &Output, checksum: Option<&str>) -> Response {
+async fn serve(gw: &Gateway, out: &Artifact, checksum: Option<&str>) -> Response {
     match checksum {
         Some("sha256") => http::text(StatusCode::OK, out.sha256.to_string()),
         Some(alg) => match gw.derived.get(out, Kind::Plain).await {
@@ -149,7 +149,7 @@ async fn serve(gw: &Gateway, out: &Output, checksum: Option<&str>) -> Response {
             } else {
                 "application/java-archive"
             };
-            match crate::store::stream_output(&gw.store, out, true).await {
+            match crate::store::stream(&gw.store, out).await {
                 Ok(body) => http::stream(body, out.size, kind),
                 Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
             }

@@ -103,10 +103,10 @@ async fn packument(gw: &Gateway, name: &str, abbreviated: bool, base: &str) -> R
     };
     let mut versions: BTreeMap<String, Value> = BTreeMap::new();
     for (v, build) in view.servable() {
-        let Some(tgz) = build.outputs.iter().find(|o| o.name.ends_with(".tgz")) else {
+        let Some(tgz) = build.artifact(|o| o.name.ends_with(".tgz")) else {
             continue;
         };
-        let derived = match gw.derived.get(tgz, Kind::NpmTarball).await {
+        let derived = match gw.derived.get(&tgz, Kind::NpmTarball).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(name, version = %v.version, error = %e, "tarball unavailable; version left out");
@@ -278,13 +278,13 @@ async fn tarball(gw: &Gateway, name: &str, file: &str) -> Response {
             format!("{name}@{version} is refused: {why}"),
         );
     };
-    let Some(tgz) = build.outputs.iter().find(|o| o.name.ends_with(".tgz")) else {
+    let Some(tgz) = build.artifact(|o| o.name.ends_with(".tgz")) else {
         return json_error(
             StatusCode::NOT_FOUND,
             format!("{name}@{version} has no tarball"),
         );
     };
-    match crate::store::stream_output(&gw.store, tgz, true).await {
+    match crate::store::stream(&gw.store, &tgz).await {
         Ok(body) => http::stream(body, tgz.size, "application/octet-stream"),
         Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
     }

@@ -6,11 +6,11 @@
 //! served unchanged, so digests hold end to end.
 
 use hyper::StatusCode;
-use pyrsia_chain::{Digest, Output, PackageId};
+use pyrsia_chain::{Digest, PackageId};
 use serde_json::{json, Value};
 use warp::reply::Response;
 
-use crate::catalog::NameView;
+use crate::catalog::{Artifact, NameView};
 use crate::derived::Kind;
 use crate::http::{self, accepts};
 use crate::import::{Fetched, ImportError};
@@ -138,14 +138,12 @@ async fn tags(gw: &Gateway, name: &str) -> Response {
 }
 
 /// A servable output with this digest among the repository's builds.
-fn find(view: &NameView, d: &Digest) -> Option<Output> {
+fn find(view: &NameView, d: &Digest) -> Option<Artifact> {
     view.servable()
-        .flat_map(|(_, b)| b.outputs.iter())
-        .find(|o| o.sha256 == *d)
-        .cloned()
+        .find_map(|(_, b)| b.artifact(|o| o.sha256 == *d))
 }
 
-async fn read_small(gw: &Gateway, out: &Output) -> Result<Vec<u8>, Response> {
+async fn read_small(gw: &Gateway, out: &Artifact) -> Result<Vec<u8>, Response> {
     use futures::StreamExt;
     if out.size > MAX_MANIFEST {
         return Err(error(
@@ -154,7 +152,7 @@ async fn read_small(gw: &Gateway, out: &Output) -> Result<Vec<u8>, Response> {
             "manifest too large",
         ));
     }
-    let mut body = crate::store::stream_output(&gw.store, out, true)
+    let mut body = crate::store::stream(&gw.store, out)
         .await
         .map_err(|e| error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()))?;
     let mut bytes = Vec::with_capacity(out.size as usize);
@@ -212,10 +210,7 @@ async fn manifest(gw: &Gateway, name: &str, reference: &str, req: &Req) -> Respo
     }
     let out = match by_digest {
         Some(d) => find(&v, &d),
-        None => v
-            .version(reference)
-            .and_then(|ver| ver.output(ROOT))
-            .cloned(),
+        None => v.version(reference).and_then(|ver| ver.artifact(ROOT)),
     };
     let Some(out) = out else {
         let refused = match by_digest {
@@ -277,7 +272,7 @@ async fn blob(gw: &Gateway, name: &str, d: Digest, req: &Req) -> Response {
         );
     };
     let range = req.header("range").and_then(|r| parse_range(r, out.size));
-    let body = match crate::store::stream_output(&gw.store, &out, true).await {
+    let body = match crate::store::stream(&gw.store, &out).await {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string()),
     };

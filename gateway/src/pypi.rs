@@ -320,7 +320,7 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
             format!("{project} {version} is refused: {why}"),
         );
     };
-    let Some(out) = build.outputs.iter().find(|o| o.name == filename) else {
+    let Some(out) = build.artifact(|o| o.name == filename) else {
         return json_error(StatusCode::NOT_FOUND, format!("{filename}: not found"));
     };
     if metadata {
@@ -330,7 +330,7 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
                 "core metadata is served for wheels only",
             );
         }
-        if let Err(e) = gw.derived.get(out, Kind::Wheel).await {
+        if let Err(e) = gw.derived.get(&out, Kind::Wheel).await {
             return json_error(StatusCode::BAD_GATEWAY, e.to_string());
         }
         return match gw.derived.core_metadata(&out.sha256) {
@@ -338,7 +338,7 @@ async fn file(gw: &Gateway, project: &str, filename: &str) -> Response {
             None => json_error(StatusCode::NOT_FOUND, format!("{filename} has no METADATA")),
         };
     }
-    match crate::store::stream_output(&gw.store, out, true).await {
+    match crate::store::stream(&gw.store, &out).await {
         Ok(body) => http::stream(body, out.size, "application/octet-stream"),
         Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
     }

@@ -6,7 +6,10 @@
 
 use std::path::PathBuf;
 
-pub use pyrsia_ledger_client::store::{put_output, stream_output, StoreClient, StoreError};
+use hyper::Body;
+pub use pyrsia_ledger_client::store::{put_output, StoreClient, StoreError};
+
+use crate::catalog::Artifact;
 
 /// A client of the store at `base`, sending the token in `token_file` (read
 /// at each call that changes the store: the store may create it after the
@@ -17,4 +20,11 @@ pub fn client(base: &str, token_file: Option<PathBuf>) -> StoreClient {
         Some(p) => c.with_token_file(p),
         None => c,
     }
+}
+
+/// The bytes of `artifact`, pinned, fetched by the first of its attested
+/// layouts that the store can start.
+pub async fn stream(store: &StoreClient, artifact: &Artifact) -> Result<Body, StoreError> {
+    pyrsia_ledger_client::store::stream_output_by(store, &artifact.output, &artifact.layouts, true)
+        .await
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use hyper::Body;
-use pyrsia_chain::{Digest, Output};
+use pyrsia_chain::{AttesterRole, Digest, Output, RequestRecord};
 
 pub use p2p_store::client::{ClientError, Layout, StoreClient, DEFAULT_API_URL};
 pub use p2p_store::{Progress, PutResult, Status};
@@ -22,6 +22,13 @@ pub enum StoreError {
     Mismatch { name: String },
     #[error("{name} is {size} bytes, over the {limit} expected")]
     TooLarge { name: String, size: u64, limit: u64 },
+    #[error("{name}: every one of the {tried} attested stripe layouts failed; the last: {last}")]
+    EveryLayoutFailed {
+        name: String,
+        tried: usize,
+        #[source]
+        last: Box<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -29,6 +36,7 @@ impl StoreError {
     pub fn status(&self) -> Option<hyper::StatusCode> {
         match self {
             StoreError::Client(c) => c.status(),
+            StoreError::EveryLayoutFailed { last, .. } => last.status(),
             _ => None,
         }
     }
@@ -61,6 +69,32 @@ pub fn layout_of(artifact: &Output, pin: bool) -> Layout {
     }
 }
 
+/// The stripe layouts to download `output` by: one per counted attester
+/// that attested the same bytes (name, SHA-256, size), certified trusted
+/// nodes first, then regular builders, each in attestation order, without
+/// repeats. A layout is one attester's word (the ledger checks only its
+/// bounds), so a bogus root or an unusable stripe size from one of them must
+/// only cost a try, never the package.
+pub fn attested_layouts(record: &RequestRecord, output: &Output) -> Vec<(u32, Digest)> {
+    let mut out: Vec<(u32, Digest)> = Vec::new();
+    let mut add = |l: (u32, Digest)| {
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    };
+    for role in [AttesterRole::Trusted, AttesterRole::Regular] {
+        for a in record.attestations.iter().filter(|a| a.role == role) {
+            for o in &a.outputs {
+                if o.name == output.name && o.sha256 == output.sha256 && o.size == output.size {
+                    add((o.stripe_size, o.stripe_root));
+                }
+            }
+        }
+    }
+    add((output.stripe_size, output.stripe_root));
+    out
+}
+
 /// Stores `file`, pinned, and returns its ledger description as `name`.
 pub async fn put_output(
     store: &StoreClient,
@@ -82,6 +116,48 @@ pub async fn stream_output(
     Ok(store
         .artifact(&artifact.sha256.to_string(), &layout_of(artifact, pin))
         .await?)
+}
+
+/// [`stream_output`] by each of `layouts` (stripe size, stripe root) in
+/// turn, until the store starts a body: it answers only once a manifest
+/// under that root is verified, so a layout no peer serves, or one that
+/// cannot be used, costs a try and not the artifact. A failure after the
+/// body started is the caller's (the store cuts the body short).
+pub async fn stream_output_by(
+    store: &StoreClient,
+    artifact: &Output,
+    layouts: &[(u32, Digest)],
+    pin: bool,
+) -> Result<Body, StoreError> {
+    let mut last = None;
+    for &(stripe_size, stripe_root) in layouts {
+        let by = Output {
+            stripe_size,
+            stripe_root,
+            ..artifact.clone()
+        };
+        match stream_output(store, &by, pin).await {
+            Ok(body) => return Ok(body),
+            Err(e) => {
+                tracing::warn!(
+                    output = %artifact.name,
+                    %stripe_root,
+                    stripe_size,
+                    error = %e,
+                    "attested stripe layout failed; trying the next one"
+                );
+                last = Some(e);
+            }
+        }
+    }
+    match last {
+        None => stream_output(store, artifact, pin).await,
+        Some(last) => Err(StoreError::EveryLayoutFailed {
+            name: artifact.name.clone(),
+            tried: layouts.len(),
+            last: Box::new(last),
+        }),
+    }
 }
 
 /// The bytes of an attested artifact of at most `limit` bytes, checked once
@@ -145,5 +221,65 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn every_counted_layout_of_the_same_bytes_is_tried_trusted_first() {
+        use pyrsia_chain::{AttestationRecord, PackageId, PublicKey, RequestOrigin};
+        let out = |name: &str, sha: u8, size: u64, stripe_size: u32, root: u8| Output {
+            name: name.into(),
+            sha256: Digest([sha; 32]),
+            size,
+            stripe_size,
+            stripe_root: Digest([root; 32]),
+        };
+        let attest = |i: u8, role: AttesterRole, outputs: Vec<Output>| AttestationRecord {
+            attester: PublicKey([i; 32]),
+            role,
+            height: 1,
+            outputs,
+            build_env: String::new(),
+            log_digest: Digest::default(),
+            provenance: None,
+        };
+        let origin = RequestOrigin::Import {
+            package: PackageId {
+                ecosystem: "npm".into(),
+                name: "a".into(),
+                version: "1".into(),
+            },
+            upstream: "u".into(),
+        };
+        let record = RequestRecord {
+            attestations: vec![
+                attest(1, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 4096, 1)]),
+                // Revoked: not counted, its layout not tried.
+                attest(2, AttesterRole::Void, vec![out("a.tgz", 7, 10, 4096, 2)]),
+                attest(
+                    3,
+                    AttesterRole::Trusted,
+                    vec![out("a.tgz", 7, 10, 1 << 20, 3)],
+                ),
+                // Other bytes, another name, another size: not these bytes.
+                attest(4, AttesterRole::Regular, vec![out("a.tgz", 8, 10, 4096, 4)]),
+                attest(5, AttesterRole::Regular, vec![out("b.tgz", 7, 10, 4096, 5)]),
+                attest(6, AttesterRole::Regular, vec![out("a.tgz", 7, 11, 4096, 6)]),
+                // The same layout twice is tried once.
+                attest(7, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 4096, 1)]),
+                attest(8, AttesterRole::Regular, vec![out("a.tgz", 7, 10, 8192, 9)]),
+                attest(
+                    9,
+                    AttesterRole::Trusted,
+                    vec![out("a.tgz", 7, 10, 4096, 10)],
+                ),
+            ],
+            ..RequestRecord::new(Digest([1; 32]), origin, PublicKey::default(), 1)
+        };
+        let served = out("a.tgz", 7, 10, 1 << 20, 3);
+        let roots: Vec<(u32, u8)> = attested_layouts(&record, &served)
+            .into_iter()
+            .map(|(s, r)| (s, r.0[0]))
+            .collect();
+        assert_eq!(roots, vec![(1 << 20, 3), (4096, 10), (4096, 1), (8192, 9)]);
     }
 }

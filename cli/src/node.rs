@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pyrsia_chain::store::History;
 use pyrsia_chain::{Board, Keypair, Ledger, Params, PublicKey};
 use pyrsia_genesis::{create_network, NetworkSpec, NodeConfig, CERTIFICATION_SECONDS};
 use tokio::process::{Child, Command};
@@ -24,6 +25,20 @@ pub struct AbciArgs {
     /// Ledger state directory (default: HOME/data/pyrsia-state).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// How many of the latest heights' state stay readable for queries and
+    /// proofs: a number, or `all` for an archive node. Older tree nodes and
+    /// values are deleted as blocks commit.
+    #[arg(long, env = "PYRSIA_STATE_HISTORY", default_value = "100000", value_parser = parse_history)]
+    pub state_history: History,
+}
+
+fn parse_history(s: &str) -> Result<History, String> {
+    if s == "all" {
+        return Ok(History::All);
+    }
+    s.parse::<std::num::NonZeroU64>()
+        .map(History::Last)
+        .map_err(|e| format!("{s:?} is neither `all` nor a positive number of heights: {e}"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -470,8 +485,8 @@ pub async fn run_abci(ctx: &Context, args: AbciArgs) -> Result<()> {
     let db = args
         .db
         .unwrap_or_else(|| ctx.home.join("data").join("pyrsia-state"));
-    let ledger =
-        Ledger::open(&db).with_context(|| format!("opening ledger state {}", db.display()))?;
+    let ledger = Ledger::open_with(&db, args.state_history)
+        .with_context(|| format!("opening ledger state {}", db.display()))?;
     if let Some(c) = ledger.info() {
         tracing::info!(height = c.height, app_hash = %hex::encode(c.app_hash), "ledger state loaded");
     }

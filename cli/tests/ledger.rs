@@ -769,3 +769,57 @@ async fn every_block_moves_the_seed_by_its_proposers_beacon() {
         other => panic!("a beacon entered the mempool: {other:?}"),
     }
 }
+
+/// An app keeping 5 heights of state: queries and proofs at the latest
+/// heights verify from genesis as before; an older height is refused with
+/// the reason, never answered from a partly deleted tree.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pruning_node_proves_recent_state_and_refuses_pruned_heights() {
+    let net = Testnet::start_full_plan(
+        1,
+        support::AppKind::Pyrsia,
+        support::ServicePlan {
+            state_history: Some("5".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = net.client(0).unwrap();
+    let chain_id = client.chain_id().await.unwrap();
+    let key = Keypair::generate();
+    let first = client.latest_height().await.unwrap();
+    let mut ids = Vec::new();
+    for nonce in 1..=12 {
+        let request = support::synthetic_request(nonce as usize, "npm");
+        ids.push(request.id());
+        let tx = sign_tx(
+            &key,
+            &chain_id,
+            TxBody {
+                nonce,
+                kind: TxKind::RequestBuild(request),
+            },
+        );
+        client.submit(&tx).await.unwrap();
+    }
+    let latest = client.latest_height().await.unwrap();
+    assert!(latest >= first + 10, "{first}..{latest}");
+
+    let mut verified = net.verified(0).unwrap();
+    let snapshot = verified.snapshot(At::Latest).await.unwrap();
+    for id in &ids {
+        let record: RequestRecord = verified
+            .get_decoded(&snapshot, &format!("request/{id}"))
+            .await
+            .unwrap()
+            .expect("each request is on the ledger");
+        assert_eq!(record.id, *id);
+    }
+    let old = client
+        .query_raw(&format!("request/{}", ids[0]), first)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(old.contains(&format!("version {first} is pruned")), "{old}");
+}

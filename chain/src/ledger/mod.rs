@@ -18,7 +18,7 @@ use crate::beacon::{self, Beacon, BeaconKey};
 use crate::crypto::{gov_sign_bytes, tx_sign_bytes, valid_public_key, verify, verify_batch};
 use crate::error::TxError;
 use crate::state_key;
-use crate::store::{key_hash, Committed, Store, StoreError};
+use crate::store::{key_hash, Committed, History, Store, StoreError};
 use crate::trust::{evaluate, select};
 use crate::types::*;
 
@@ -165,7 +165,13 @@ impl std::fmt::Debug for Ledger {
 
 impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
-        let store = Arc::new(Store::open(path)?);
+        Self::open_with(path, History::All)
+    }
+
+    /// Opens the ledger keeping `history` versions of the state readable
+    /// (queries and proofs at older heights are refused).
+    pub fn open_with(path: &Path, history: History) -> Result<Ledger, LedgerError> {
+        let store = Arc::new(Store::open_with(path, history)?);
         let committed = store.committed()?;
         let chain_id = store
             .meta(META_CHAIN_ID)?
@@ -860,11 +866,13 @@ impl LedgerReader {
             });
         }
         let (value, proof) = if prove {
-            let (value, proof) = self
+            self.store.check_readable(height)?;
+            let proved = self
                 .store
                 .tree()
-                .get_with_ics23_proof(key.clone().into_bytes(), height)
-                .map_err(StoreError::from)?;
+                .get_with_ics23_proof(key.clone().into_bytes(), height);
+            self.store.check_readable(height)?;
+            let (value, proof) = proved.map_err(StoreError::from)?;
             (value, Some(proof))
         } else {
             (self.store.get(key.as_bytes(), height)?, None)

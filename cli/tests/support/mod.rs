@@ -244,6 +244,8 @@ pub struct Testnet {
     services: std::collections::BTreeMap<String, Child>,
     /// The namespaces validator `i` runs in (host `i`), if not on this host.
     pub netns: Option<netns::Netns>,
+    /// Each app's `--state-history`, if the plan set one.
+    state_history: Option<String>,
 }
 
 /// Stores and builders node 0 runs beside its validator, and what genesis
@@ -264,6 +266,8 @@ pub struct ServicePlan {
     /// Namespaces beyond the validators' own, for nodes that join later
     /// (host `validators + k`); only on the namespace layout.
     pub spare_hosts: usize,
+    /// `pyrsia abci --state-history` (default: the binary's).
+    pub state_history: Option<String>,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -449,6 +453,7 @@ impl Testnet {
             app,
             services: Default::default(),
             netns,
+            state_history: plan.state_history.clone(),
         };
         for i in 0..validators {
             if app.is_process() {
@@ -663,6 +668,9 @@ impl Testnet {
         } else {
             let mut cmd = self.on_host(i, pyrsia_bin());
             cmd.arg("--home").arg(&self.nodes[i].home).arg("abci");
+            if let Some(h) = &self.state_history {
+                cmd.args(["--state-history", h]);
+            }
             cmd
         };
         let node = &mut self.nodes[i];

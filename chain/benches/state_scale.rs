@@ -148,7 +148,15 @@ fn main() {
     let revoke_count = env("REVOKE_ATTESTATIONS", 10_000)
         .min(total.saturating_sub(TRUSTED_FROM + SAMPLED_BLOCKS * REQUESTS_PER_BLOCK));
     let dir = tempfile::tempdir().unwrap();
-    let mut ledger = Ledger::open(dir.path()).unwrap();
+    // STATE_HISTORY=N keeps N heights of the tree (pyrsia abci's default
+    // is 100000); unset, every version, as an archive node.
+    let history = match std::env::var("STATE_HISTORY") {
+        Ok(n) => pyrsia_chain::store::History::Last(
+            n.parse().expect("STATE_HISTORY is a positive number"),
+        ),
+        Err(_) => pyrsia_chain::store::History::All,
+    };
+    let mut ledger = Ledger::open_with(dir.path(), history).unwrap();
     let trusted = key(10_000);
     let genesis = GenesisState {
         params: Params {
@@ -291,7 +299,7 @@ fn main() {
     let void_max = void_blocks.iter().copied().fold(0.0, f64::max);
     let node: NodeRecord = chain.get(&format!("node/{}", trusted.public()));
 
-    println!("state_scale: {total} requests, {attestations} attestations");
+    println!("state_scale: {total} requests, {attestations} attestations, history {history:?}");
     println!(
         "  1,000-tx block (median of {SAMPLED_BLOCKS}) at 1 k requests: {:.1} ms; at {total}: {:.1} ms; ratio {:.2} (goal <= 2)",
         block_1k * 1e3,

@@ -183,6 +183,21 @@ async fn three_layouts() -> ThreeLayouts {
     }
 }
 
+/// The layouts were tried trusted first, as `log` shows: the tiny one, then
+/// the bogus root, then the one that worked.
+fn assert_tried_trusted_first(log: &str) {
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("attested stripe layout failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{log}");
+    assert!(failed[0].contains("stripe_size=4096"), "{log}");
+    assert!(
+        failed[1].contains(&format!("stripe_root={}", Digest([0x5a; 32]))),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones() {
     let ThreeLayouts {
@@ -211,18 +226,7 @@ async fn fetch_tries_every_attested_layout_trusted_first_and_survives_bogus_ones
         std::fs::read(out_dir.join("left-pad-1.0.0.tgz")).unwrap(),
         bytes
     );
-    // The layouts were tried trusted first: the tiny one, then the bogus
-    // one, then the one that worked.
-    let failed: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("attested stripe layout failed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{stderr}");
-    assert!(failed[0].contains("stripe_size=4096"), "{stderr}");
-    assert!(
-        failed[1].contains(&format!("stripe_root={}", Digest([0x5a; 32]))),
-        "{stderr}"
-    );
+    assert_tried_trusted_first(&stderr);
 
     // The node's store keeps the bytes under the layout that worked, and
     // a second fetch is served from it at once.
@@ -280,19 +284,8 @@ async fn the_gateway_serves_through_the_first_attested_layout_that_works() {
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
     assert_eq!(body, bytes);
-    // Tried trusted first: the tiny layout, then the bogus root, then the
-    // one that worked, which the node's store now holds.
-    let log = net.service_log("gateway:main");
-    let failed: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("attested stripe layout failed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{log}");
-    assert!(failed[0].contains("stripe_size=4096"), "{log}");
-    assert!(
-        failed[1].contains(&format!("stripe_root={}", Digest([0x5a; 32]))),
-        "{log}"
-    );
+    assert_tried_trusted_first(&net.service_log("gateway:main"));
+    // The node's store holds the bytes under the layout that worked.
     let status: serde_json::Value = net
         .pyrsia_json(&["store", "status", "--api", &net.store_api()])
         .unwrap();

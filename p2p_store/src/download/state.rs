@@ -50,7 +50,8 @@ const OVERDUE_MIN: Duration = Duration::from_secs(2);
 const DEFAULT_LATENCY_SECS: f64 = 0.5;
 /// While the in-order hasher is blocked ([`Event::HasherWaiting`]), the
 /// stripe it waits on is late once its only request has taken this many
-/// times its peer's usual latency, and never before [`HEAD_LATE_MIN`].
+/// times its peer's usual latency ([`DEFAULT_LATENCY_SECS`] until measured),
+/// and never before [`HEAD_LATE_MIN`].
 const HEAD_LATE_LATENCIES: f64 = 2.0;
 const HEAD_LATE_MIN: Duration = Duration::from_millis(200);
 
@@ -193,7 +194,11 @@ struct PeerState {
     inflight: usize,
     /// EWMA of bytes/s per request; `None` until the first stripe.
     rate: Option<f64>,
-    /// EWMA of this peer's stripe request latency, seconds.
+    /// Stripes this peer sent in answer to a request.
+    answered: usize,
+    /// EWMA of this peer's stripe request latency, seconds, left out its
+    /// first `inflight_per_peer` answers (they came while its queue filled,
+    /// faster than it serves once it is full).
     latency: Option<f64>,
     fails: u32,
     busy_until: Option<Instant>,
@@ -206,6 +211,7 @@ impl PeerState {
         Self {
             inflight: 0,
             rate: None,
+            answered: 0,
             latency: None,
             fails: 0,
             busy_until: None,
@@ -605,7 +611,10 @@ impl DownloadState {
                     self.latency = Some(self.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
                     if let Some(ps) = self.peers.get_mut(&peer) {
                         ps.rate = Some(ps.rate.map_or(rate, |old| 0.7 * old + 0.3 * rate));
-                        ps.latency = Some(ps.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
+                        ps.answered += 1;
+                        if ps.answered > self.limits.inflight_per_peer {
+                            ps.latency = Some(ps.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
+                        }
                     }
                 }
                 if let Some(ps) = self.peers.get_mut(&peer) {
@@ -777,7 +786,6 @@ impl DownloadState {
             .peers
             .get(&peer)
             .and_then(|p| p.latency)
-            .or(self.latency)
             .unwrap_or(DEFAULT_LATENCY_SECS);
         let limit = Duration::from_secs_f64(HEAD_LATE_LATENCIES * usual).max(HEAD_LATE_MIN);
         let el = now.saturating_duration_since(*sent);
@@ -1221,75 +1229,104 @@ mod tests {
         assert!(run.state.stripes[0].done);
     }
 
-    /// Two rounds at 150 ms from `peers` (two requests each, stripes asked
-    /// in peer order), the second asked at 150 ms; returns its requests.
-    fn two_rounds(run: &mut Run, peers: &[PeerId]) -> Vec<(PeerId, u64)> {
+    /// `peers` join with every stripe and answer `rounds` rounds of
+    /// requests (two each, asked in peer order), one every 150 ms, so
+    /// their latency is measured; returns the requests of the last round.
+    fn rounds(run: &mut Run, peers: &[PeerId], rounds: u64) -> Vec<(PeerId, u64)> {
         let n = run.manifest.count();
-        let first = run.with_peers(&peers.iter().map(|p| (*p, all(n))).collect::<Vec<_>>());
-        run.at_ms(150);
-        let mut second = Vec::new();
-        for (peer, index) in first {
-            second.extend(stripe_requests(&run.delivered(peer, index)));
+        let mut asked = run.with_peers(&peers.iter().map(|p| (*p, all(n))).collect::<Vec<_>>());
+        for r in 1..=rounds {
+            run.at_ms(150 * r);
+            let mut next = Vec::new();
+            for (peer, index) in asked {
+                next.extend(stripe_requests(&run.delivered(peer, index)));
+            }
+            asked = next;
         }
-        second
+        asked
     }
 
     #[test]
     fn a_late_head_of_line_stripe_goes_to_another_peer_once_the_hasher_is_blocked() {
-        let mut run = Run::new(16, 2);
+        let mut run = Run::new(32, 2);
         let (frozen, fast) = (PeerId::random(), PeerId::random());
-        let second = two_rounds(&mut run, &[frozen, fast]);
-        assert_eq!(second, vec![(frozen, 4), (frozen, 5), (fast, 6), (fast, 7)]);
+        let asked = rounds(&mut run, &[frozen, fast], 2);
+        assert_eq!(
+            asked,
+            vec![(frozen, 8), (frozen, 9), (fast, 10), (fast, 11)]
+        );
         let usual = run.state.peers[&frozen].rate.unwrap();
-        // The frozen peer answers no more; the hasher has 0–3 and waits on 4.
-        run.at_ms(300);
-        assert_eq!(stripe_requests(&run.delivered(fast, 6)), vec![(fast, 8)]);
+        // The frozen peer answers no more; the hasher has 0–7 and waits on 8.
+        run.at_ms(450);
+        assert_eq!(stripe_requests(&run.delivered(fast, 10)), vec![(fast, 12)]);
         let blocked = run.apply(Event::HasherWaiting {
-            waiting_on: Some(4),
+            waiting_on: Some(8),
         });
         assert_eq!(stripe_requests(&blocked), vec![]);
         // Not late before 2 × its usual 150 ms.
-        run.at_ms(440);
-        assert_eq!(stripe_requests(&run.delivered(fast, 7)), vec![(fast, 9)]);
-        // Late at 460 ms, but the fast peer has no free slot yet.
-        run.at_ms(460);
+        run.at_ms(590);
+        assert_eq!(stripe_requests(&run.delivered(fast, 11)), vec![(fast, 13)]);
+        // Late at 610 ms, but the fast peer has no free slot yet.
+        run.at_ms(610);
         assert_eq!(stripe_requests(&run.apply(Event::Tick)), vec![]);
         let demoted = run.state.peers[&frozen].rate.unwrap();
         assert!(demoted < usual / 2.0, "{demoted} vs {usual}");
         // Its first free slots take the head and the frozen peer's other
-        // stripe (asked after it), ahead of the missing ones; at 0.5 s,
-        // not after the 2 s overdue rule.
-        run.at_ms(500);
-        assert_eq!(stripe_requests(&run.delivered(fast, 8)), vec![(fast, 4)]);
-        assert_eq!(stripe_requests(&run.delivered(fast, 9)), vec![(fast, 5)]);
+        // stripe (asked after it), ahead of the missing ones; 350 ms after
+        // they were asked, not after the 2 s overdue rule.
         run.at_ms(650);
-        let got = run.delivered(fast, 4);
-        assert!(got.contains(&Action::StripeDone { index: 4 }), "{got:?}");
-        assert_eq!(stripe_requests(&got), vec![(fast, 10)]);
+        assert_eq!(stripe_requests(&run.delivered(fast, 12)), vec![(fast, 8)]);
+        assert_eq!(stripe_requests(&run.delivered(fast, 13)), vec![(fast, 9)]);
+        run.at_ms(800);
+        let got = run.delivered(fast, 8);
+        assert!(got.contains(&Action::StripeDone { index: 8 }), "{got:?}");
+        assert_eq!(stripe_requests(&got), vec![(fast, 14)]);
+    }
+
+    #[test]
+    fn a_peer_whose_queue_is_still_filling_gets_the_default_latency() {
+        let mut run = Run::new(32, 2);
+        let (slow, fast) = (PeerId::random(), PeerId::random());
+        // The first two answers of each peer came while its queue filled.
+        let asked = rounds(&mut run, &[slow, fast], 1);
+        assert_eq!(asked, vec![(slow, 4), (slow, 5), (fast, 6), (fast, 7)]);
+        assert_eq!(run.state.peers[&slow].latency, None);
+        run.at_ms(200);
+        run.apply(Event::HasherWaiting {
+            waiting_on: Some(4),
+        });
+        // Late only after 2 × the default 0.5 s, not 2 × those 150 ms.
+        run.at_ms(1_100);
+        assert_eq!(stripe_requests(&run.delivered(fast, 6)), vec![(fast, 8)]);
+        run.at_ms(1_200);
+        assert_eq!(stripe_requests(&run.delivered(fast, 7)), vec![(fast, 4)]);
     }
 
     #[test]
     fn a_late_stripe_is_not_duplicated_while_the_hasher_is_not_blocked() {
         let mut run = Run::new(64, 2);
         let (frozen, fast) = (PeerId::random(), PeerId::random());
-        let second = two_rounds(&mut run, &[frozen, fast]);
-        assert_eq!(second, vec![(frozen, 4), (frozen, 5), (fast, 6), (fast, 7)]);
-        run.at_ms(300);
+        let asked = rounds(&mut run, &[frozen, fast], 2);
+        assert_eq!(
+            asked,
+            vec![(frozen, 8), (frozen, 9), (fast, 10), (fast, 11)]
+        );
+        run.at_ms(450);
         run.apply(Event::HasherWaiting {
-            waiting_on: Some(4),
+            waiting_on: Some(8),
         });
         // The window drained before the head was late.
-        run.at_ms(400);
+        run.at_ms(550);
         run.apply(Event::HasherWaiting { waiting_on: None });
         // The fast peer keeps taking missing stripes; the frozen peer's
         // wait for the overdue rule (2 s after they were asked).
-        let mut outstanding: VecDeque<(PeerId, u64)> = [(fast, 6), (fast, 7)].into();
-        let mut ms = 400;
-        while ms < 2_100 {
+        let mut outstanding: VecDeque<(PeerId, u64)> = [(fast, 10), (fast, 11)].into();
+        let mut ms = 550;
+        while ms < 2_250 {
             ms += 50;
             let (peer, index) = outstanding.pop_front().unwrap();
             let asked = stripe_requests(&run.at_ms(ms).delivered(peer, index));
-            assert!(asked.iter().all(|(_, i)| *i > 7), "at {ms} ms: {asked:?}");
+            assert!(asked.iter().all(|(_, i)| *i > 11), "at {ms} ms: {asked:?}");
             outstanding.extend(asked);
             let tick = run.apply(Event::Tick);
             assert_eq!(stripe_requests(&tick), vec![], "at {ms} ms");
@@ -1297,46 +1334,53 @@ mod tests {
         assert!(run.state.head_late.is_empty());
         assert!(run.state.overdue.is_empty());
         // Only the overdue rule takes them up.
-        run.at_ms(2_200).apply(Event::Tick);
-        assert_eq!(run.state.overdue, [4, 5].into());
+        run.at_ms(2_400).apply(Event::Tick);
+        assert_eq!(run.state.overdue, [8, 9].into());
     }
 
     #[test]
     fn a_late_head_of_line_stripe_is_duplicated_at_most_once() {
         let mut run = Run::new(32, 2);
         let (frozen, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let second = two_rounds(&mut run, &[frozen, b, c]);
+        let asked = rounds(&mut run, &[frozen, b, c], 2);
         assert_eq!(
-            second,
-            vec![(frozen, 6), (frozen, 7), (b, 8), (b, 9), (c, 10), (c, 11)]
+            asked,
+            vec![
+                (frozen, 12),
+                (frozen, 13),
+                (b, 14),
+                (b, 15),
+                (c, 16),
+                (c, 17)
+            ]
         );
-        run.at_ms(300);
+        run.at_ms(450);
         run.apply(Event::HasherWaiting {
-            waiting_on: Some(6),
+            waiting_on: Some(12),
         });
-        run.at_ms(460);
+        run.at_ms(610);
         let mut asked = Vec::new();
-        for (peer, index) in [(b, 8), (c, 10), (b, 9), (c, 11)] {
+        for (peer, index) in [(b, 14), (c, 16), (b, 15), (c, 17)] {
             asked.extend(stripe_requests(&run.delivered(peer, index)));
             // The driver reports again (say the hasher's state flickered).
             run.apply(Event::HasherWaiting { waiting_on: None });
             run.apply(Event::HasherWaiting {
-                waiting_on: Some(6),
+                waiting_on: Some(12),
             });
         }
-        assert_eq!(asked, vec![(b, 6), (c, 7), (b, 12), (c, 13)]);
-        for s in [6, 7] {
+        assert_eq!(asked, vec![(b, 12), (c, 13), (b, 18), (c, 19)]);
+        for s in [12, 13] {
             assert_eq!(run.state.stripes[s].requests.len(), 2, "stripe {s}");
         }
         // Both still late, both held by two peers: neither is asked a third time.
         run.at_ms(3_000);
         let tick = run.apply(Event::Tick);
         assert_eq!(stripe_requests(&tick), vec![]);
-        let later = stripe_requests(&run.delivered(b, 12));
-        assert_eq!(later, vec![(b, 14)]);
+        let later = stripe_requests(&run.delivered(b, 18));
+        assert_eq!(later, vec![(b, 20)]);
         assert!(run
-            .delivered(b, 6)
-            .contains(&Action::StripeDone { index: 6 }));
+            .delivered(b, 12)
+            .contains(&Action::StripeDone { index: 12 }));
     }
 
     #[test]

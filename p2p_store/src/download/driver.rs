@@ -4,6 +4,7 @@
 //! out what it returns.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ use crate::store::{Begin, Store, StoreError};
 const SYNC_EVERY: u64 = 64 << 20;
 /// How often the policy is told that time passed.
 const TICK: Duration = Duration::from_millis(500);
+/// Unverified bytes held by the in-order hasher from which it counts as
+/// blocked on the stripe it waits for ([`Event::HasherWaiting`]): half its
+/// window, so the policy can act before later stripes spill to disk.
+const HASHER_BLOCKED_BYTES: usize = HASH_AHEAD_BYTES / 2;
 
 /// An IO operation that finished.
 enum Completion {
@@ -85,6 +90,8 @@ pub(super) struct Downloader {
     hasher: Option<InOrderHasher>,
     /// Bytes of unverified stripes handed to the hasher and not yet answered.
     hasher_held: usize,
+    /// What the policy was last told the hasher waits on.
+    hasher_waiting: Option<u64>,
     /// Bytes written since the last early sync was started.
     unsynced: u64,
     syncing: bool,
@@ -108,6 +115,7 @@ impl Downloader {
             ios: FuturesUnordered::new(),
             hasher: None,
             hasher_held: 0,
+            hasher_waiting: None,
             unsynced: 0,
             syncing: false,
         }
@@ -177,6 +185,10 @@ impl Downloader {
                     self.perform(actions.into(), Payload::None).await?
                 }
             };
+            if let (Flow::Continue, Some(event)) = (&flow, self.hasher_change()) {
+                let actions = self.state.apply(event, Instant::now());
+                flow = self.perform(actions.into(), Payload::None).await?;
+            }
         }
         self.verifying = true;
         self.publish(None);
@@ -375,6 +387,24 @@ impl Downloader {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// The hasher's state for the policy when it changed: the stripe it
+    /// waits on while it holds [`HASHER_BLOCKED_BYTES`] or more of later ones.
+    fn hasher_change(&mut self) -> Option<Event> {
+        let waiting = match &self.hasher {
+            Some(h) if self.hasher_held >= HASHER_BLOCKED_BYTES => {
+                Some(h.next.load(Ordering::Relaxed))
+            }
+            _ => None,
+        };
+        if waiting == self.hasher_waiting {
+            return None;
+        }
+        self.hasher_waiting = waiting;
+        Some(Event::HasherWaiting {
+            waiting_on: waiting,
+        })
     }
 
     /// Peers worth offering to the policy: not this node, not banned.

@@ -3,6 +3,7 @@
 //! blocking thread, while the download runs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::bufpool::StripeBuf;
@@ -23,6 +24,8 @@ use crate::twin_sha::Sha256State;
 pub(super) struct InOrderHasher {
     pub(super) tx: tokio::sync::mpsc::Sender<ToHasher>,
     pub(super) done: tokio::task::JoinHandle<Option<Digest>>,
+    /// The stripe the hasher takes next (the one it waits on if it waits).
+    pub(super) next: Arc<AtomicU64>,
 }
 
 pub(super) enum ToHasher {
@@ -57,6 +60,8 @@ pub(super) const HASH_AHEAD_BYTES: usize = 24 << 20;
 impl InOrderHasher {
     pub(super) fn start(store: Arc<Store>, sha: Digest, manifest: Arc<Manifest>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ToHasher>(8);
+        let next_shared = Arc::new(AtomicU64::new(0));
+        let next_seen = next_shared.clone();
         let done = tokio::task::spawn_blocking(move || {
             let count = manifest.count();
             let mut whole = Sha256State::default();
@@ -108,11 +113,16 @@ impl InOrderHasher {
                         },
                     }
                     next += 1;
+                    next_shared.store(next, Ordering::Relaxed);
                 }
             }
             (next == count).then(|| whole.finalize())
         });
-        Self { tx, done }
+        Self {
+            tx,
+            done,
+            next: next_seen,
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! ([`super::driver`]) is to carry out: ask a peer for the manifest or a
 //! stripe, verify and store a received stripe, penalise a peer, publish
 //! progress, finish or fail. It never touches the network, the disk or the
-//! clock, so every rule (peer scoring, endgame and overdue duplication,
-//! penalties, stall detection) is tested here with time driven by the test.
+//! clock, so every rule (peer scoring, endgame, overdue and head-of-line
+//! duplication, penalties, stall detection) is tested here with time driven
+//! by the test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -47,6 +48,12 @@ const OVERDUE_LATENCIES: f64 = 4.0;
 const OVERDUE_MIN: Duration = Duration::from_secs(2);
 /// Assumed stripe latency, seconds, before one was measured.
 const DEFAULT_LATENCY_SECS: f64 = 0.5;
+/// While the in-order hasher is blocked ([`Event::HasherWaiting`]), the
+/// stripe it waits on is late once its only request has taken this many
+/// times its peer's usual latency ([`DEFAULT_LATENCY_SECS`] until measured),
+/// and never before [`HEAD_LATE_MIN`].
+const HEAD_LATE_LATENCIES: f64 = 2.0;
+const HEAD_LATE_MIN: Duration = Duration::from_millis(200);
 
 /// Bounds and timeouts of one download.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +103,10 @@ pub(crate) enum Event {
     /// Stripe `index` matched its digest at a length the manifest's
     /// geometry contradicts: the adopted manifest lied.
     StripeGeometryFalse { index: u64, error: String },
+    /// The in-order hasher's window of later stripes is nearly full while
+    /// it waits for stripe `waiting_on` (`Some`), or no longer is (`None`).
+    /// The driver reports changes only.
+    HasherWaiting { waiting_on: Option<u64> },
     /// Time passed (the driver ticks every 500 ms).
     Tick,
 }
@@ -183,6 +194,12 @@ struct PeerState {
     inflight: usize,
     /// EWMA of bytes/s per request; `None` until the first stripe.
     rate: Option<f64>,
+    /// Stripes this peer sent in answer to a request.
+    answered: usize,
+    /// EWMA of this peer's stripe request latency, seconds, left out its
+    /// first `inflight_per_peer` answers (they came while its queue filled,
+    /// faster than it serves once it is full).
+    latency: Option<f64>,
     fails: u32,
     busy_until: Option<Instant>,
     have: Vec<bool>,
@@ -194,6 +211,8 @@ impl PeerState {
         Self {
             inflight: 0,
             rate: None,
+            answered: 0,
+            latency: None,
             fails: 0,
             busy_until: None,
             have,
@@ -258,6 +277,12 @@ pub(crate) struct DownloadState {
     /// Stripes whose only request is long overdue (a peer that froze
     /// without closing its connection): duplicated on other peers.
     overdue: BTreeSet<u64>,
+    /// The stripe the in-order hasher waits on while its window is nearly
+    /// full (see [`Event::HasherWaiting`]).
+    hasher_waiting: Option<u64>,
+    /// That stripe and the other outstanding stripes of its peer, once it
+    /// is late there: duplicated on other peers before anything else.
+    head_late: BTreeSet<u64>,
     peers: HashMap<PeerId, PeerState>,
     /// EWMA of stripe request latency, seconds.
     latency: Option<f64>,
@@ -292,6 +317,8 @@ impl DownloadState {
             stripes: Vec::new(),
             missing: BTreeSet::new(),
             overdue: BTreeSet::new(),
+            hasher_waiting: None,
+            head_late: BTreeSet::new(),
             peers: HashMap::new(),
             latency: None,
             last_progress: now,
@@ -388,6 +415,7 @@ impl DownloadState {
                 let tried = self.manifest_tried;
                 self.fail(FetchError::NoValidManifest { tried, last: error }, &mut out);
             }
+            Event::HasherWaiting { waiting_on } => self.hasher_waiting = waiting_on,
             Event::Tick => self.on_tick(now, &mut out),
         }
         if self.finished {
@@ -402,6 +430,7 @@ impl DownloadState {
             out.push(Action::Complete);
             return out;
         }
+        self.find_late_head(now);
         self.schedule(now, &mut out);
         out
     }
@@ -582,6 +611,10 @@ impl DownloadState {
                     self.latency = Some(self.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
                     if let Some(ps) = self.peers.get_mut(&peer) {
                         ps.rate = Some(ps.rate.map_or(rate, |old| 0.7 * old + 0.3 * rate));
+                        ps.answered += 1;
+                        if ps.answered > self.limits.inflight_per_peer {
+                            ps.latency = Some(ps.latency.map_or(el, |l| 0.8 * l + 0.2 * el));
+                        }
                     }
                 }
                 if let Some(ps) = self.peers.get_mut(&peer) {
@@ -725,6 +758,52 @@ impl DownloadState {
         }
     }
 
+    /// While the hasher is blocked on a stripe whose only request has taken
+    /// far longer than its peer usually takes, marks that stripe and the
+    /// peer's other outstanding ones (asked after it, they wait behind it)
+    /// for duplication, and demotes the peer.
+    fn find_late_head(&mut self, now: Instant) {
+        let stripes = &self.stripes;
+        self.head_late.retain(|i| {
+            stripes
+                .get(*i as usize)
+                .is_some_and(|s| s.open() && s.requests.len() == 1)
+        });
+        let (Some(m), Some(head)) = (&self.manifest, self.hasher_waiting) else {
+            return;
+        };
+        if self.head_late.contains(&head) {
+            return;
+        }
+        let Some(s) = self.stripes.get(head as usize).filter(|s| s.open()) else {
+            return;
+        };
+        let [(peer, sent)] = s.requests.as_slice() else {
+            return;
+        };
+        let peer = *peer;
+        let usual = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.latency)
+            .unwrap_or(DEFAULT_LATENCY_SECS);
+        let limit = Duration::from_secs_f64(HEAD_LATE_LATENCIES * usual).max(HEAD_LATE_MIN);
+        let el = now.saturating_duration_since(*sent);
+        if el <= limit {
+            return;
+        }
+        tracing::debug!(%peer, head, ms = el.as_millis() as u64, "hasher blocked on a late stripe");
+        for (i, s) in self.stripes.iter().enumerate() {
+            if s.open() && matches!(s.requests.as_slice(), [(p, _)] if *p == peer) {
+                self.head_late.insert(i as u64);
+            }
+        }
+        let rate = m.stripe_len(head) as f64 / el.as_secs_f64();
+        if let Some(ps) = self.peers.get_mut(&peer) {
+            ps.rate = Some(ps.rate.map_or(rate, |old| old.min(rate)));
+        }
+    }
+
     /// Re-asks peers that are themselves still downloading for their
     /// have-bitmap when some missing stripe has no peer that can serve it.
     fn refresh_partial_peers(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -810,8 +889,9 @@ impl DownloadState {
     }
 
     /// Fills every free request slot: faster peers choose first, each takes
-    /// a missing stripe it has, else an overdue one, else (endgame, nothing
-    /// missing) duplicates an outstanding one.
+    /// a late stripe that blocks the hasher, else a missing stripe it has,
+    /// else an overdue one, else (endgame, nothing missing) duplicates an
+    /// outstanding one.
     fn schedule(&mut self, now: Instant, out: &mut Vec<Action>) {
         if self.manifest.is_none() {
             return;
@@ -834,19 +914,21 @@ impl DownloadState {
                 if ps.inflight >= max {
                     continue;
                 }
+                let duplicable = |i: &u64| {
+                    self.stripes
+                        .get(*i as usize)
+                        .is_some_and(|s| s.duplicable_on(peer))
+                        && ps.can_serve(*i)
+                };
                 let pick = self
-                    .missing
+                    .head_late
                     .iter()
                     .copied()
-                    .find(|i| ps.can_serve(*i))
+                    .find(duplicable)
+                    .or_else(|| self.missing.iter().copied().find(|i| ps.can_serve(*i)))
                     .or_else(|| {
                         // Overdue stripes go to another peer at once.
-                        self.overdue.iter().copied().find(|i| {
-                            self.stripes
-                                .get(*i as usize)
-                                .is_some_and(|s| s.duplicable_on(peer))
-                                && ps.can_serve(*i)
-                        })
+                        self.overdue.iter().copied().find(duplicable)
                     })
                     .or_else(|| {
                         if !self.missing.is_empty() {
@@ -885,6 +967,7 @@ impl DownloadState {
         }
         self.missing.remove(&index);
         self.overdue.remove(&index);
+        self.head_late.remove(&index);
         out.push(Action::RequestStripe { peer, index });
     }
 }
@@ -1144,6 +1227,160 @@ mod tests {
         let got = run.delivered(partial, 0);
         assert!(got.contains(&Action::StripeDone { index: 0 }));
         assert!(run.state.stripes[0].done);
+    }
+
+    /// `peers` join with every stripe and answer `rounds` rounds of
+    /// requests (two each, asked in peer order), one every 150 ms, so
+    /// their latency is measured; returns the requests of the last round.
+    fn rounds(run: &mut Run, peers: &[PeerId], rounds: u64) -> Vec<(PeerId, u64)> {
+        let n = run.manifest.count();
+        let mut asked = run.with_peers(&peers.iter().map(|p| (*p, all(n))).collect::<Vec<_>>());
+        for r in 1..=rounds {
+            run.at_ms(150 * r);
+            let mut next = Vec::new();
+            for (peer, index) in asked {
+                next.extend(stripe_requests(&run.delivered(peer, index)));
+            }
+            asked = next;
+        }
+        asked
+    }
+
+    #[test]
+    fn a_late_head_of_line_stripe_goes_to_another_peer_once_the_hasher_is_blocked() {
+        let mut run = Run::new(32, 2);
+        let (frozen, fast) = (PeerId::random(), PeerId::random());
+        let asked = rounds(&mut run, &[frozen, fast], 2);
+        assert_eq!(
+            asked,
+            vec![(frozen, 8), (frozen, 9), (fast, 10), (fast, 11)]
+        );
+        let usual = run.state.peers[&frozen].rate.unwrap();
+        // The frozen peer answers no more; the hasher has 0–7 and waits on 8.
+        run.at_ms(450);
+        assert_eq!(stripe_requests(&run.delivered(fast, 10)), vec![(fast, 12)]);
+        let blocked = run.apply(Event::HasherWaiting {
+            waiting_on: Some(8),
+        });
+        assert_eq!(stripe_requests(&blocked), vec![]);
+        // Not late before 2 × its usual 150 ms.
+        run.at_ms(590);
+        assert_eq!(stripe_requests(&run.delivered(fast, 11)), vec![(fast, 13)]);
+        // Late at 610 ms, but the fast peer has no free slot yet.
+        run.at_ms(610);
+        assert_eq!(stripe_requests(&run.apply(Event::Tick)), vec![]);
+        let demoted = run.state.peers[&frozen].rate.unwrap();
+        assert!(demoted < usual / 2.0, "{demoted} vs {usual}");
+        // Its first free slots take the head and the frozen peer's other
+        // stripe (asked after it), ahead of the missing ones; 350 ms after
+        // they were asked, not after the 2 s overdue rule.
+        run.at_ms(650);
+        assert_eq!(stripe_requests(&run.delivered(fast, 12)), vec![(fast, 8)]);
+        assert_eq!(stripe_requests(&run.delivered(fast, 13)), vec![(fast, 9)]);
+        run.at_ms(800);
+        let got = run.delivered(fast, 8);
+        assert!(got.contains(&Action::StripeDone { index: 8 }), "{got:?}");
+        assert_eq!(stripe_requests(&got), vec![(fast, 14)]);
+    }
+
+    #[test]
+    fn a_peer_whose_queue_is_still_filling_gets_the_default_latency() {
+        let mut run = Run::new(32, 2);
+        let (slow, fast) = (PeerId::random(), PeerId::random());
+        // The first two answers of each peer came while its queue filled.
+        let asked = rounds(&mut run, &[slow, fast], 1);
+        assert_eq!(asked, vec![(slow, 4), (slow, 5), (fast, 6), (fast, 7)]);
+        assert_eq!(run.state.peers[&slow].latency, None);
+        run.at_ms(200);
+        run.apply(Event::HasherWaiting {
+            waiting_on: Some(4),
+        });
+        // Late only after 2 × the default 0.5 s, not 2 × those 150 ms.
+        run.at_ms(1_100);
+        assert_eq!(stripe_requests(&run.delivered(fast, 6)), vec![(fast, 8)]);
+        run.at_ms(1_200);
+        assert_eq!(stripe_requests(&run.delivered(fast, 7)), vec![(fast, 4)]);
+    }
+
+    #[test]
+    fn a_late_stripe_is_not_duplicated_while_the_hasher_is_not_blocked() {
+        let mut run = Run::new(64, 2);
+        let (frozen, fast) = (PeerId::random(), PeerId::random());
+        let asked = rounds(&mut run, &[frozen, fast], 2);
+        assert_eq!(
+            asked,
+            vec![(frozen, 8), (frozen, 9), (fast, 10), (fast, 11)]
+        );
+        run.at_ms(450);
+        run.apply(Event::HasherWaiting {
+            waiting_on: Some(8),
+        });
+        // The window drained before the head was late.
+        run.at_ms(550);
+        run.apply(Event::HasherWaiting { waiting_on: None });
+        // The fast peer keeps taking missing stripes; the frozen peer's
+        // wait for the overdue rule (2 s after they were asked).
+        let mut outstanding: VecDeque<(PeerId, u64)> = [(fast, 10), (fast, 11)].into();
+        let mut ms = 550;
+        while ms < 2_250 {
+            ms += 50;
+            let (peer, index) = outstanding.pop_front().unwrap();
+            let asked = stripe_requests(&run.at_ms(ms).delivered(peer, index));
+            assert!(asked.iter().all(|(_, i)| *i > 11), "at {ms} ms: {asked:?}");
+            outstanding.extend(asked);
+            let tick = run.apply(Event::Tick);
+            assert_eq!(stripe_requests(&tick), vec![], "at {ms} ms");
+        }
+        assert!(run.state.head_late.is_empty());
+        assert!(run.state.overdue.is_empty());
+        // Only the overdue rule takes them up.
+        run.at_ms(2_400).apply(Event::Tick);
+        assert_eq!(run.state.overdue, [8, 9].into());
+    }
+
+    #[test]
+    fn a_late_head_of_line_stripe_is_duplicated_at_most_once() {
+        let mut run = Run::new(32, 2);
+        let (frozen, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let asked = rounds(&mut run, &[frozen, b, c], 2);
+        assert_eq!(
+            asked,
+            vec![
+                (frozen, 12),
+                (frozen, 13),
+                (b, 14),
+                (b, 15),
+                (c, 16),
+                (c, 17)
+            ]
+        );
+        run.at_ms(450);
+        run.apply(Event::HasherWaiting {
+            waiting_on: Some(12),
+        });
+        run.at_ms(610);
+        let mut asked = Vec::new();
+        for (peer, index) in [(b, 14), (c, 16), (b, 15), (c, 17)] {
+            asked.extend(stripe_requests(&run.delivered(peer, index)));
+            // The driver reports again (say the hasher's state flickered).
+            run.apply(Event::HasherWaiting { waiting_on: None });
+            run.apply(Event::HasherWaiting {
+                waiting_on: Some(12),
+            });
+        }
+        assert_eq!(asked, vec![(b, 12), (c, 13), (b, 18), (c, 19)]);
+        for s in [12, 13] {
+            assert_eq!(run.state.stripes[s].requests.len(), 2, "stripe {s}");
+        }
+        // Both still late, both held by two peers: neither is asked a third time.
+        run.at_ms(3_000);
+        let tick = run.apply(Event::Tick);
+        assert_eq!(stripe_requests(&tick), vec![]);
+        let later = stripe_requests(&run.delivered(b, 18));
+        assert_eq!(later, vec![(b, 20)]);
+        assert!(run
+            .delivered(b, 12)
+            .contains(&Action::StripeDone { index: 12 }));
     }
 
     #[test]

@@ -541,3 +541,113 @@ fn commits_stripes_and_nonces_are_bounded() {
         .collect();
     assert_eq!(codes, vec![code::INVALID_FIELD, code::OK]);
 }
+
+/// The same transaction with one bit of its signature flipped: the body,
+/// signer and nonce are those of `tx`.
+fn with_bad_signature(tx: &[u8]) -> Vec<u8> {
+    let mut signed: SignedTx = borsh::from_slice(tx).unwrap();
+    signed.signature[0] ^= 1;
+    borsh::to_vec(&signed).unwrap()
+}
+
+/// FinalizeBlock skips the signature of a transaction whose exact bytes
+/// CheckTx verified. A forgery with the same body must not ride on it.
+#[test]
+fn a_verified_body_does_not_vouch_for_another_signature() {
+    let mut h = Harness::new();
+    let good = register(&mut h, &key(1));
+    let forged = with_bad_signature(&good);
+    assert_eq!(h.ledger.check_tx(&good, false).code, 0);
+    assert_eq!(h.ledger.check_tx(&forged, false).code, code::BAD_SIGNATURE);
+    let block = h.block(std::slice::from_ref(&forged));
+    assert_eq!(
+        block.txs[0].code,
+        code::BAD_SIGNATURE,
+        "{}",
+        block.txs[0].log
+    );
+    // The forgery consumed nothing: the real one still applies.
+    assert_eq!(h.block(&[good]).txs[0].code, 0);
+}
+
+/// A forgery that CheckTx refused is not remembered either, and a recheck
+/// (which skips the signature) remembers nothing.
+#[test]
+fn refused_and_rechecked_transactions_are_not_remembered() {
+    let mut h = Harness::new();
+    let good = register(&mut h, &key(1));
+    let forged = with_bad_signature(&good);
+    assert_eq!(h.ledger.check_tx(&forged, false).code, code::BAD_SIGNATURE);
+    h.ledger.check_tx(&forged, true);
+    let block = h.block(&[forged]);
+    assert_eq!(
+        block.txs[0].code,
+        code::BAD_SIGNATURE,
+        "{}",
+        block.txs[0].log
+    );
+}
+
+/// A full cache forgets the oldest transaction and a disabled one holds
+/// nothing; what is not remembered is verified in the block.
+#[test]
+fn a_full_or_disabled_cache_still_verifies() {
+    for capacity in [0, 1] {
+        let mut h = Harness::new();
+        h.ledger.set_verified_capacity(capacity);
+        let (a, b) = (register(&mut h, &key(1)), register(&mut h, &key(2)));
+        assert_eq!(h.ledger.check_tx(&a, false).code, 0);
+        assert_eq!(h.ledger.check_tx(&b, false).code, 0);
+        let forged_a = with_bad_signature(&a);
+        let forged_b = with_bad_signature(&b);
+        let codes = |r: BlockResult| r.txs.iter().map(|t| t.code).collect::<Vec<_>>();
+        assert_eq!(
+            codes(h.block(&[forged_a, forged_b])),
+            vec![code::BAD_SIGNATURE, code::BAD_SIGNATURE],
+            "capacity {capacity}"
+        );
+        assert_eq!(codes(h.block(&[a, b])), vec![0, 0], "capacity {capacity}");
+    }
+}
+
+/// Whatever each node's CheckTx saw, the same blocks give the same results
+/// and app hashes: one ledger checked every transaction first (warm cache),
+/// another none (cold), a third remembers only one at a time.
+#[test]
+fn remembered_signatures_do_not_change_results() {
+    let run = |check: bool, capacity: usize| {
+        let mut h = Harness::new();
+        h.ledger.set_verified_capacity(capacity);
+        let mut blocks = Vec::new();
+        for round in 0..3u8 {
+            let mut txs = Vec::new();
+            for i in 1..=4u8 {
+                let tx = register(&mut h, &key(40 + i));
+                if check {
+                    h.ledger.check_tx(&tx, false);
+                }
+                txs.push(if (i + round) % 3 == 0 {
+                    with_bad_signature(&tx)
+                } else {
+                    tx
+                });
+            }
+            let r = h.block(&txs);
+            blocks.push((
+                r.app_hash,
+                r.txs
+                    .iter()
+                    .map(|t| (t.code, t.log.clone()))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        blocks
+    };
+    let cold = run(false, ledger::VERIFIED_CAPACITY);
+    assert!(cold
+        .iter()
+        .flat_map(|(_, txs)| txs)
+        .any(|(code, _)| *code == code::BAD_SIGNATURE));
+    assert_eq!(run(true, ledger::VERIFIED_CAPACITY), cold);
+    assert_eq!(run(true, 1), cold);
+}

@@ -27,8 +27,11 @@ mod builds;
 mod governance;
 mod names;
 mod upkeep;
+mod verified;
 
 pub use upkeep::VOID_PAGES_PER_BLOCK;
+use verified::VerifiedTxs;
+pub use verified::{TxHash, VERIFIED_CAPACITY};
 
 /// Largest transaction accepted, in bytes.
 pub const MAX_TX_BYTES: usize = 64 * 1024;
@@ -152,6 +155,10 @@ pub struct Ledger {
     /// Nonces CheckTx admitted since the last commit, by signer. Cleared at
     /// each commit, when CometBFT rechecks what its mempool still holds.
     mempool_nonces: BTreeMap<PublicKey, BTreeSet<u64>>,
+    /// Transactions whose signature CheckTx verified, so that FinalizeBlock
+    /// need not verify them again (see the `verified` module for why this
+    /// cannot change a block's result).
+    verified: VerifiedTxs,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -189,7 +196,16 @@ impl Ledger {
             last_block_time,
             pending: None,
             mempool_nonces: BTreeMap::new(),
+            verified: VerifiedTxs::new(VERIFIED_CAPACITY),
         })
+    }
+
+    /// Sets how many verified transactions the ledger remembers between
+    /// CheckTx and FinalizeBlock (0 remembers none). For tests and
+    /// benchmarks; forgets what it remembered.
+    #[doc(hidden)]
+    pub fn set_verified_capacity(&mut self, capacity: usize) {
+        self.verified = VerifiedTxs::new(capacity);
     }
 
     /// Last committed height and app hash; `(0, [])`-like before InitChain.
@@ -339,8 +355,8 @@ impl Ledger {
         })
     }
 
-    /// Decodes, checks the chain id, size and (if `check_signature`) the signature.
-    fn decode(&self, bytes: &[u8], check_signature: bool) -> Result<SignedTx, TxError> {
+    /// Decodes and checks the size and chain id; not the signature.
+    fn decode(&self, bytes: &[u8]) -> Result<SignedTx, TxError> {
         if bytes.len() > MAX_TX_BYTES {
             return Err(TxError::TooLarge {
                 size: bytes.len(),
@@ -354,15 +370,6 @@ impl Ledger {
                 expected: expected.to_owned(),
                 got: tx.chain_id,
             });
-        }
-        if check_signature
-            && !verify(
-                &tx.signer,
-                &tx.signature,
-                &tx_sign_bytes(&tx.chain_id, &tx.body),
-            )
-        {
-            return Err(TxError::BadSignature(tx.signer.to_string()));
         }
         Ok(tx)
     }
@@ -378,10 +385,22 @@ impl Ledger {
     /// that can never be proposed (a gap) in the mempool, while a nonce whose
     /// transaction CometBFT dropped after admitting it can be sent again.
     pub fn check_tx(&mut self, bytes: &[u8], recheck: bool) -> TxResult {
+        let not_initialised =
+            || TxResult::failed(&TxError::Store(StoreError::Tree("not initialised".into())));
+        if self.committed.is_none() {
+            return not_initialised();
+        }
+        let decoded = self.decode(bytes).and_then(|tx| {
+            if recheck {
+                Ok(tx)
+            } else {
+                self.verify_remembered(bytes, tx)
+            }
+        });
         let Some(committed) = &self.committed else {
-            return TxResult::failed(&TxError::Store(StoreError::Tree("not initialised".into())));
+            return not_initialised();
         };
-        let outcome = self.decode(bytes, !recheck).and_then(|tx| {
+        let outcome = decoded.and_then(|tx| {
             let admitted = self.mempool_nonces.get(&tx.signer);
             if !recheck {
                 let last: u64 = self
@@ -432,6 +451,24 @@ impl Ledger {
         }
     }
 
+    /// Verifies a decoded transaction's signature, unless these exact bytes
+    /// verified before, and remembers a success for FinalizeBlock.
+    fn verify_remembered(&mut self, bytes: &[u8], tx: SignedTx) -> Result<SignedTx, TxError> {
+        let hash: TxHash = Sha256::digest(bytes).into();
+        if self.verified.contains(&hash) {
+            return Ok(tx);
+        }
+        if !verify(
+            &tx.signer,
+            &tx.signature,
+            &tx_sign_bytes(&tx.chain_id, &tx.body),
+        ) {
+            return Err(TxError::BadSignature(tx.signer.to_string()));
+        }
+        self.verified.insert(hash);
+        Ok(tx)
+    }
+
     /// Forgets which nonces CheckTx admitted, as a restart does (CometBFT's
     /// mempool starts empty). For harnesses that run CheckTx on inputs that
     /// must not see each other, such as the fuzz target.
@@ -464,20 +501,34 @@ impl Ledger {
             txs
         };
         let decoded: Vec<Result<SignedTx, TxError>> =
-            txs.iter().map(|b| self.decode(b.as_ref(), false)).collect();
-
+            txs.iter().map(|b| self.decode(b.as_ref())).collect();
+        let hashes: Vec<TxHash> = txs
+            .iter()
+            .map(|tx| Sha256::digest(tx.as_ref()).into())
+            .collect();
+        // A transaction whose exact bytes this node's CheckTx verified is not
+        // verified again; every other one is, in one batch.
+        let remembered: Vec<bool> = decoded
+            .iter()
+            .zip(&hashes)
+            .map(|(d, hash)| d.is_ok() && self.verified.take(hash))
+            .collect();
         let sign_bytes: Vec<Option<Vec<u8>>> = decoded
             .iter()
-            .map(|d| {
-                d.as_ref()
-                    .ok()
-                    .map(|tx| tx_sign_bytes(&tx.chain_id, &tx.body))
+            .zip(&remembered)
+            .map(|(d, known)| match d {
+                Ok(tx) if !known => Some(tx_sign_bytes(&tx.chain_id, &tx.body)),
+                _ => None,
             })
             .collect();
+        // The batch's coefficients come from the whole block, whatever this
+        // node remembered; each verdict is the single-signature verdict
+        // (ZIP-215 batch and single checks agree, and a failed batch falls
+        // back to one by one).
         let mut seed = Sha256::new();
         seed.update(&block.hash);
-        for tx in txs {
-            seed.update(Sha256::digest(tx.as_ref()));
+        for hash in &hashes {
+            seed.update(hash);
         }
         let items: Vec<(PublicKey, [u8; 64], &[u8])> = decoded
             .iter()
@@ -497,11 +548,11 @@ impl Ledger {
         writes.extend(upkeep_writes);
         let mut results = Vec::with_capacity(txs.len() + 1);
         results.extend(beacon_result);
-        for d in decoded {
+        for (d, known) in decoded.into_iter().zip(remembered) {
             let outcome = match d {
                 Err(e) => Err(e),
                 Ok(tx) => {
-                    if verdicts.next().unwrap_or(false) {
+                    if known || verdicts.next().unwrap_or(false) {
                         let mut exec =
                             Exec::new(&self.store, version, &mut writes, block, &chain_id);
                         exec.run(&tx)
@@ -657,7 +708,7 @@ impl Ledger {
         }
         let mut next = NextNonces::new(self)?;
         for t in txs.iter().filter(|t| !beacon::is_beacon_tx(t.as_ref())) {
-            let tx = match self.decode(t.as_ref(), false) {
+            let tx = match self.decode(t.as_ref()) {
                 Ok(tx) => tx,
                 Err(e) => return refuse(format!("a transaction that cannot apply: {e}")),
             };
@@ -707,7 +758,7 @@ impl Ledger {
         let mut waiting: BTreeMap<PublicKey, BTreeMap<u64, T>> = BTreeMap::new();
         let mut ordered = Vec::with_capacity(txs.len());
         for bytes in txs {
-            let Ok(tx) = self.decode(bytes.as_ref(), false) else {
+            let Ok(tx) = self.decode(bytes.as_ref()) else {
                 continue;
             };
             let expected = next.get(tx.signer)?;

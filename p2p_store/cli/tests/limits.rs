@@ -350,17 +350,7 @@ async fn the_identity_key_is_0600_and_a_looser_one_is_refused() {
     drop(p);
     for loose in [0o644, 0o640, 0o604, 0o660] {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(loose)).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
-            .args([
-                "start",
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--api",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("store"))
+        let out = start_command(&dir)
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();

@@ -46,23 +46,30 @@ impl Drop for Proc {
     }
 }
 
+/// `pyrsia-store start` on loopback ports of the system's choosing, without
+/// mDNS, its data in `dir/store`.
+pub fn start_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"));
+    cmd.args([
+        "start",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir.join("store"));
+    cmd
+}
+
 /// Starts `pyrsia-store start` with its data in `dir/store` and waits for
 /// its ready file.
 pub async fn spawn_store(dir: &Path, extra: &[&str]) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
-    let child = Command::new(env!("CARGO_BIN_EXE_pyrsia-store"))
-        .args([
-            "start",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("store"))
+    let child = start_command(dir)
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)

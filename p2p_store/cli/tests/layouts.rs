@@ -62,11 +62,7 @@ async fn a_partial_under_another_root_is_replaced_and_a_root_nobody_serves_fails
         cfg.stall_timeout = stall;
     })
     .await;
-    wait_until(20, "connections", || {
-        let cp = c.connected_peers();
-        cp.contains(&tiny.peer_id) && cp.contains(&usual.peer_id)
-    })
-    .await;
+    wait_connected_to(&c, &[&tiny, &usual]).await;
 
     // A root nobody serves: both providers show their own manifest, and
     // the download gives up after the grace, well before the stall timeout.

@@ -8,8 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hyper::{Body, Method, StatusCode};
-use p2p_store::manifest::parse_digest;
-use p2p_store::{FetchRequest, Phase, PutResult};
+use p2p_store::{Phase, PutResult};
 use support::*;
 
 async fn put_file(p: &Proc, file: &Path, query: &str) -> (StatusCode, serde_json::Value) {
@@ -44,18 +43,8 @@ async fn provider_killed_mid_download_completes_from_the_others() {
         cfg.bootstrap = vec![p1.addr.clone(), p2.addr.clone()];
         p2p_store::Node::start(cfg).await.unwrap()
     };
-    wait_until(20, "connections", || {
-        let cp = c.connected_peers();
-        cp.contains(&p1.peer_id) && cp.contains(&p2.peer_id)
-    })
-    .await;
-    let h = c.fetch(FetchRequest {
-        sha256: parse_digest(&put.sha256).unwrap(),
-        stripe_root: parse_digest(&put.stripe_root).unwrap(),
-        size: Some(put.size),
-        stripe_size: Some(put.stripe_size),
-        pin: false,
-    });
+    wait_connected_to(&c, &[&p1, &p2]).await;
+    let h = c.fetch(fetch_request(&put));
     let p1id = p1.peer_id.to_string();
     let mid = h
         .wait_for(|p| p.per_peer.get(&p1id).copied().unwrap_or(0) >= 4)
@@ -297,18 +286,8 @@ async fn a_frozen_provider_does_not_hold_up_the_download() {
         cfg.stall_timeout = Duration::from_secs(300);
         p2p_store::Node::start(cfg).await.unwrap()
     };
-    wait_until(20, "connections", || {
-        let cp = c.connected_peers();
-        cp.contains(&p1.peer_id) && cp.contains(&p2.peer_id)
-    })
-    .await;
-    let h = c.fetch(FetchRequest {
-        sha256: parse_digest(&put.sha256).unwrap(),
-        stripe_root: parse_digest(&put.stripe_root).unwrap(),
-        size: Some(put.size),
-        stripe_size: Some(put.stripe_size),
-        pin: false,
-    });
+    wait_connected_to(&c, &[&p1, &p2]).await;
+    let h = c.fetch(fetch_request(&put));
     let p1id = p1.peer_id.to_string();
     h.wait_for(|p| p.per_peer.get(&p1id).copied().unwrap_or(0) >= 4)
         .await;

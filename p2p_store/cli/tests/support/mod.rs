@@ -100,3 +100,23 @@ pub async fn spawn_store(dir: &Path, extra: &[&str]) -> Proc {
     p.token_file = PathBuf::from(v["api_token_file"].as_str().unwrap());
     p
 }
+
+/// Waits until `node` is connected to every store process of `procs`.
+pub async fn wait_connected_to(node: &p2p_store::Node, procs: &[&Proc]) {
+    wait_until(20, "connections", || {
+        let connected = node.connected_peers();
+        procs.iter().all(|p| connected.contains(&p.peer_id))
+    })
+    .await;
+}
+
+/// The unpinned fetch of what a store's put answered.
+pub fn fetch_request(put: &p2p_store::PutResult) -> p2p_store::FetchRequest {
+    p2p_store::FetchRequest {
+        sha256: p2p_store::manifest::parse_digest(&put.sha256).unwrap(),
+        stripe_root: p2p_store::manifest::parse_digest(&put.stripe_root).unwrap(),
+        size: Some(put.size),
+        stripe_size: Some(put.stripe_size),
+        pin: false,
+    }
+}

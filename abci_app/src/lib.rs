@@ -1,16 +1,13 @@
 //! The Pyrsia ABCI 2.0 application: binds [`pyrsia_chain::Ledger`] to CometBFT.
 //!
-//! CometBFT opens four connections (consensus, mempool, info, snapshot). The
-//! consensus, mempool and snapshot ones feed one [`App`] through
-//! `tower_abci::v038::split`, so those requests are handled one at a time by
-//! the single owner of the ledger, in arrival order. The info connection
-//! (Info, Query) is served by [`Queries`] from the committed versions only,
-//! on blocking threads, so a large proved query never delays FinalizeBlock.
+//! CometBFT opens four connections (consensus, mempool, info, snapshot).
+//! [`App`] answers the requests that read or change the ledger's working
+//! state, one at a time; Info and Query are answered from the committed
+//! versions only. The socket server is in `server`.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+mod server;
+
+use std::net::TcpListener;
 
 use bytes::Bytes;
 use pyrsia_chain::beacon::{is_beacon_tx, BeaconKey};
@@ -20,16 +17,20 @@ use pyrsia_chain::{GenesisState, Ledger, LedgerReader, ValidatorUpdate};
 use tendermint::abci::types::ExecTxResult;
 use tendermint::abci::{response, Code, Event, EventAttributeIndexExt};
 use tendermint::merkle::proof::{ProofOp, ProofOps};
-use tendermint::v0_38::abci::{request, InfoRequest, InfoResponse, Request, Response};
+use tendermint::v0_38::abci::{request, Request, Response};
 use tendermint::{validator, AppHash};
-use tower::Service;
-use tower_abci::v038::{split, Server};
-use tower_abci::BoxError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AbciError {
     #[error("ABCI server: {0}")]
     Server(String),
+    #[error("starting an ABCI server thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// A consensus request failed: the app's state cannot go on from here.
+    #[error("ABCI request failed: {0}")]
+    Request(#[source] BoxError),
 }
 
 /// Version string reported to CometBFT in Info.
@@ -47,8 +48,6 @@ pub struct Proposer {
     pub address: Vec<u8>,
     pub key: BeaconKey,
 }
-
-type Reply = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send + 'static>>;
 
 fn app_hash(bytes: &[u8]) -> AppHash {
     AppHash::try_from(bytes.to_vec()).unwrap_or_default()
@@ -245,26 +244,6 @@ impl App {
     }
 }
 
-impl Service<Request> for App {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = Reply;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Reply {
-        let result = self.handle(req);
-        if let Err(e) = &result {
-            // A consensus request that fails leaves CometBFT unable to go on;
-            // it stops, and the handshake on restart replays what is missing.
-            tracing::error!(error = %e, "ABCI request failed");
-        }
-        Box::pin(async move { result })
-    }
-}
-
 fn info(reader: &LedgerReader) -> response::Info {
     let (height, hash) = reader
         .info()
@@ -309,58 +288,18 @@ fn query(reader: &LedgerReader, req: request::Query) -> response::Query {
     }
 }
 
-/// The info connection: Info and Query from the committed state.
-#[derive(Clone, Debug)]
-pub struct Queries {
-    reader: LedgerReader,
-}
-
-impl Service<InfoRequest> for Queries {
-    type Response = InfoResponse;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<InfoResponse, BoxError>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: InfoRequest) -> Self::Future {
-        let reader = self.reader.clone();
-        Box::pin(async move {
-            Ok(match req {
-                InfoRequest::Info(_) => InfoResponse::Info(info(&reader)),
-                InfoRequest::Query(q) => InfoResponse::Query(
-                    tokio::task::spawn_blocking(move || query(&reader, q)).await?,
-                ),
-                InfoRequest::Echo(e) => InfoResponse::Echo(response::Echo { message: e.message }),
-            })
-        })
-    }
-}
-
-/// Serves the ledger to CometBFT on `addr` until the process ends.
+/// Serves the ledger to CometBFT on `listener` until a consensus request
+/// fails, and returns that failure.
 pub async fn serve(
     ledger: Ledger,
     proposer: Option<Proposer>,
-    addr: SocketAddr,
+    listener: TcpListener,
 ) -> Result<(), AbciError> {
-    // The bound queues each connection's requests before the single owner.
-    let queries = Queries {
-        reader: ledger.reader(),
-    };
-    let (consensus, mempool, snapshot, _) = split::service(App::new(ledger, proposer), 64);
-    let server = Server::builder()
-        .consensus(consensus)
-        .snapshot(snapshot)
-        // No load shedding: tower-abci drops the connection on any service
-        // error, and CometBFT stops when a connection drops. Back-pressure instead.
-        .mempool(mempool)
-        .info(queries)
-        .finish()
-        .ok_or_else(|| AbciError::Server("incomplete server".into()))?;
-    tracing::info!(%addr, "ABCI app listening");
-    server
-        .listen_tcp(addr)
+    tracing::info!(addr = ?listener.local_addr().ok(), "ABCI app listening");
+    let (fatal, mut failed) = tokio::sync::mpsc::channel(1);
+    server::spawn(listener, App::new(ledger, proposer), fatal).map_err(AbciError::Thread)?;
+    Err(failed
+        .recv()
         .await
-        .map_err(|e| AbciError::Server(e.to_string()))
+        .unwrap_or_else(|| AbciError::Server("the ABCI server stopped".into())))
 }

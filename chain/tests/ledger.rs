@@ -651,3 +651,54 @@ fn remembered_signatures_do_not_change_results() {
     assert_eq!(run(true, ledger::VERIFIED_CAPACITY), cold);
     assert_eq!(run(true, 1), cold);
 }
+
+/// Signatures verified ahead as a batch give CheckTx and the block the
+/// verdicts single verification gives. A forgery in the batch fails it, and
+/// neither the forgery nor the undecodable bytes beside it are remembered.
+#[test]
+fn signatures_verified_ahead_in_a_batch_change_no_verdict() {
+    let run = |ahead: bool| {
+        let mut h = Harness::new();
+        let txs: Vec<Vec<u8>> = (1..=6u8)
+            .map(|i| {
+                let tx = register(&mut h, &key(60 + i));
+                if i % 3 == 0 {
+                    with_bad_signature(&tx)
+                } else {
+                    tx
+                }
+            })
+            .chain([b"not a transaction".to_vec()])
+            .collect();
+        if ahead {
+            h.ledger.verify_ahead(&txs);
+        }
+        let checked: Vec<u32> = txs
+            .iter()
+            .map(|t| h.ledger.check_tx(t, false).code)
+            .collect();
+        let block = h.block(&txs);
+        let in_block: Vec<u32> = block.txs.iter().map(|t| t.code).collect();
+        (checked, in_block, block.app_hash)
+    };
+    let single = run(false);
+    assert_eq!(
+        single
+            .0
+            .iter()
+            .filter(|&&c| c == code::BAD_SIGNATURE)
+            .count(),
+        2,
+        "{:?}",
+        single.0
+    );
+    assert_eq!(run(true), single);
+
+    // Only the forgery is in the block: it is verified there, not waved through.
+    let mut h = Harness::new();
+    let good = register(&mut h, &key(70));
+    let other = register(&mut h, &key(71));
+    let forged = with_bad_signature(&good);
+    h.ledger.verify_ahead(&[other, forged.clone()]);
+    assert_eq!(h.block(&[forged]).txs[0].code, code::BAD_SIGNATURE);
+}

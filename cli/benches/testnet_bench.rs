@@ -65,10 +65,12 @@ async fn start_testnet(
     app: AppKind,
     plan: ServicePlan,
     timeout_commit: &str,
+    mempool_size: usize,
     netns: bool,
 ) -> Result<Testnet> {
     let plan = ServicePlan {
         timeout_commit: Some(timeout_commit.to_owned()),
+        mempool_size: Some(mempool_size),
         ..plan
     };
     if !netns {
@@ -98,7 +100,11 @@ async fn main() -> Result<()> {
     let netns = std::env::var_os("BENCH_NETNS").is_some_and(|v| v == "1");
     // The bench's builders are admitted at genesis, and one requester may
     // keep all its requests open.
-    let start = |app, plan| start_testnet(app, plan, &timeout_commit, netns);
+    // Every mempool holds the whole run. A full one drops transactions
+    // CheckTx accepted, and the client's resend after 10 s quiet would then
+    // decide the rate instead of the apps.
+    let mempool_size = count.max(5000);
+    let start = |app, plan| start_testnet(app, plan, &timeout_commit, mempool_size, netns);
     let mut net = start(
         AppKind::Pyrsia,
         ServicePlan {

@@ -494,9 +494,11 @@ pub async fn run_abci(ctx: &Context, args: AbciArgs) -> Result<()> {
     if proposer.is_none() {
         tracing::info!("no beacon key in this home: this app never proposes a beacon");
     }
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("listening for CometBFT on {addr}"))?;
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
-        r = pyrsia_abci::serve(ledger, proposer, addr) => r?,
+        r = pyrsia_abci::serve(ledger, proposer, listener) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = term.recv() => tracing::info!("terminated"),
     }

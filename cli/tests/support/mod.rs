@@ -268,6 +268,8 @@ pub struct ServicePlan {
     pub spare_hosts: usize,
     /// `pyrsia abci --state-history` (default: the binary's).
     pub state_history: Option<String>,
+    /// Every node's `mempool.size` in transactions (default: CometBFT's 5,000).
+    pub mempool_size: Option<usize>,
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -433,6 +435,14 @@ impl Testnet {
     ) -> Result<Testnet> {
         let dir = tempfile::tempdir()?;
         let base = devnet_init(dir.path(), validators, timeout_commit, &plan)?;
+        if let Some(size) = plan.mempool_size {
+            for i in 0..validators {
+                let config = dir.path().join(format!("node{i}/config/config.toml"));
+                let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&config)?.parse()?;
+                doc["mempool"]["size"] = toml_edit::value(i64::try_from(size)?);
+                std::fs::write(&config, doc.to_string())?;
+            }
+        }
         let nodes = (0..validators)
             .map(|i| {
                 let rpc = match plan.hosts.get(i) {

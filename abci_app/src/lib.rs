@@ -213,9 +213,7 @@ impl App {
 
     fn handle(&mut self, req: Request) -> Result<Response, BoxError> {
         Ok(match req {
-            Request::Info(_) => Response::Info(info(&self.ledger.reader())),
             Request::InitChain(r) => Response::InitChain(self.init_chain(r)?),
-            Request::Query(r) => Response::Query(query(&self.ledger.reader(), r)),
             Request::CheckTx(r) => Response::CheckTx(self.check_tx(r)),
             Request::PrepareProposal(r) => Response::PrepareProposal(self.prepare_proposal(r)?),
             Request::ProcessProposal(r) => Response::ProcessProposal(self.process_proposal(r)),
@@ -234,8 +232,9 @@ impl App {
                     retain_height: 0u32.into(),
                 })
             }
-            Request::Flush => Response::Flush,
-            Request::Echo(e) => Response::Echo(response::Echo { message: e.message }),
+            Request::Info(_) | Request::Query(_) | Request::Echo(_) | Request::Flush => {
+                return Err(format!("{req:?} is the server's to answer, not the app's").into())
+            }
             Request::ListSnapshots => Response::ListSnapshots(Default::default()),
             Request::OfferSnapshot(_) => Response::OfferSnapshot(Default::default()),
             Request::LoadSnapshotChunk(_) => Response::LoadSnapshotChunk(Default::default()),

@@ -96,7 +96,9 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
+                // Out of descriptors, say: wait rather than spin on it.
                 tracing::warn!(error = %e, "accepting an ABCI connection");
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
         };
@@ -138,6 +140,8 @@ struct Connection {
     stream: TcpStream,
     /// Bytes read and not yet decoded.
     input: BytesMut,
+    /// What one read from the socket fills.
+    chunk: Box<[u8]>,
     /// Encoded responses not yet written.
     output: Vec<u8>,
 }
@@ -149,6 +153,7 @@ impl Connection {
         Ok(Connection {
             stream,
             input: BytesMut::with_capacity(READ_CHUNK),
+            chunk: vec![0u8; READ_CHUNK].into_boxed_slice(),
             output: Vec::with_capacity(WRITE_BATCH),
         })
     }
@@ -180,14 +185,13 @@ impl Connection {
     /// The next whole request frame, or `None` when CometBFT closed the
     /// connection between frames.
     fn next_frame(&mut self) -> Result<Option<Bytes>, ConnectionError> {
-        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             if let Some(frame) = self.take_frame()? {
                 return Ok(Some(frame));
             }
             // About to wait for CometBFT: it gets every answer so far first.
             self.flush()?;
-            let n = match self.stream.read(&mut chunk) {
+            let n = match self.stream.read(&mut self.chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
@@ -199,7 +203,7 @@ impl Connection {
                     Err(std::io::Error::from(ErrorKind::UnexpectedEof).into())
                 };
             }
-            self.input.extend_from_slice(&chunk[..n]);
+            self.input.extend_from_slice(&self.chunk[..n]);
         }
     }
 

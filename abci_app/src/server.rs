@@ -12,9 +12,9 @@
 //! CheckTx requests are verified as one batch
 //! ([`pyrsia_chain::Ledger::verify_ahead`]).
 //!
-//! Why not tower-abci's async server, where one task owns the app: that
-//! costs each request two thread hand-offs and a socket write of its own
-//! (`testnet/README.md`, *Throughput*).
+//! Why not tower-abci's async server, where one task owns the app: it hands
+//! each request over on its own, so nothing can be batched, and writes each
+//! answer with a socket write of its own (`testnet/README.md`, *Throughput*).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
